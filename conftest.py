@@ -1,0 +1,49 @@
+"""Test configuration shared by the unit tests and the notebook runs (nbval).
+
+* Notebooks run headless on the CPU: ``MPLBACKEND=Agg`` and ``EELIB_DEVICE=cpu`` are set here,
+  before nbval starts a kernel, so each kernel inherits them (set ``EELIB_DEVICE=cuda`` to run
+  the notebooks on a GPU instead).
+* In ``exercises/``, every cell that nbval lets raise (tag ``raises-exception``) must actually
+  raise — a ``NotImplementedError`` from a blank exercise or an ``AssertionError`` from its check.
+  nbval alone accepts a tagged cell that passes; this hook turns that into a failure, so the
+  suite proves that every check fails on the blank exercise (and, running ``solutions/``
+  without those tags, that it passes on the solution).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("EELIB_DEVICE", "cpu")
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPECTED_IN_EXERCISES = ("NotImplementedError", "AssertionError")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    outcome = yield
+    cell = getattr(item, "cell", None)
+    if cell is None or outcome.excinfo is not None:
+        return
+    path = Path(str(item.fspath)).resolve()
+    if path.parent != ROOT / "exercises" or "raises-exception" not in cell.get("metadata", {}).get("tags", []):
+        return
+    errors = [o for o in getattr(item, "test_outputs", []) if o.get("output_type") == "error"]
+    if not any(e.get("ename") in EXPECTED_IN_EXERCISES for e in errors):
+        got = ", ".join(e.get("ename", "?") for e in errors) or "no error"
+        outcome.force_exception(AssertionError(
+            f"{path.name} cell {item.cell_num}: a blank exercise must make this cell fail with one of "
+            f"{EXPECTED_IN_EXERCISES}, but it gave {got}:\n{cell.source}"))
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """An empty eelib cache folder (models and data) for one test."""
+    monkeypatch.setenv("EELIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("EELIB_DATA", raising=False)
+    return tmp_path / "cache"

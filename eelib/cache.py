@@ -1,0 +1,154 @@
+"""Cache folders and safe file writing: verified downloads and atomic saves.
+
+Everything eelib writes to disk goes through here, so that nothing half-written is ever left
+behind: a download goes to a temporary file in the target folder, is checked against its
+checksum, and only then renamed into place; a save does the same without the download.
+
+Folders (created on first use):
+
+* ``EELIB_CACHE`` — the root, default ``~/.cache/eelib``;
+* ``EELIB_DATA`` — downloaded data sets, default ``<root>/data``;
+* ``<root>/models`` — trained course models (see :mod:`eelib.zoo`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Iterator
+
+ENV_CACHE = "EELIB_CACHE"
+ENV_DATA = "EELIB_DATA"
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class DownloadError(RuntimeError):
+    """A file could not be downloaded or did not match its checksum."""
+
+
+def cache_root() -> Path:
+    """The root cache folder: ``$EELIB_CACHE`` or ``~/.cache/eelib``."""
+    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "eelib").expanduser()
+
+
+def data_dir() -> Path:
+    """The data cache folder: ``$EELIB_DATA`` or ``<cache root>/data``."""
+    env = os.environ.get(ENV_DATA)
+    return Path(env).expanduser() if env else cache_root() / "data"
+
+
+def models_dir() -> Path:
+    """The folder for trained course models: ``<cache root>/models``."""
+    return cache_root() / "models"
+
+
+def ensure_writable_dir(path: str | os.PathLike, *, what: str = "cache folder") -> Path:
+    """Create ``path`` if needed and check that files can be written in it.
+
+    Raises:
+        PermissionError: the folder cannot be created or written, with the path and the
+            environment variables that move the cache elsewhere.
+    """
+    folder = Path(path).expanduser()
+    hint = (f"set {ENV_DATA} (data) or {ENV_CACHE} (everything) to a folder you can write, "
+            f"e.g. {ENV_CACHE}=/tmp/eelib")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"the {what} {str(folder)!r} is not writable ({err.strerror or err}); "
+                              f"{hint}") from err
+    return folder
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "md5") -> str:
+    """Hex digest of a file, read in chunks (``algorithm``: any name ``hashlib`` knows)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checksum_ok(path: str | os.PathLike, expected: str, algorithm: str = "md5") -> bool:
+    """True when the file exists and its digest equals ``expected``."""
+    return Path(path).is_file() and file_digest(path, algorithm) == expected.lower()
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; on success rename it to ``dest``, else delete it.
+
+    Works for files and folders: write whatever you like at the yielded path.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)) / dest.name
+    try:
+        yield tmp
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def download(url: str, dest: str | os.PathLike, *, checksum: str, algorithm: str = "md5",
+             timeout: float = DEFAULT_TIMEOUT_S,
+             progress: Callable[[int, int | None], None] | None = None) -> Path:
+    """Download ``url`` to ``dest``: temporary file, checksum, then rename.
+
+    A file already at ``dest`` with the right checksum is kept; one with the wrong checksum is
+    replaced. Nothing is left at ``dest`` (or beside it) when the download fails.
+
+    Args:
+        url: where to fetch from (``https://``, ``http://`` or ``file://``).
+        dest: the final path.
+        checksum: expected hex digest of the file.
+        algorithm: hash algorithm of ``checksum`` (default md5, as torchvision lists them).
+        timeout: seconds to wait for the server to answer, and between two received chunks.
+        progress: optional callback ``(bytes_so_far, total_bytes_or_None)``.
+
+    Returns:
+        ``dest`` as a Path.
+
+    Raises:
+        DownloadError: the server could not be reached or stalled, or the file's checksum
+            does not match.
+    """
+    dest = Path(dest)
+    if checksum_ok(dest, checksum, algorithm):
+        return dest
+    ensure_writable_dir(dest.parent)
+    dest.unlink(missing_ok=True)  # a file with the wrong checksum is never used
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                total = response.headers.get("Content-Length")
+                total = int(total) if total and total.isdigit() else None
+                done = 0
+                for chunk in iter(lambda: response.read(1 << 16), b""):
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", None) or err
+            raise DownloadError(f"could not download {url}: {reason}") from err
+        actual = file_digest(tmp, algorithm)
+        if actual != checksum.lower():
+            raise DownloadError(f"{url} downloaded, but its {algorithm} is {actual}, "
+                                f"not {checksum.lower()}: the file was discarded")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest

@@ -1,0 +1,88 @@
+"""Checks for the exercises: compare a student's answer with eelib's reference.
+
+Each ``check_*`` function runs the student's function on a few cases, compares the result with
+eelib's own implementation, and raises an ``AssertionError`` whose message says what differs
+and what to look at. On success it prints a short confirmation. A ``NotImplementedError`` from
+an unfinished exercise is let through unchanged: it already says what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .resnet import BasicBlock, ResNet, ResNetConfig
+from .train import gradient_norms
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def check_residual_forward(residual_forward: Callable[[BasicBlock, torch.Tensor], torch.Tensor]) -> None:
+    """Check ``residual_forward(block, x)`` against ``block(x)`` for eelib's BasicBlock.
+
+    Cases: a block that keeps the shape (identity shortcut), one that halves the resolution and
+    doubles the channels (1x1 convolution shortcut), and a plain block (no shortcut).
+    """
+    torch.manual_seed(0)
+    cases = [("a block that keeps the shape (shortcut = identity)", BasicBlock(8, 8, 1)),
+             ("a block that halves the resolution and doubles the channels (shortcut = 1x1 conv + BN)",
+              BasicBlock(8, 16, 2)),
+             ("a plain block (block.shortcut is None: no skip connection)", BasicBlock(8, 8, 1, residual=False))]
+    x = torch.randn(4, 8, 12, 12)
+    for what, block in cases:
+        block.eval()
+        with torch.no_grad():
+            for p in block.parameters():  # move batch norm away from the identity, so mistakes show
+                p.add_(0.1 * torch.randn_like(p))
+            expected = block(x)
+            got = residual_forward(block, x)
+        assert isinstance(got, torch.Tensor), f"residual_forward returned {type(got).__name__}, expected a tensor"
+        assert got.shape == expected.shape, (
+            f"For {what}: output shape {tuple(got.shape)}, expected {tuple(expected.shape)}. "
+            f"Does the input go through conv1 (which may have stride 2) and conv2?")
+        if not _close(got, expected):
+            hints = []
+            with torch.no_grad():
+                main = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
+                if _close(got, torch.relu(main)) and block.shortcut is not None:
+                    hints.append("the skip connection is missing: add block.shortcut(x) before the last relu")
+                elif block.shortcut is not None and _close(got, torch.relu(main + x if x.shape == main.shape else main)):
+                    hints.append("add block.shortcut(x), not x itself")
+                elif block.shortcut is not None and _close(got, torch.relu(main) + block.shortcut(x)):
+                    hints.append("apply the final relu after adding the shortcut, not before")
+                elif _close(got, main + (block.shortcut(x) if block.shortcut is not None else 0)):
+                    hints.append("the final relu is missing")
+            hint = hints[0] if hints else ("compare step by step with BasicBlock.forward: conv1, bn1, relu, "
+                                           "conv2, bn2, + shortcut(x) (if block.shortcut is not None), relu")
+            raise AssertionError(f"For {what}: the output differs from block(x) "
+                                 f"(max difference {(got - expected).abs().max().item():.3g}). Hint: {hint}.")
+    print(f"Correct: residual_forward matches eelib's BasicBlock on all {len(cases)} cases.")
+
+
+def check_gradient_norms(student_gradient_norms: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], dict]) -> None:
+    """Check ``student_gradient_norms(model, x, y)`` against :func:`eelib.train.gradient_norms`."""
+    torch.manual_seed(0)
+    model = ResNet(ResNetConfig(depth=8, width=4))
+    x, y = torch.randn(6, 1, 12, 12), torch.randint(0, 10, (6,))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    got = student_gradient_norms(model, x, y)
+    expected = gradient_norms(model, x, y)
+    assert isinstance(got, dict), f"return a dict {{layer name: norm}}, got {type(got).__name__}"
+    missing = [n for n in expected if n not in got]
+    extra = [n for n in got if n not in expected]
+    assert not missing and not extra, (
+        f"the keys differ from the weights of the Conv2d and Linear layers: missing {missing[:3]}, "
+        f"unexpected {extra[:3]}. Use f'{{module_name}}.weight' for each module in model.named_modules() "
+        f"that is an nn.Conv2d or nn.Linear (batch-norm weights are not included).")
+    assert list(got) == list(expected), "list the layers in the order model.named_modules() gives them"
+    for n in expected:
+        value = float(got[n])
+        assert abs(value - expected[n]) <= 1e-4 * max(1.0, expected[n]), (
+            f"{n}: got {value:.5g}, expected {expected[n]:.5g}. Is the loss the mean cross-entropy of the "
+            f"batch, computed in train mode, and is the norm the L2 norm of the whole gradient tensor?")
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[n]), f"{n} changed: measuring gradients must not update the weights"
+    print(f"Correct: gradient norms match for all {len(expected)} layers.")

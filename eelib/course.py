@@ -1,0 +1,212 @@
+"""The course's command line: generate the exercises, run the notebooks headless.
+
+``python -m eelib.course exercises`` writes ``exercises/`` from ``solutions/``, the single
+source: in every code cell, each block between ``### BEGIN SOLUTION`` and ``### END SOLUTION``
+(nbgrader's markers) becomes ``raise NotImplementedError("Exercise: ...")`` at the same
+indentation, and outputs are dropped. Cells tagged ``check`` (the assertions after an
+exercise) and exercise cells whose stub raises at the top level get the tag
+``raises-exception``, so a blank exercise notebook still runs top to bottom under nbval and
+Jupyter's "Run all" stops only where nbval expects it. ``--check`` only compares and exits 1
+when ``exercises/`` is out of date.
+
+``python -m eelib.course run`` executes every lecture notebook (``notebooks/``; add
+``--solutions`` for ``solutions/`` too) on this machine, and writes into ``build/`` the executed
+notebook, an HTML handout and every figure as a PNG, with each notebook's run time in
+``build/times.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+CHECK_TAG, RAISES_TAG = "check", "raises-exception"
+GENERATED_NOTE = ("> *Exercise version, generated from `solutions/{name}` by `python -m eelib.course "
+                  "exercises`: edit the solution, not this file. Replace each `raise NotImplementedError` "
+                  "with your code, then run the check cell below it.*\n\n")
+
+
+def _stub_message(lines: list[str], start: int) -> str:
+    for line in reversed(lines[:start]):
+        match = re.match(r"\s*def\s+(\w+)\s*\(", line)
+        if match:
+            return f"Exercise: implement {match.group(1)}"
+    return "Exercise: write your code here"
+
+
+def blank_solution(source: str) -> tuple[str, bool]:
+    """Replace each marked solution block in ``source`` with a ``NotImplementedError`` stub.
+
+    Returns:
+        The new source, and whether a stub sits at the top level (the cell itself raises).
+
+    Raises:
+        ValueError: unbalanced or nested markers.
+    """
+    lines, out, top_level, i = source.split("\n"), [], False, 0
+    while i < len(lines):
+        stripped = lines[i].strip()
+        if stripped == END:
+            raise ValueError(f"{END!r} without {BEGIN!r} on line {i + 1}")
+        if stripped != BEGIN:
+            out.append(lines[i])
+            i += 1
+            continue
+        indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() in (BEGIN, END)), None)
+        if end is None or lines[end].strip() != END:
+            raise ValueError(f"{BEGIN!r} on line {i + 1} has no matching {END!r}")
+        out.append(f'{indent}raise NotImplementedError("{_stub_message(lines, i)}")')
+        top_level = top_level or indent == ""
+        i = end + 1
+    return "\n".join(out), top_level
+
+
+def make_exercise(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
+    """The exercise notebook generated from a solution notebook (``name`` is its file name)."""
+    nb = copy.deepcopy(solution)
+    n_exercises, expecting_check = 0, False
+    for cell in nb.cells:
+        tags = list(cell.get("metadata", {}).get("tags", []))
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+            if BEGIN in cell.source:
+                if expecting_check:
+                    raise ValueError(f"{name}: an exercise cell follows another without a '{CHECK_TAG}' cell between")
+                cell.source, raises = blank_solution(cell.source)
+                n_exercises += 1
+                expecting_check = True
+                if raises and RAISES_TAG not in tags:
+                    tags.append(RAISES_TAG)
+            elif CHECK_TAG in tags:
+                if not expecting_check:
+                    raise ValueError(f"{name}: a '{CHECK_TAG}' cell has no exercise cell before it")
+                expecting_check = False
+                if RAISES_TAG not in tags:
+                    tags.append(RAISES_TAG)
+        if tags:
+            cell.setdefault("metadata", {})["tags"] = tags
+    if expecting_check:
+        raise ValueError(f"{name}: the last exercise has no '{CHECK_TAG}' cell after it")
+    if n_exercises == 0:
+        raise ValueError(f"{name}: no '{BEGIN}' markers: a solution notebook needs at least one exercise")
+    first_md = next((c for c in nb.cells if c.cell_type == "markdown"), None)
+    note = GENERATED_NOTE.format(name=name)
+    if first_md is None:
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(note.strip()))
+    else:
+        first_md.source = note + first_md.source
+    for cell in nb.cells:
+        cell.pop("id", None)
+    nbformat.validator.normalize(nb) if hasattr(nbformat.validator, "normalize") else None
+    return nb
+
+
+def _dumps(nb: nbformat.NotebookNode) -> str:
+    return nbformat.writes(nb) + "\n"
+
+
+def generate_exercises(root: Path, *, check: bool = False) -> list[Path]:
+    """Write (or with ``check`` only compare) ``exercises/`` from ``solutions/``.
+
+    Returns:
+        The exercise files that were out of date (and, unless ``check``, were rewritten).
+    """
+    solutions = sorted((root / "solutions").glob("*.ipynb"))
+    if not solutions:
+        raise FileNotFoundError(f"no notebooks in {root / 'solutions'}: run from the course's folder or pass --root")
+    stale = []
+    wanted = set()
+    for path in solutions:
+        target = root / "exercises" / path.name
+        wanted.add(target.name)
+        text = _dumps(make_exercise(nbformat.read(path, as_version=4), path.name))
+        if not target.is_file() or target.read_text() != text:
+            stale.append(target)
+            if not check:
+                target.parent.mkdir(exist_ok=True)
+                target.write_text(text)
+    for extra in sorted((root / "exercises").glob("*.ipynb")):
+        if extra.name not in wanted:
+            stale.append(extra)
+            if not check:
+                extra.unlink()
+    return stale
+
+
+def run_notebooks(paths: list[Path], out_dir: Path, *, timeout: int = 900) -> dict[str, float]:
+    """Execute notebooks; write executed copies, HTML and PNG figures; return seconds per notebook."""
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        print(f"running {path} ...", flush=True)
+        start = time.perf_counter()
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        times[str(path)] = round(time.perf_counter() - start, 1)
+        stem = f"{path.parent.name}-{path.stem}" if path.parent.name != "notebooks" else path.stem
+        nbformat.write(nb, out_dir / f"{stem}.ipynb")
+        html, _ = HTMLExporter().from_notebook_node(nb)
+        (out_dir / f"{stem}.html").write_text(html)
+        figures = out_dir / "figures" / stem
+        count = 0
+        for cell in nb.cells:
+            for output in cell.get("outputs", []):
+                data = output.get("data", {})
+                if "image/png" in data:
+                    count += 1
+                    figures.mkdir(parents=True, exist_ok=True)
+                    (figures / f"figure-{count:02d}.png").write_bytes(base64.b64decode(data["image/png"]))
+        print(f"  done in {times[str(path)]:.1f} s: {out_dir / (stem + '.html')}, {count} figures", flush=True)
+    (out_dir / "times.json").write_text(json.dumps(times, indent=2) + "\n")
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eelib.course", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="the course folder (default: here)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("exercises", help="generate exercises/ from solutions/")
+    ex.add_argument("--check", action="store_true", help="only check that exercises/ is up to date")
+    run = sub.add_parser("run", help="execute the notebooks; write HTML and figures into build/")
+    run.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: notebooks/*.ipynb)")
+    run.add_argument("--solutions", action="store_true", help="run solutions/ too")
+    run.add_argument("--out", type=Path, default=None, help="output folder (default: <root>/build)")
+    args = parser.parse_args(argv)
+    root = args.root.resolve()
+    if args.command == "exercises":
+        stale = generate_exercises(root, check=args.check)
+        if args.check:
+            for path in stale:
+                print(f"out of date: {path.relative_to(root)}")
+            if stale:
+                print("run: python -m eelib.course exercises")
+            return 1 if stale else 0
+        print(f"wrote {len(stale)} exercise notebook(s)" if stale else "exercises/ is up to date")
+        return 0
+    paths = args.notebooks or sorted((root / "notebooks").glob("*.ipynb"))
+    if args.solutions:
+        paths += sorted((root / "solutions").glob("*.ipynb"))
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        parser.error(f"notebooks not found: {', '.join(map(str, missing))}")
+    times = run_notebooks([p.resolve() for p in paths], args.out or root / "build")
+    print(f"all {len(times)} notebook(s) ran in {sum(times.values()):.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Device choice and reproducibility: one place that decides where tensors live.
+
+`get_device()` prefers CUDA, then Apple's MPS, then the CPU; the environment variable
+``EELIB_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``) overrides the choice, e.g. to run a
+notebook on the CPU of a machine that has a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+ENV_DEVICE = "EELIB_DEVICE"
+_KINDS = ("cpu", "cuda", "mps")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def get_device(preferred: str | None = None) -> torch.device:
+    """Return the device the course computes on.
+
+    Args:
+        preferred: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``. When None, the environment
+            variable ``EELIB_DEVICE`` is used if set, else CUDA, else MPS, else the CPU.
+
+    Returns:
+        The chosen ``torch.device``.
+
+    Raises:
+        ValueError: the requested device is not a known kind, or is not available here.
+    """
+    choice = preferred if preferred is not None else os.environ.get(ENV_DEVICE, "").strip()
+    if not choice:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    source = "preferred" if preferred is not None else ENV_DEVICE
+    try:
+        device = torch.device(choice)
+    except RuntimeError as err:
+        raise ValueError(f"{source}={choice!r} is not a device; allowed: {', '.join(_KINDS)} "
+                         f"(cuda may carry an index, e.g. 'cuda:0')") from err
+    if device.type not in _KINDS:
+        raise ValueError(f"{source}={choice!r} is not supported; allowed: {', '.join(_KINDS)}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{source}={choice!r} asks for CUDA, but no CUDA GPU is available here; "
+                         f"use 'cpu' or unset {ENV_DEVICE}")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{source}={choice!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not _mps_available():
+        raise ValueError(f"{source}={choice!r} asks for Apple MPS, which is not available here; "
+                         f"use 'cpu' or unset {ENV_DEVICE}")
+    return device
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch (all devices) so that a run can be repeated.
+
+    On the CPU, the same seed gives the same results. On a GPU some kernels are not
+    deterministic, so results may differ in the last digits.
+
+    Args:
+        seed: a non-negative integer.
+
+    Returns:
+        A ``torch.Generator`` seeded with ``seed``, for data loaders and sampling.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator

@@ -1,0 +1,148 @@
+"""Trained course models, trained once and cached: no chapter retrains what another trained.
+
+A :class:`Recipe` says everything that decides a trained model: the network's configuration,
+the data set, the optimiser's settings and the seed. ``load_trained(name)`` returns the model
+trained by that recipe: from the cache folder (``<cache root>/models``, see
+:mod:`eelib.cache`) when it was trained before, else by training it now (progress bar) and
+saving it. The cached file is one safetensors file holding the weights, the recipe and the
+training history; its name carries a hash of the recipe, so a changed recipe never loads stale
+weights. Files are written to a temporary name and renamed, so an interrupted run leaves
+nothing half-written; a lock file beside it makes concurrent callers (two notebooks, parallel
+test workers) wait for one training run instead of each training.
+
+Named recipes (``RECIPES``):
+
+* ``plain56`` / ``resnet56``: chapter 1's degradation experiment — the same 56-layer network
+  (base width 8) without and with skip connections, 4 epochs on ``mnist5k``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
+
+from .cache import atomic_path, ensure_writable_dir, models_dir
+from .data import load_data
+from .device import get_device, seed_everything
+from .resnet import ResNet, ResNetConfig
+from .train import History, evaluate, train
+
+FORMAT_VERSION = 1  # bump when training code changes what a recipe produces
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides a trained course model."""
+
+    model: ResNetConfig = field(default_factory=ResNetConfig)
+    data: str = "mnist5k"
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 0.05
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Recipe":
+        return cls(**{**data, "model": ResNetConfig(**data["model"])})
+
+    def key(self) -> str:
+        """A short hash of the recipe (and of ``FORMAT_VERSION``), part of the cache file's name."""
+        text = json.dumps({"v": FORMAT_VERSION, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+RECIPES: dict[str, Recipe] = {
+    "plain56": Recipe(ResNetConfig(depth=56, width=8, residual=False)),
+    "resnet56": Recipe(ResNetConfig(depth=56, width=8, residual=True)),
+}
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained course model with its recipe, training history and where it came from."""
+
+    name: str
+    model: ResNet = field(repr=False)
+    recipe: Recipe
+    history: History = field(repr=False)
+    from_cache: bool
+    test_accuracy: float
+
+
+def _resolve(name: str | Recipe) -> tuple[str, Recipe]:
+    if isinstance(name, Recipe):
+        return "custom", name
+    if name not in RECIPES:
+        raise ValueError(f"name={name!r} is not a course model; allowed: {', '.join(RECIPES)} "
+                         f"(or pass a Recipe)")
+    return name, RECIPES[name]
+
+
+def cache_path(name: str | Recipe):
+    """Where the trained model of ``name`` (a recipe name or a Recipe) is cached."""
+    label, recipe = _resolve(name)
+    return models_dir() / f"{label}-{recipe.key()}.safetensors"
+
+
+def load_trained(name: str | Recipe, *, retrain: bool = False, progress: bool = True,
+                 device: torch.device | str | None = None) -> TrainedModel:
+    """The model trained by a named recipe (or a :class:`Recipe`): cached, or trained now and cached.
+
+    Args:
+        name: a key of ``RECIPES`` or a Recipe.
+        retrain: ignore the cache, train again and overwrite it.
+        progress: show a progress bar while training.
+        device: where to put (and train) the model (default :func:`eelib.get_device`).
+
+    Returns:
+        A :class:`TrainedModel`; its model is in eval mode on ``device``. A cache file that
+        cannot be read, or whose recorded recipe differs, is replaced by a new training run.
+    """
+    label, recipe = _resolve(name)
+    device = torch.device(device) if device is not None else get_device()
+    path = cache_path(name)
+    ensure_writable_dir(path.parent, what="model cache folder")
+    # One process trains, the others (a second notebook, a parallel test worker) wait and load.
+    with FileLock(str(path) + ".lock"):
+        return _load_or_train(label, recipe, path, retrain, progress, device)
+
+
+def _load_or_train(label: str, recipe: Recipe, path, retrain: bool, progress: bool,
+                   device: torch.device) -> TrainedModel:
+    model = ResNet(recipe.model)
+    if path.is_file() and not retrain:
+        try:
+            meta = _read_metadata(path)
+        except Exception:  # an unreadable cache file is never used: train again and replace it
+            meta = {}
+        if meta.get("recipe") == recipe.to_dict():
+            model.load_state_dict(load_file(str(path)))
+            return TrainedModel(label, model.to(device).eval(), recipe, History.from_dict(meta["history"]),
+                                from_cache=True, test_accuracy=meta["test_accuracy"])
+    data = load_data(recipe.data)
+    seed_everything(recipe.seed)
+    model = ResNet(recipe.model)  # re-created after seeding: the initial weights depend on the seed
+    loaders = data.loaders(recipe.batch_size, seed=recipe.seed)
+    history = train(model, loaders.train, epochs=recipe.epochs, lr=recipe.lr, val_loader=loaders.val,
+                    device=device, progress=progress, desc=f"training {label}")
+    test_accuracy = evaluate(model, loaders.test, device=device).accuracy
+    meta = {"recipe": recipe.to_dict(), "history": history.to_dict(), "test_accuracy": test_accuracy}
+    with atomic_path(path) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp), metadata={"eelib": json.dumps(meta)})
+    return TrainedModel(label, model.eval(), recipe, history, from_cache=False, test_accuracy=test_accuracy)
+
+
+def _read_metadata(path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("eelib", "{}"))

@@ -1,0 +1,49 @@
+import hashlib
+
+import pytest
+
+from eelib import cache
+
+
+def test_download_verifies_and_renames(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"hello" * 1000)
+    md5 = hashlib.md5(src.read_bytes()).hexdigest()
+    seen = []
+    dest = cache.download(src.as_uri(), tmp_path / "out" / "file.bin", checksum=md5,
+                          progress=lambda done, total: seen.append(done))
+    assert dest.read_bytes() == src.read_bytes() and seen[-1] == 5000
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["file.bin"]
+    # a second call keeps the verified file without downloading
+    src.unlink()
+    assert cache.download(src.as_uri(), dest, checksum=md5) == dest
+
+
+def test_sha256_and_failure_messages(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"abc")
+    sha = hashlib.sha256(b"abc").hexdigest()
+    assert cache.download(src.as_uri(), tmp_path / "a", checksum=sha, algorithm="sha256").is_file()
+    with pytest.raises(cache.DownloadError, match="could not download"):
+        cache.download((tmp_path / "missing").as_uri(), tmp_path / "b", checksum=sha)
+    assert not (tmp_path / "b").exists()
+
+
+def test_atomic_path_removes_partial_work(tmp_path):
+    dest = tmp_path / "model.bin"
+    with pytest.raises(RuntimeError):
+        with cache.atomic_path(dest) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with cache.atomic_path(dest) as tmp:
+        tmp.write_text("whole")
+    assert dest.read_text() == "whole" and list(tmp_path.iterdir()) == [dest]
+
+
+def test_cache_folders_follow_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("EELIB_CACHE", str(tmp_path / "c"))
+    monkeypatch.delenv("EELIB_DATA", raising=False)
+    assert cache.data_dir() == tmp_path / "c" / "data" and cache.models_dir() == tmp_path / "c" / "models"
+    monkeypatch.setenv("EELIB_DATA", str(tmp_path / "d"))
+    assert cache.data_dir() == tmp_path / "d"

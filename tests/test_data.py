@@ -1,0 +1,135 @@
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+import eelib
+from eelib import data as data_mod
+from eelib.cache import DownloadError
+
+from fakes import make_fake_cifar10_archive, write_fake_cifar10, write_fake_mnist_gz
+
+
+def test_offline_default_splits():
+    data = eelib.load_data()
+    assert data.name == eelib.OFFLINE_DEFAULT == "mnist5k"
+    assert (len(data.train), len(data.val), len(data.test)) == (3000, 1000, 1000)
+    assert (data.in_channels, data.image_size, data.num_classes) == (1, 28, 10)
+    x, y = data.train[0]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.long
+    for split in (data.train, data.val, data.test):  # stratified
+        assert np.bincount(split.tensors[1].numpy()).tolist() == [len(split) // 10] * 10
+    # no image in two splits
+    flat = {k: {t.numpy().tobytes() for t in getattr(data, k).tensors[0]} for k in ("train", "val", "test")}
+    assert not (flat["train"] & flat["test"]) and not (flat["val"] & flat["test"]) and not (flat["train"] & flat["val"])
+    # normalised: roughly zero mean, unit std over the training split
+    assert abs(data.train.tensors[0].mean().item()) < 0.1 and 0.8 < data.train.tensors[0].std().item() < 1.2
+    # the same splits every time
+    assert torch.equal(eelib.load_data().test.tensors[0], data.test.tensors[0])
+    img = data.to_image(x)
+    assert img.shape == (28, 28) and 0.0 <= img.min() and img.max() <= 1.0
+
+
+def test_loaders():
+    loaders = eelib.load_data().loaders(100, seed=3)
+    xb, yb = next(iter(loaders.train))
+    assert xb.shape == (100, 1, 28, 28) and yb.shape == (100,)
+    again = next(iter(eelib.load_data().loaders(100, seed=3).train))[1]
+    assert torch.equal(yb, again)  # seeded shuffling
+    assert len(loaders.test.dataset) == 1000
+    with pytest.raises(ValueError, match="batch_size"):
+        eelib.load_data().loaders(0)
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match="name='imagenet'.*mnist5k, mnist, cifar10"):
+        eelib.load_data("imagenet")
+
+
+def test_cifar10_from_a_torchvision_folder(tmp_path):
+    write_fake_cifar10(tmp_path, n_per_batch=10)
+    data = eelib.load_data("cifar10", root=tmp_path, download=False)
+    assert (len(data.train), len(data.val), len(data.test)) == (45, 5, 10)
+    assert data.train[0][0].shape == (3, 32, 32) and data.in_channels == 3
+    assert data.class_names[0] == "airplane"
+    assert data.to_image(data.test[0][0]).shape == (32, 32, 3)
+
+
+def test_cifar10_download_verifies_then_unpacks(tmp_path, monkeypatch):
+    archive, md5 = make_fake_cifar10_archive(tmp_path)
+    cache = tmp_path / "cache"
+    monkeypatch.setitem(data_mod.SOURCES, "cifar10", {**data_mod.SOURCES["cifar10"], "url": archive.as_uri(), "md5": md5})
+    monkeypatch.setenv("EELIB_DATA", str(cache))
+    data = eelib.load_data("cifar10")
+    assert len(data.test) == 10
+    assert sorted(p.name for p in cache.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+
+
+def test_corrupted_cached_archive_is_never_used(tmp_path, monkeypatch):
+    archive, md5 = make_fake_cifar10_archive(tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "cifar-10-python.tar.gz").write_bytes(b"not the archive")
+    # offline: the corrupted file is discarded, the error says so and names the alternative
+    missing = (tmp_path / "nowhere.tar.gz").as_uri()
+    monkeypatch.setitem(data_mod.SOURCES, "cifar10", {**data_mod.SOURCES["cifar10"], "url": missing, "md5": md5})
+    with pytest.raises(DownloadError) as err:
+        eelib.load_data("cifar10", root=cache)
+    message = str(err.value)
+    assert "CIFAR-10" in message and missing in message and str(cache) in message and "mnist5k" in message
+    assert list(cache.iterdir()) == []  # nothing half-written, the bad file gone
+    # online: it is downloaded again and used
+    monkeypatch.setitem(data_mod.SOURCES, "cifar10", {**data_mod.SOURCES["cifar10"], "url": archive.as_uri(), "md5": md5})
+    assert len(eelib.load_data("cifar10", root=cache).test) == 10
+
+
+def test_download_with_wrong_checksum_leaves_nothing(tmp_path, monkeypatch):
+    archive, _ = make_fake_cifar10_archive(tmp_path)
+    monkeypatch.setitem(data_mod.SOURCES, "cifar10", {**data_mod.SOURCES["cifar10"], "url": archive.as_uri(), "md5": "0" * 32})
+    cache = tmp_path / "cache"
+    with pytest.raises(DownloadError, match="md5"):
+        eelib.load_data("cifar10", root=cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_a_stalled_server_times_out(tmp_path, monkeypatch):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)  # accepts the connection, never answers
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/cifar-10-python.tar.gz"
+    monkeypatch.setitem(data_mod.SOURCES, "cifar10", {**data_mod.SOURCES["cifar10"], "url": url})
+    try:
+        with pytest.raises(DownloadError, match="timed out|time"):
+            eelib.load_data("cifar10", root=tmp_path / "cache", timeout=0.5)
+    finally:
+        server.close()
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_mnist_through_torchvision(tmp_path, monkeypatch):
+    served = tmp_path / "mirror"
+    md5s = write_fake_mnist_gz(served)
+    files = [(name, md5s[name]) for name, _ in data_mod.SOURCES["mnist"]["files"]]
+    monkeypatch.setitem(data_mod.SOURCES, "mnist", {"mirrors": [(tmp_path / "dead").as_uri() + "/", served.as_uri() + "/"],
+                                                    "files": files})
+    data = eelib.load_data("mnist", root=tmp_path / "cache")
+    assert (len(data.train), len(data.val), len(data.test)) == (22, 2, 12)
+    assert data.train[0][0].shape == (1, 28, 28)
+    raw = tmp_path / "cache" / "MNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir() if not p.name.endswith(".gz")) == sorted(n[:-3] for n, _ in files)
+    assert not [p for p in raw.rglob("*") if ".part" in p.name or ".tmp" in p.name]
+
+
+def test_missing_without_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match="download=False.*mnist5k"):
+        eelib.load_data("cifar10", root=tmp_path, download=False)
+    with pytest.raises(FileNotFoundError, match="MNIST"):
+        eelib.load_data("mnist", root=tmp_path, download=False)
+
+
+def test_unwritable_cache_folder(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(PermissionError, match="not writable.*EELIB_DATA"):
+        eelib.load_data("cifar10", root=blocker / "sub")
