@@ -21,6 +21,7 @@ import argparse
 import base64
 import copy
 import json
+import os
 import re
 import sys
 import time
@@ -105,9 +106,9 @@ def make_exercise(solution: nbformat.NotebookNode, name: str) -> nbformat.Notebo
         nb.cells.insert(0, nbformat.v4.new_markdown_cell(note.strip()))
     else:
         first_md.source = note + first_md.source
+    nb.nbformat_minor = 4  # no cell ids: they would change on every generation
     for cell in nb.cells:
         cell.pop("id", None)
-    nbformat.validator.normalize(nb) if hasattr(nbformat.validator, "normalize") else None
     return nb
 
 
@@ -149,6 +150,8 @@ def run_notebooks(paths: list[Path], out_dir: Path, *, timeout: int = 900) -> di
     from nbconvert import HTMLExporter
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Kernels inherit the environment: draw figures inline (a headless MPLBACKEND=Agg shows none).
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     times: dict[str, float] = {}
     for path in paths:
         nb = nbformat.read(path, as_version=4)

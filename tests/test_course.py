@@ -1,0 +1,202 @@
+"""The notebook pipeline: clean notebooks, exercises generated from solutions, honest checks."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import eelib
+from eelib import checks, course
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = ("notebooks", "solutions", "exercises")
+ALL_NOTEBOOKS = sorted(p for f in FOLDERS for p in (ROOT / f).glob("*.ipynb"))
+
+
+def test_there_are_notebooks_in_every_folder():
+    for folder in FOLDERS:
+        assert list((ROOT / folder).glob("[0-9][0-9]_*.ipynb")), folder
+    names = {f: sorted(p.name for p in (ROOT / f).glob("*.ipynb")) for f in FOLDERS}
+    assert names["solutions"] == names["exercises"]
+    assert set(names["solutions"]) <= set(names["notebooks"])  # each chapter has a lecture
+
+
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_committed_without_outputs_and_clean_metadata(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert set(nb.metadata) <= {"kernelspec", "language_info"}, f"extra notebook metadata: {set(nb.metadata)}"
+    for i, cell in enumerate(nb.cells):
+        assert set(cell.get("metadata", {})) <= {"tags"}, f"cell {i} has metadata {dict(cell.metadata)}"
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"cell {i} has outputs: clear them"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_lecture_notebooks_define_no_helpers(path):
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not re.search(r"^\s*(def|class)\s", cell.source, re.M), (
+                f"{path.name} defines a helper; put it in eelib:\n{cell.source}")
+
+
+def test_exercises_are_up_to_date():
+    stale = course.generate_exercises(ROOT, check=True)
+    assert stale == [], f"out of date: {stale}; run python -m eelib.course exercises"
+    result = subprocess.run([sys.executable, "-m", "eelib.course", "--root", str(ROOT), "exercises", "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "solutions").glob("*.ipynb")), ids=lambda p: p.name)
+def test_every_exercise_is_blank_and_checked(path):
+    solution = nbformat.read(path, as_version=4)
+    exercise = nbformat.read(ROOT / "exercises" / path.name, as_version=4)
+    solved = [c for c in solution.cells if course.BEGIN in c.source]
+    assert solved, "a solution notebook needs at least one exercise"
+    blank = "\n".join(c.source for c in exercise.cells)
+    assert course.BEGIN not in blank and course.END not in blank
+    assert blank.count('raise NotImplementedError("Exercise') == sum(c.source.count(course.BEGIN) for c in solved)
+    for cell in solved:  # no line of a solution survives in the exercise
+        for block in re.findall(rf"{course.BEGIN}\n(.*?){course.END}", cell.source, re.S):
+            for line in block.strip().splitlines():
+                if len(line.strip()) > 12:
+                    assert line.strip() not in blank, f"solution line leaked into the exercise: {line.strip()}"
+    check_cells = [c for c in exercise.cells if "check" in c.metadata.get("tags", [])]
+    assert len(check_cells) == len(solved)
+    assert all("raises-exception" in c.metadata["tags"] for c in check_cells)
+    assert not any("raises-exception" in c.metadata.get("tags", []) for c in solution.cells)
+
+
+def test_blank_solution_keeps_indentation():
+    src = "def f(x):\n    y = 1\n    ### BEGIN SOLUTION\n    return x + y\n    ### END SOLUTION\n\nprint(f)"
+    out, top = course.blank_solution(src)
+    assert out == 'def f(x):\n    y = 1\n    raise NotImplementedError("Exercise: implement f")\n\nprint(f)'
+    assert top is False
+    out, top = course.blank_solution("a = 1\n### BEGIN SOLUTION\nb = 2\n### END SOLUTION")
+    assert out == 'a = 1\nraise NotImplementedError("Exercise: write your code here")' and top is True
+
+
+@pytest.mark.parametrize("src, word", [("### BEGIN SOLUTION\nx = 1", "no matching"),
+                                       ("x = 1\n### END SOLUTION", "without"),
+                                       ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", "no matching")])
+def test_unbalanced_markers(src, word):
+    with pytest.raises(ValueError, match=word):
+        course.blank_solution(src)
+
+
+def _nb(*cells):
+    nb = nbformat.v4.new_notebook()
+    for kind, src, tags in cells:
+        cell = nbformat.v4.new_code_cell(src) if kind == "code" else nbformat.v4.new_markdown_cell(src)
+        if tags:
+            cell.metadata["tags"] = tags
+        nb.cells.append(cell)
+    return nb
+
+
+def test_make_exercise_tags_and_pairs():
+    nb = _nb(("md", "# Title", None),
+             ("code", "### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION", None),
+             ("code", "assert answer == 42", ["check"]))
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="x")]
+    ex = course.make_exercise(nb, "00_demo.ipynb")
+    assert ex.cells[0].source.startswith("> *Exercise version, generated from `solutions/00_demo.ipynb`")
+    assert ex.cells[1].metadata["tags"] == ["raises-exception"] and ex.cells[1].outputs == []
+    assert ex.cells[2].metadata["tags"] == ["check", "raises-exception"]
+    assert nb.cells[2].metadata["tags"] == ["check"]  # the solution is not modified
+    with pytest.raises(ValueError, match="no 'check' cell"):
+        course.make_exercise(_nb(("code", "### BEGIN SOLUTION\na = 1\n### END SOLUTION", None)), "x.ipynb")
+    with pytest.raises(ValueError, match="no exercise cell before"):
+        course.make_exercise(_nb(("code", "assert True", ["check"])), "x.ipynb")
+    with pytest.raises(ValueError, match="no '### BEGIN SOLUTION'"):
+        course.make_exercise(_nb(("code", "a = 1", None)), "x.ipynb")
+
+
+# --- the checks themselves: pass on the reference, fail with a helpful message on wrong answers ---
+
+def _forward(block, x, *, skip=True, relu_last=True, add_x=False):
+    out = block.bn2(block.conv2(F.relu(block.bn1(block.conv1(x)))))
+    if skip and block.shortcut is not None:
+        out = out + (x if add_x else block.shortcut(x))
+    return F.relu(out) if relu_last else out
+
+
+def test_check_residual_forward(capsys):
+    checks.check_residual_forward(lambda block, x: block(x))
+    assert "Correct" in capsys.readouterr().out
+    checks.check_residual_forward(_forward)
+    with pytest.raises(AssertionError, match="skip connection is missing"):
+        checks.check_residual_forward(lambda b, x: _forward(b, x, skip=False))
+    with pytest.raises(AssertionError, match="final relu is missing"):
+        checks.check_residual_forward(lambda b, x: _forward(b, x, relu_last=False))
+    with pytest.raises((AssertionError, RuntimeError)):
+        checks.check_residual_forward(lambda b, x: _forward(b, x, add_x=True))
+    with pytest.raises(AssertionError, match="differs from block"):
+        checks.check_residual_forward(lambda b, x: x)
+    with pytest.raises(AssertionError, match="output shape"):
+        checks.check_residual_forward(lambda b, x: b(x)[..., :-1])
+    with pytest.raises(NotImplementedError):
+        checks.check_residual_forward(lambda b, x: (_ for _ in ()).throw(NotImplementedError("Exercise")))
+
+
+def test_check_gradient_norms(capsys):
+    checks.check_gradient_norms(eelib.gradient_norms)
+    assert "Correct" in capsys.readouterr().out
+
+    def with_bn(model, x, y):
+        norms = eelib.gradient_norms(model, x, y)
+        return {**norms, "stem.1.weight": 1.0}
+
+    def eval_mode(model, x, y):
+        model.eval()
+        weights = {n: p for n, p in model.named_parameters() if n in eelib.gradient_norms(model, x, y)}
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(weights.values()))
+        return {n: g.norm().item() for n, g in zip(weights, grads)}
+
+    def updates(model, x, y):
+        norms = eelib.gradient_norms(model, x, y)
+        with torch.no_grad():
+            model.fc.weight.add_(1.0)
+        return norms
+
+    with pytest.raises(AssertionError, match="unexpected.*stem.1.weight"):
+        checks.check_gradient_norms(with_bn)
+    with pytest.raises(AssertionError, match="train mode"):
+        checks.check_gradient_norms(eval_mode)
+    with pytest.raises(AssertionError, match="must not update"):
+        checks.check_gradient_norms(updates)
+    with pytest.raises(AssertionError, match="dict"):
+        checks.check_gradient_norms(lambda m, x, y: [1.0])
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh|shell|console)?\n(.*?)```", readme, re.S)
+    test_lines = [line.strip() for b in blocks for line in b.splitlines() if "pytest" in line]
+    assert len(test_lines) == 1, test_lines
+    assert test_lines[0] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_course_run_writes_html_figures_and_times(tmp_path):
+    nb = _nb(("md", "# Demo", None),
+             ("code", "import matplotlib.pyplot as plt\nplt.plot([1, 2], [3, 4])\nplt.title('t')\nplt.show()", None))
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    src = tmp_path / "notebooks" / "99_demo.ipynb"
+    src.parent.mkdir()
+    nbformat.write(nb, src)
+    result = subprocess.run([sys.executable, "-m", "eelib.course", "--root", str(tmp_path), "run",
+                             "--out", str(tmp_path / "build")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    build = tmp_path / "build"
+    assert (build / "99_demo.html").read_text().count("<html") == 1
+    assert (build / "figures" / "99_demo" / "figure-01.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(json.loads((build / "times.json").read_text())) == {str(src)}

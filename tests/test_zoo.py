@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+import eelib
+from eelib import zoo
+from eelib.resnet import ResNetConfig
+
+TINY = zoo.Recipe(ResNetConfig(depth=8, width=4), epochs=1, batch_size=256)
+
+
+def test_trains_once_then_loads_from_cache(tmp_cache):
+    first = eelib.load_trained(TINY, progress=False, device="cpu")
+    assert not first.from_cache and len(first.history.epochs) == 1 and 0.0 <= first.test_accuracy <= 1.0
+    path = zoo.cache_path(TINY)
+    assert path.is_file() and path.parent == tmp_cache / "models"
+    second = eelib.load_trained(TINY, progress=False, device="cpu")
+    assert second.from_cache and second.history == first.history and second.test_accuracy == first.test_accuracy
+    for (k, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert not second.model.training
+    # nothing but the model file and its lock in the cache
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, path.name + ".lock"])
+
+
+def test_a_corrupted_cache_file_is_replaced(tmp_cache):
+    path = zoo.cache_path(TINY)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"garbage")
+    run = eelib.load_trained(TINY, progress=False, device="cpu")
+    assert not run.from_cache
+    assert eelib.load_trained(TINY, progress=False, device="cpu").from_cache
+
+
+def test_recipe_key_changes_with_the_recipe():
+    assert TINY.key() != zoo.Recipe(ResNetConfig(depth=8, width=4), epochs=2, batch_size=256).key()
+    assert TINY.key() == zoo.Recipe.from_dict(TINY.to_dict()).key()
+    assert zoo.cache_path("resnet56") != zoo.cache_path("plain56")
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match="resnet99.*plain56, resnet56"):
+        eelib.load_trained("resnet99")
+
+
+def test_unwritable_model_cache(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("EELIB_CACHE", str(blocker))
+    with pytest.raises(PermissionError, match="model cache folder.*EELIB_CACHE"):
+        eelib.load_trained(TINY, progress=False)
