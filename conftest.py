@@ -3,6 +3,9 @@
 * Notebooks run headless on the CPU: ``MPLBACKEND=Agg`` and ``EELIB_DEVICE=cpu`` are set here,
   before nbval starts a kernel, so each kernel inherits them (set ``EELIB_DEVICE=cuda`` to run
   the notebooks on a GPU instead).
+* Before any notebook runs, the course models (``eelib.zoo.RECIPES``) are trained once, in the
+  main process, into the eelib cache (``$EELIB_CACHE``), exactly as the first notebook that
+  needs them would; the notebooks then load them. Runs that collect no notebook skip this.
 * In ``exercises/``, every cell that nbval lets raise (tag ``raises-exception``) must actually
   raise — a ``NotImplementedError`` from a blank exercise or an ``AssertionError`` from its check.
   nbval alone accepts a tagged cell that passes; this hook turns that into a failure, so the
@@ -20,8 +23,33 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("EELIB_DEVICE", "cpu")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent  # this file sits at the root of the course
 EXPECTED_IN_EXERCISES = ("NotImplementedError", "AssertionError")
+
+
+NOTEBOOK_FOLDERS = ("notebooks", "solutions", "exercises")
+
+
+def _runs_notebooks(config) -> bool:
+    for arg in config.args:
+        path = (Path(config.invocation_params.dir) / arg.split("::")[0]).resolve()
+        if path.suffix == ".ipynb" or path == ROOT or (path.is_dir() and path.name in NOTEBOOK_FOLDERS):
+            return True
+    return False
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput") or not _runs_notebooks(config):
+        return  # an xdist worker (the main process did it), or no notebook in this run
+    import time
+
+    from eelib import zoo
+
+    for name in zoo.RECIPES:
+        start = time.perf_counter()
+        run = zoo.load_trained(name, progress=False)
+        how = "found in the cache" if run.from_cache else f"trained in {time.perf_counter() - start:.0f} s"
+        print(f"course model {name}: {how} ({zoo.cache_path(name)})", flush=True)
 
 
 @pytest.hookimpl(hookwrapper=True)

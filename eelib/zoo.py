@@ -12,27 +12,34 @@ test workers) wait for one training run instead of each training.
 
 Named recipes (``RECIPES``):
 
-* ``plain56`` / ``resnet56``: chapter 1's degradation experiment — the same 56-layer network
-  (base width 8) without and with skip connections, 4 epochs on ``mnist5k``.
+* ``plain20``, ``plain56``, ``resnet56``: chapter 1's degradation experiment — plain networks
+  of 20 and 56 layers, and the 56-layer network with skip connections (base width 8), each
+  trained for 4 epochs on ``mnist5k``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import random
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
 
 import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 from .cache import atomic_path, ensure_writable_dir, models_dir
-from .data import load_data
+from .data import DATASETS, load_data
 from .device import get_device, seed_everything
 from .resnet import ResNet, ResNetConfig
 from .train import History, evaluate, train
 
-FORMAT_VERSION = 1  # bump when training code changes what a recipe produces
+FORMAT_VERSION = 3  # bump when training code changes what a recipe produces
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,20 @@ class Recipe:
     batch_size: int = 64
     lr: float = 0.05
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.data not in DATASETS:
+            raise ValueError(f"data={self.data!r} is not a known data set; allowed: {', '.join(DATASETS)}")
+        channels = 3 if self.data == "cifar10" else 1
+        if self.model.in_channels != channels:
+            raise ValueError(f"model.in_channels={self.model.in_channels} but {self.data} images have "
+                             f"{channels} channel(s)")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +81,7 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
+    "plain20": Recipe(ResNetConfig(depth=20, width=8, residual=False)),
     "plain56": Recipe(ResNetConfig(depth=56, width=8, residual=False)),
     "resnet56": Recipe(ResNetConfig(depth=56, width=8, residual=True)),
 }
@@ -74,7 +96,8 @@ class TrainedModel:
     recipe: Recipe
     history: History = field(repr=False)
     from_cache: bool
-    test_accuracy: float
+    test_accuracy: float  # on the data set's test split, measured right after training
+    trained_on: str  # the device type it was trained on: "cpu", "cuda" or "mps"
 
 
 def _resolve(name: str | Recipe) -> tuple[str, Recipe]:
@@ -86,7 +109,7 @@ def _resolve(name: str | Recipe) -> tuple[str, Recipe]:
     return name, RECIPES[name]
 
 
-def cache_path(name: str | Recipe):
+def cache_path(name: str | Recipe) -> Path:
     """Where the trained model of ``name`` (a recipe name or a Recipe) is cached."""
     label, recipe = _resolve(name)
     return models_dir() / f"{label}-{recipe.key()}.safetensors"
@@ -115,30 +138,46 @@ def load_trained(name: str | Recipe, *, retrain: bool = False, progress: bool = 
         return _load_or_train(label, recipe, path, retrain, progress, device)
 
 
-def _load_or_train(label: str, recipe: Recipe, path, retrain: bool, progress: bool,
+@contextlib.contextmanager
+def _own_random_state() -> Iterator[None]:
+    """Run a block with its own random state: the caller's Python, NumPy and torch RNGs are restored."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _load_or_train(label: str, recipe: Recipe, path: Path, retrain: bool, progress: bool,
                    device: torch.device) -> TrainedModel:
-    model = ResNet(recipe.model)
     if path.is_file() and not retrain:
         try:
             meta = _read_metadata(path)
-        except Exception:  # an unreadable cache file is never used: train again and replace it
-            meta = {}
-        if meta.get("recipe") == recipe.to_dict():
-            model.load_state_dict(load_file(str(path)))
-            return TrainedModel(label, model.to(device).eval(), recipe, History.from_dict(meta["history"]),
-                                from_cache=True, test_accuracy=meta["test_accuracy"])
-    data = load_data(recipe.data)
-    seed_everything(recipe.seed)
-    model = ResNet(recipe.model)  # re-created after seeding: the initial weights depend on the seed
-    loaders = data.loaders(recipe.batch_size, seed=recipe.seed)
-    history = train(model, loaders.train, epochs=recipe.epochs, lr=recipe.lr, val_loader=loaders.val,
-                    device=device, progress=progress, desc=f"training {label}")
-    test_accuracy = evaluate(model, loaders.test, device=device).accuracy
-    meta = {"recipe": recipe.to_dict(), "history": history.to_dict(), "test_accuracy": test_accuracy}
+            if meta["recipe"] == recipe.to_dict():
+                model = ResNet(recipe.model)
+                model.load_state_dict(load_file(str(path)))
+                return TrainedModel(label, model.to(device).eval(), recipe, History.from_dict(meta["history"]),
+                                    from_cache=True, test_accuracy=meta["test_accuracy"],
+                                    trained_on=meta["trained_on"])
+        except Exception:  # an unreadable or mismatched cache file is never used: train again, replace it
+            pass
+    with _own_random_state():  # training does not disturb the caller's random numbers
+        data = load_data(recipe.data)
+        seed_everything(recipe.seed)
+        model = ResNet(recipe.model)  # created after seeding: the initial weights depend on the seed
+        loaders = data.loaders(recipe.batch_size, seed=recipe.seed)
+        history = train(model, loaders.train, epochs=recipe.epochs, lr=recipe.lr, val_loader=loaders.val,
+                        device=device, progress=progress, desc=f"training {label}")
+        test_accuracy = evaluate(model, loaders.test, device=device).accuracy
+    meta = {"recipe": recipe.to_dict(), "history": history.to_dict(), "test_accuracy": test_accuracy,
+            "trained_on": device.type}
     with atomic_path(path) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp), metadata={"eelib": json.dumps(meta)})
-    return TrainedModel(label, model.eval(), recipe, history, from_cache=False, test_accuracy=test_accuracy)
+    return TrainedModel(label, model.eval(), recipe, history, from_cache=False, test_accuracy=test_accuracy,
+                        trained_on=device.type)
 
 
 def _read_metadata(path) -> dict:

@@ -19,6 +19,27 @@ def test_download_verifies_and_renames(tmp_path):
     assert cache.download(src.as_uri(), dest, checksum=md5) == dest
 
 
+def test_an_existing_file_with_the_wrong_checksum_is_replaced(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"the real content")
+    dest = tmp_path / "out" / "file.bin"
+    dest.parent.mkdir()
+    dest.write_bytes(b"stale or corrupted")
+    md5 = hashlib.md5(src.read_bytes()).hexdigest()
+    assert cache.download(src.as_uri(), dest, checksum=md5).read_bytes() == b"the real content"
+    dest.write_bytes(b"corrupted again")
+    with pytest.raises(cache.DownloadError):  # offline: refused, and the bad file is not kept
+        cache.download((tmp_path / "gone").as_uri(), dest, checksum=md5)
+    assert not dest.exists()
+
+
+def test_unwritable_destination(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(PermissionError, match="not writable"):
+        cache.download("file:///dev/null", blocker / "sub" / "f", checksum="0" * 32)
+
+
 def test_sha256_and_failure_messages(tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(b"abc")

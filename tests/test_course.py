@@ -48,6 +48,33 @@ def test_lecture_notebooks_define_no_helpers(path):
                 f"{path.name} defines a helper; put it in eelib:\n{cell.source}")
 
 
+@pytest.mark.parametrize("path", sorted(p for f in ("notebooks", "solutions") for p in (ROOT / f).glob("*.ipynb")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_code_cell_is_introduced_by_markdown(path):
+    nb = nbformat.read(path, as_version=4)
+    for prev, cell in zip(nb.cells, nb.cells[1:]):
+        if cell.cell_type == "code":
+            assert prev.cell_type == "markdown", f"{path.name}: say why before this cell:\n{cell.source}"
+    assert nb.cells[0].cell_type == "markdown"
+
+
+def test_exercise_hook_fails_a_check_that_passes_on_a_blank_exercise(tmp_path):
+    """The root conftest's hook: a tagged cell in exercises/ that does not raise is a failure."""
+    (tmp_path / "conftest.py").write_text((ROOT / "conftest.py").read_text(encoding="utf-8"), encoding="utf-8")
+    nb = _nb(("md", "# Demo", None),
+             ("code", "def f():\n    raise NotImplementedError('Exercise: implement f')", None),
+             ("code", "f()", ["check", "raises-exception"]),
+             ("code", "print('a check that cannot fail')", ["check", "raises-exception"]))
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    (tmp_path / "exercises").mkdir()
+    nbformat.write(nb, tmp_path / "exercises" / "00_demo.ipynb")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-o",
+                             "addopts=", "--nbval-lax", "--nbval-current-env", "exercises"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert "1 failed, 2 passed" in result.stdout, result.stdout[-3000:]
+    assert "cell 2: a blank exercise must make this cell fail" in result.stdout
+
+
 def test_exercises_are_up_to_date():
     stale = course.generate_exercises(ROOT, check=True)
     assert stale == [], f"out of date: {stale}; run python -m eelib.course exercises"
@@ -131,19 +158,23 @@ def _forward(block, x, *, skip=True, relu_last=True, add_x=False):
 
 
 def test_check_residual_forward(capsys):
-    checks.check_residual_forward(lambda block, x: block(x))
-    assert "Correct" in capsys.readouterr().out
     checks.check_residual_forward(_forward)
+    assert "Correct" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="called block"):
+        checks.check_residual_forward(lambda block, x: block(x))
     with pytest.raises(AssertionError, match="skip connection is missing"):
         checks.check_residual_forward(lambda b, x: _forward(b, x, skip=False))
     with pytest.raises(AssertionError, match="final relu is missing"):
         checks.check_residual_forward(lambda b, x: _forward(b, x, relu_last=False))
-    with pytest.raises((AssertionError, RuntimeError)):
+    with pytest.raises(AssertionError, match="raised RuntimeError.*add block.shortcut"):
         checks.check_residual_forward(lambda b, x: _forward(b, x, add_x=True))
+    with pytest.raises(AssertionError, match="after adding the shortcut"):
+        checks.check_residual_forward(lambda b, x: F.relu(_forward(b, x, skip=False, relu_last=True))
+                                      + (b.shortcut(x) if b.shortcut is not None else 0))
     with pytest.raises(AssertionError, match="differs from block"):
         checks.check_residual_forward(lambda b, x: x)
     with pytest.raises(AssertionError, match="output shape"):
-        checks.check_residual_forward(lambda b, x: b(x)[..., :-1])
+        checks.check_residual_forward(lambda b, x: _forward(b, x)[..., :-1])
     with pytest.raises(NotImplementedError):
         checks.check_residual_forward(lambda b, x: (_ for _ in ()).throw(NotImplementedError("Exercise")))
 
@@ -162,11 +193,15 @@ def test_check_gradient_norms(capsys):
         grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(weights.values()))
         return {n: g.norm().item() for n, g in zip(weights, grads)}
 
-    def updates(model, x, y):
+    def updates(model, x, y):  # takes an optimiser step while measuring
         norms = eelib.gradient_norms(model, x, y)
-        with torch.no_grad():
-            model.fc.weight.add_(1.0)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
         return norms
+
+    def with_shortcuts(model, x, y):
+        return eelib.gradient_norms(model, x, y, shortcuts=True)
 
     with pytest.raises(AssertionError, match="unexpected.*stem.1.weight"):
         checks.check_gradient_norms(with_bn)
@@ -174,6 +209,8 @@ def test_check_gradient_norms(capsys):
         checks.check_gradient_norms(eval_mode)
     with pytest.raises(AssertionError, match="must not update"):
         checks.check_gradient_norms(updates)
+    with pytest.raises(AssertionError, match="unexpected.*shortcut"):
+        checks.check_gradient_norms(with_shortcuts)
     with pytest.raises(AssertionError, match="dict"):
         checks.check_gradient_norms(lambda m, x, y: [1.0])
 

@@ -11,6 +11,11 @@ from eelib.cache import DownloadError
 from fakes import make_fake_cifar10_archive, write_fake_cifar10, write_fake_mnist_gz
 
 
+def files(folder):
+    """What a folder holds, leaving out the lock files that make concurrent downloads wait."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
 def test_offline_default_splits():
     data = eelib.load_data()
     assert data.name == eelib.OFFLINE_DEFAULT == "mnist5k"
@@ -20,6 +25,7 @@ def test_offline_default_splits():
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.long
     for split in (data.train, data.val, data.test):  # stratified
         assert np.bincount(split.tensors[1].numpy()).tolist() == [len(split) // 10] * 10
+    assert len(set(split.tensors[1][:50].tolist())) == 10  # mixed: every digit among the first 50
     # no image in two splits
     flat = {k: {t.numpy().tobytes() for t in getattr(data, k).tensors[0]} for k in ("train", "val", "test")}
     assert not (flat["train"] & flat["test"]) and not (flat["val"] & flat["test"]) and not (flat["train"] & flat["val"])
@@ -63,7 +69,7 @@ def test_cifar10_download_verifies_then_unpacks(tmp_path, monkeypatch):
     monkeypatch.setenv("EELIB_DATA", str(cache))
     data = eelib.load_data("cifar10")
     assert len(data.test) == 10
-    assert sorted(p.name for p in cache.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+    assert files(cache) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
 
 
 def test_corrupted_cached_archive_is_never_used(tmp_path, monkeypatch):
@@ -78,7 +84,7 @@ def test_corrupted_cached_archive_is_never_used(tmp_path, monkeypatch):
         eelib.load_data("cifar10", root=cache)
     message = str(err.value)
     assert "CIFAR-10" in message and missing in message and str(cache) in message and "mnist5k" in message
-    assert list(cache.iterdir()) == []  # nothing half-written, the bad file gone
+    assert files(cache) == []  # nothing half-written, the bad file gone
     # online: it is downloaded again and used
     monkeypatch.setitem(data_mod.SOURCES, "cifar10", {**data_mod.SOURCES["cifar10"], "url": archive.as_uri(), "md5": md5})
     assert len(eelib.load_data("cifar10", root=cache).test) == 10
@@ -90,7 +96,7 @@ def test_download_with_wrong_checksum_leaves_nothing(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     with pytest.raises(DownloadError, match="md5"):
         eelib.load_data("cifar10", root=cache)
-    assert list(cache.iterdir()) == []
+    assert files(cache) == []
 
 
 def test_a_stalled_server_times_out(tmp_path, monkeypatch):
@@ -104,20 +110,20 @@ def test_a_stalled_server_times_out(tmp_path, monkeypatch):
             eelib.load_data("cifar10", root=tmp_path / "cache", timeout=0.5)
     finally:
         server.close()
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert files(tmp_path / "cache") == []
 
 
 def test_mnist_through_torchvision(tmp_path, monkeypatch):
     served = tmp_path / "mirror"
     md5s = write_fake_mnist_gz(served)
-    files = [(name, md5s[name]) for name, _ in data_mod.SOURCES["mnist"]["files"]]
+    files_ = [(name, md5s[name]) for name, _ in data_mod.SOURCES["mnist"]["files"]]
     monkeypatch.setitem(data_mod.SOURCES, "mnist", {"mirrors": [(tmp_path / "dead").as_uri() + "/", served.as_uri() + "/"],
-                                                    "files": files})
+                                                    "files": files_})
     data = eelib.load_data("mnist", root=tmp_path / "cache")
     assert (len(data.train), len(data.val), len(data.test)) == (22, 2, 12)
     assert data.train[0][0].shape == (1, 28, 28)
     raw = tmp_path / "cache" / "MNIST" / "raw"
-    assert sorted(p.name for p in raw.iterdir() if not p.name.endswith(".gz")) == sorted(n[:-3] for n, _ in files)
+    assert [f for f in files(raw) if not f.endswith(".gz")] == sorted(n[:-3] for n, _ in files_)
     assert not [p for p in raw.rglob("*") if ".part" in p.name or ".tmp" in p.name]
 
 
@@ -128,8 +134,23 @@ def test_missing_without_download(tmp_path):
         eelib.load_data("mnist", root=tmp_path, download=False)
 
 
-def test_unwritable_cache_folder(tmp_path):
+def test_unwritable_cache_folder(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    with pytest.raises(PermissionError, match="not writable.*EELIB_DATA"):
+    with pytest.raises(PermissionError, match="not writable.*root="):
         eelib.load_data("cifar10", root=blocker / "sub")
+    monkeypatch.setenv("EELIB_DATA", str(blocker / "data"))
+    with pytest.raises(PermissionError, match="data cache folder.*not writable.*EELIB_DATA"):
+        eelib.load_data("mnist")
+    assert blocker.read_text() == "x"
+
+
+def test_corrupted_mnist_download_is_refused(tmp_path, monkeypatch):
+    served = tmp_path / "mirror"
+    md5s = write_fake_mnist_gz(served)
+    files_ = [(name, "f" * 32 if "t10k-labels" in name else md5s[name]) for name, _ in data_mod.SOURCES["mnist"]["files"]]
+    monkeypatch.setitem(data_mod.SOURCES, "mnist", {"mirrors": [served.as_uri() + "/"], "files": files_})
+    with pytest.raises(DownloadError, match="MNIST.*md5.*discarded"):
+        eelib.load_data("mnist", root=tmp_path / "cache")
+    raw = tmp_path / "cache" / "MNIST" / "raw"
+    assert "t10k-labels-idx1-ubyte" not in files(raw) and "t10k-labels-idx1-ubyte.gz" not in files(raw)

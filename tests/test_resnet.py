@@ -65,6 +65,20 @@ def test_wrong_input_channels_named():
         model(torch.randn(2, 3, 28, 28))
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         model(torch.randn(1, 28, 28))
+    with pytest.raises(ValueError, match="3 channels"):
+        model.forward_intermediates(torch.randn(1, 3, 28, 28), ["layer1"])
+
+
+def test_intermediates_stop_where_asked():
+    model = eelib.resnet(20, width=4).eval()
+    calls = []
+    for name in model.block_names:
+        model.get_submodule(name).register_forward_hook(lambda m, a, o, name=name: calls.append(name))
+    model.forward_intermediates(torch.randn(1, 1, 8, 8), ["layer1.1"])
+    assert calls == ["layer1.0", "layer1.1"]  # later blocks are not run
+    calls.clear()
+    model.forward_intermediates(torch.randn(1, 1, 8, 8), ["layer2"])
+    assert calls == model.block_names[:6]
 
 
 @pytest.mark.parametrize("kwargs, word", [(dict(depth=21), "depth"), (dict(depth=2), "depth"),

@@ -16,16 +16,31 @@ def test_short_training_lowers_the_loss(small_data):
     train_set, val_set = small_data
     eelib.seed_everything(0)
     model = eelib.resnet(8, width=8)
-    loader = DataLoader(train_set, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(train_set, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
     val_loader = DataLoader(val_set, batch_size=256)
     before = eelib.evaluate(model, val_loader, device="cpu")
-    history = eelib.train(model, loader, epochs=3, lr=0.05, val_loader=val_loader, device="cpu", progress=False)
+    history = eelib.train(model, loader, epochs=6, lr=0.1, val_loader=val_loader, device="cpu", progress=False)
     after = eelib.evaluate(model, val_loader, device="cpu")
-    assert len(history.epochs) == 3 and len(history.step_losses) == 3 * len(loader)
-    assert history.column("train_loss")[-1] < history.column("train_loss")[0]
-    assert after.loss < before.loss and after.accuracy > before.accuracy + 0.3
+    assert len(history.epochs) == 6 and len(history.step_losses) == 6 * len(loader)
+    assert history.column("train_loss")[-1] < history.column("train_loss")[0] - 0.5
+    assert after.loss < before.loss - 0.5 and after.accuracy > before.accuracy + 0.3
     assert history.column("val_accuracy")[-1] == pytest.approx(after.accuracy)
     assert History.from_dict(history.to_dict()) == history
+
+
+def test_momentum_is_the_one_given(small_data, monkeypatch):
+    train_set, _ = small_data
+    seen = []
+    original_step = torch.optim.SGD.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["momentum"])
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    loader = DataLoader(Subset(train_set, range(160)), batch_size=32)
+    eelib.train(eelib.resnet(8, width=4), loader, epochs=2, momentum=0.5, device="cpu", progress=False)
+    assert seen == [0.5] * 10  # the learning rate follows the one-cycle schedule; the momentum does not
 
 
 def test_training_is_repeatable_on_cpu(small_data):
@@ -54,11 +69,18 @@ def test_gradient_norms_per_layer_and_side_effect_free():
     torch.manual_seed(0)
     model = eelib.plain_net(14, width=4)
     x, y = torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,))
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
     norms = eelib.gradient_norms(model, x, y)
     assert list(norms)[0] == "stem.0.weight" and list(norms)[-1] == "fc.weight"
     assert len(norms) == 1 + 12 + 1  # stem, 12 block convs, classifier
     assert all(v > 0 for v in norms.values())
     assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())  # batch norm statistics kept
+    # a residual network of the same depth has the same layers; its shortcuts only on request
+    residual = eelib.resnet(14, width=4)
+    assert list(eelib.gradient_norms(residual, x, y)) == list(norms)
+    with_shortcuts = eelib.gradient_norms(residual, x, y, shortcuts=True)
+    assert len(with_shortcuts) == len(norms) + 2 and "layer2.0.shortcut.0.weight" in with_shortcuts
     # matches a manual backward pass
     model.train()
     torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -72,6 +94,8 @@ def test_bad_arguments():
         eelib.train(model, loader, epochs=0, progress=False)
     with pytest.raises(ValueError, match="lr"):
         eelib.train(model, loader, lr=-1.0, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        eelib.predict(model, DataLoader(Subset(eelib.load_data().val, []), batch_size=4))
     with pytest.raises(ValueError, match="column|name"):
         History(()).column("accuracy")
     with pytest.raises(ValueError, match="samples"):

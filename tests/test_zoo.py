@@ -31,6 +31,36 @@ def test_a_corrupted_cache_file_is_replaced(tmp_cache):
     assert eelib.load_trained(TINY, progress=False, device="cpu").from_cache
 
 
+def test_mismatched_metadata_and_retrain(tmp_cache):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    first = eelib.load_trained(TINY, progress=False, device="cpu")
+    path = zoo.cache_path(TINY)
+    meta = {**zoo._read_metadata(path), "recipe": {**TINY.to_dict(), "epochs": 9}}
+    save_file(load_file(str(path)), str(path), metadata={"eelib": json.dumps(meta)})
+    assert not eelib.load_trained(TINY, progress=False, device="cpu").from_cache  # recorded recipe differs
+    again = eelib.load_trained(TINY, retrain=True, progress=False, device="cpu")
+    assert not again.from_cache and again.history.column("train_loss") == first.history.column("train_loss")
+    assert again.trained_on == "cpu"
+
+
+def test_training_leaves_the_callers_random_state_alone(tmp_cache):
+    eelib.seed_everything(5)
+    expected = torch.rand(3)
+    eelib.seed_everything(5)
+    eelib.load_trained(TINY, progress=False, device="cpu")  # trains: the cache is empty
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("kwargs, word", [(dict(data="imagenet"), "data"), (dict(data="cifar10"), "in_channels"),
+                                          (dict(epochs=0), "epochs"), (dict(lr=0.0), "lr")])
+def test_bad_recipe(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        zoo.Recipe(ResNetConfig(depth=8, width=4), **kwargs)
+
+
 def test_recipe_key_changes_with_the_recipe():
     assert TINY.key() != zoo.Recipe(ResNetConfig(depth=8, width=4), epochs=2, batch_size=256).key()
     assert TINY.key() == zoo.Recipe.from_dict(TINY.to_dict()).key()
@@ -38,7 +68,7 @@ def test_recipe_key_changes_with_the_recipe():
 
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match="resnet99.*plain56, resnet56"):
+    with pytest.raises(ValueError, match="resnet99.*plain20, plain56, resnet56"):
         eelib.load_trained("resnet99")
 
 
