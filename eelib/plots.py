@@ -67,10 +67,10 @@ def plot_gradient_norms(norms: Mapping[str, Mapping[str, float]], *,
 def draw_residual_block(ax=None) -> Figure:
     """Diagram of a residual block: two weight layers, and the skip connection that adds x back."""
     if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 6))
+        fig, ax = plt.subplots(figsize=(6, 6))
     else:
         fig = ax.figure
-    ax.set(xlim=(0, 10), ylim=(0, 12), title="A residual block: out = relu(F(x) + x)")
+    ax.set(xlim=(-0.5, 12), ylim=(0, 12), title="A residual block: out = relu(F(x) + x)")
     ax.axis("off")
     boxes = [(10.2, "x"), (8.2, "3x3 conv + batch norm"), (6.6, "relu"),
              (5.0, "3x3 conv + batch norm"), (2.8, "+"), (1.2, "relu → out")]
@@ -85,8 +85,8 @@ def draw_residual_block(ax=None) -> Figure:
         ax.add_patch(FancyArrowPatch((4, top - 0.55), (4, bottom + 0.55), arrowstyle="-|>", mutation_scale=15))
     ax.add_patch(FancyArrowPatch((6.6, 10.2), (4.8, 2.8), connectionstyle="arc3,rad=-0.5", arrowstyle="-|>",
                                  mutation_scale=15, color="tab:red", linewidth=2))
-    ax.text(8.6, 6.6, "skip connection\n(identity: x)", color="tab:red", ha="center", va="center", fontsize=11)
-    ax.text(1.0, 6.6, "F(x)", fontsize=13, ha="center", va="center", style="italic")
+    ax.text(8.4, 6.6, "skip connection\n(identity: x)", color="tab:red", ha="left", va="center", fontsize=11)
+    ax.text(0.6, 6.6, "F(x)", fontsize=13, ha="center", va="center", style="italic")
     return fig
 
 
