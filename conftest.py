@@ -46,15 +46,9 @@ def _runs_notebooks(config) -> bool:
 def pytest_configure(config):
     if hasattr(config, "workerinput") or not _runs_notebooks(config):
         return  # an xdist worker (the main process did it), or no notebook in this run
-    import time
+    from eelib.course import prepare_models
 
-    from eelib import zoo
-
-    for name in zoo.RECIPES:
-        start = time.perf_counter()
-        run = zoo.load_trained(name, progress=False)
-        how = "found in the cache" if run.from_cache else f"trained in {time.perf_counter() - start:.0f} s"
-        print(f"course model {name}: {how} ({zoo.cache_path(name)})", flush=True)
+    prepare_models(progress=False)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -18,8 +18,11 @@ import hashlib
 import http.client
 import os
 import shutil
+import socket
 import tempfile
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
@@ -105,6 +108,29 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
+def _check_host_resolves(url: str, timeout: float) -> None:
+    """Look the URL's host up with a time limit: name lookups ignore socket timeouts, and an
+    offline machine can otherwise hang in them."""
+    host = urllib.parse.urlsplit(url).hostname
+    if not host:
+        return  # file:// and other local URLs
+    result: list = []
+    lookup = threading.Thread(target=lambda: result.append(_lookup(host)), daemon=True)
+    lookup.start()
+    lookup.join(timeout)
+    if lookup.is_alive():
+        raise DownloadError(f"could not download {url}: looking up {host} timed out after {timeout:g} s")
+    if isinstance(result[0], OSError):
+        raise DownloadError(f"could not download {url}: cannot resolve {host} ({result[0]})")
+
+
+def _lookup(host: str):
+    try:
+        return socket.getaddrinfo(host, None)
+    except OSError as err:
+        return err
+
+
 def download(url: str, dest: str | os.PathLike, *, checksum: str, algorithm: str = "md5",
              timeout: float = DEFAULT_TIMEOUT_S,
              progress: Callable[[int, int | None], None] | None = None) -> Path:
@@ -118,7 +144,8 @@ def download(url: str, dest: str | os.PathLike, *, checksum: str, algorithm: str
         dest: the final path.
         checksum: expected hex digest of the file.
         algorithm: hash algorithm of ``checksum`` (default md5, as torchvision lists them).
-        timeout: seconds to wait for the server to answer, and between two received chunks.
+        timeout: seconds to wait for the host name lookup, for the server to answer, and
+            between two received chunks.
         progress: optional callback ``(bytes_so_far, total_bytes_or_None)``.
 
     Returns:
@@ -133,6 +160,7 @@ def download(url: str, dest: str | os.PathLike, *, checksum: str, algorithm: str
         return dest
     ensure_writable_dir(dest.parent)
     dest.unlink(missing_ok=True)  # a file with the wrong checksum is never used
+    _check_host_resolves(url, timeout)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:

@@ -9,6 +9,9 @@ exercise) and exercise cells whose stub raises at the top level get the tag
 past them, so a blank exercise notebook still runs top to bottom. ``--check`` only compares and exits 1
 when ``exercises/`` is out of date.
 
+``python -m eelib.course models`` trains every course model that is not in the cache yet
+(``eelib.zoo.RECIPES``), e.g. before a class, so that no notebook trains during the lecture.
+
 ``python -m eelib.course run`` executes every lecture notebook (``notebooks/``; add
 ``--solutions`` for ``solutions/`` too) on this machine, and writes into ``build/`` the executed
 notebook, an HTML handout and every figure as a PNG, with each notebook's run time in
@@ -178,12 +181,27 @@ def run_notebooks(paths: list[Path], out_dir: Path, *, timeout: int = 900) -> di
     return times
 
 
+def prepare_models(*, progress: bool = True) -> dict[str, str]:
+    """Train (or find in the cache) every course model; return ``{name: what happened}``."""
+    from . import zoo
+
+    done = {}
+    for name in zoo.RECIPES:
+        start = time.perf_counter()
+        run = zoo.load_trained(name, progress=progress)
+        done[name] = ("found in the cache" if run.from_cache
+                      else f"trained in {time.perf_counter() - start:.0f} s") + f" ({zoo.cache_path(name)})"
+        print(f"course model {name}: {done[name]}", flush=True)
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eelib.course", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the course folder (default: here)")
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("exercises", help="generate exercises/ from solutions/")
     ex.add_argument("--check", action="store_true", help="only check that exercises/ is up to date")
+    sub.add_parser("models", help="train the course models that are not cached yet")
     run = sub.add_parser("run", help="execute the notebooks; write HTML and figures into build/")
     run.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: notebooks/*.ipynb)")
     run.add_argument("--solutions", action="store_true", help="run solutions/ too")
@@ -199,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("run: python -m eelib.course exercises")
             return 1 if stale else 0
         print(f"wrote {len(stale)} exercise notebook(s)" if stale else "exercises/ is up to date")
+        return 0
+    if args.command == "models":
+        prepare_models()
         return 0
     paths = args.notebooks or sorted((root / "notebooks").glob("*.ipynb"))
     if args.solutions:

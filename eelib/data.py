@@ -196,14 +196,20 @@ def _download_failed(title: str, url: str, folder: Path, err: Exception, manual:
     )
 
 
-def _tqdm_hook(desc: str):
-    bar = tqdm(desc=desc, unit="B", unit_scale=True, leave=False)
+class _ProgressBar:
+    """A byte progress bar that appears with the first received bytes (not for a failed connect)."""
 
-    def update(done: int, total: int | None) -> None:
-        if total and bar.total != total:
-            bar.total = total
-        bar.update(done - bar.n)
-    return bar, update
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self.bar is None:
+            self.bar = tqdm(desc=self.desc, total=total, unit="B", unit_scale=True, leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _fetch(title: str, urls: list[str], dest: Path, md5: str, timeout: float, manual: str) -> Path:
@@ -211,9 +217,9 @@ def _fetch(title: str, urls: list[str], dest: Path, md5: str, timeout: float, ma
         return dest
     last: Exception | None = None
     for url in urls:
-        bar, hook = _tqdm_hook(dest.name)
+        bar = _ProgressBar(dest.name)
         try:
-            return download(url, dest, checksum=md5, timeout=timeout, progress=hook)
+            return download(url, dest, checksum=md5, timeout=timeout, progress=bar)
         except DownloadError as err:
             last = err
         finally:

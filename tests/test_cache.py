@@ -68,3 +68,25 @@ def test_cache_folders_follow_the_environment(tmp_path, monkeypatch):
     assert cache.data_dir() == tmp_path / "c" / "data" and cache.models_dir() == tmp_path / "c" / "models"
     monkeypatch.setenv("EELIB_DATA", str(tmp_path / "d"))
     assert cache.data_dir() == tmp_path / "d"
+
+
+def test_a_hanging_name_lookup_times_out(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    release = threading.Event()
+    monkeypatch.setattr(cache, "_lookup", lambda host: release.wait(30))  # a resolver that hangs
+    start = time.perf_counter()
+    try:
+        with pytest.raises(cache.DownloadError, match="looking up example.invalid timed out"):
+            cache.download("https://example.invalid/file", tmp_path / "f", checksum="0" * 32, timeout=0.3)
+    finally:
+        release.set()
+    assert time.perf_counter() - start < 5
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_host_is_a_download_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "_lookup", lambda host: OSError("Name or service not known"))
+    with pytest.raises(cache.DownloadError, match="cannot resolve"):
+        cache.download("https://example.invalid/file", tmp_path / "f", checksum="0" * 32)

@@ -78,3 +78,13 @@ def test_unwritable_model_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("EELIB_CACHE", str(blocker))
     with pytest.raises(PermissionError, match="model cache folder.*EELIB_CACHE"):
         eelib.load_trained(TINY, progress=False)
+
+
+def test_prepare_models_trains_then_finds(tmp_cache, monkeypatch, capsys):
+    from eelib import course
+
+    monkeypatch.setattr(zoo, "RECIPES", {"tiny": TINY})
+    first = course.prepare_models(progress=False)
+    assert first["tiny"].startswith("trained in") and zoo.cache_path("tiny").is_file()
+    assert course.prepare_models(progress=False)["tiny"].startswith("found in the cache")
+    assert "course model tiny" in capsys.readouterr().out
