@@ -45,6 +45,9 @@ def _residual_hint(block: BasicBlock, x: torch.Tensor, got: torch.Tensor | None)
             return "the final relu is missing"
         if block.shortcut is None and _close(got, torch.relu(main + x)):
             return "this is a plain block (block.shortcut is None): there is nothing to add"
+        no_mid_relu = block.bn2(block.conv2(block.bn1(block.conv1(x))))
+        if _close(got, torch.relu(no_mid_relu + skip)):
+            return "the relu between bn1 and conv2 is missing"
     return ("compare step by step with the formula: conv1, bn1, relu, conv2, bn2, + block.shortcut(x) "
             "(only if block.shortcut is not None), relu")
 
@@ -94,14 +97,30 @@ def check_residual_forward(residual_forward: Callable[[BasicBlock, torch.Tensor]
 
 
 def check_gradient_norms(student_gradient_norms: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], dict]) -> None:
-    """Check ``student_gradient_norms(model, x, y)`` against :func:`eelib.train.gradient_norms`."""
+    """Check ``student_gradient_norms(model, x, y)`` against :func:`eelib.train.gradient_norms`.
+
+    The model handed to the student's function is in eval mode (as a trained model is) and has
+    stale values in its ``.grad`` fields, so forgetting ``model.train()`` or accumulating into
+    old gradients shows.
+    """
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = ResNet(ResNetConfig(depth=8, width=4))
         x, y = torch.randn(6, 1, 12, 12), torch.randint(0, 10, (6,))
+        model.train()(x)  # one batch in train mode: batch norm's running statistics move away from 0 / 1
+        model.eval()
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)  # stale gradients from an earlier step
     expected = gradient_norms(copy.deepcopy(model), x, y)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    got = student_gradient_norms(model, x, y)
+    try:
+        got = student_gradient_norms(model, x, y)
+    except (NotImplementedError, AssertionError):
+        raise
+    except Exception as err:
+        hint = ("is the forward pass inside torch.no_grad()? Gradients need the autograd graph"
+                if "does not require grad" in str(err) else "read the error above")
+        raise AssertionError(f"layer_gradient_norms raised {type(err).__name__}: {err}. Hint: {hint}.") from err
     for n, p in model.named_parameters():
         assert torch.equal(p.detach(), before[n]), (
             f"{n} changed: measuring gradients must not update the weights (no optimizer step)")
@@ -116,6 +135,9 @@ def check_gradient_norms(student_gradient_norms: Callable[[torch.nn.Module, torc
     for n in expected:
         value = float(got[n])
         assert abs(value - expected[n]) <= 1e-4 * max(1.0, expected[n]), (
-            f"{n}: got {value:.5g}, expected {expected[n]:.5g}. Is the loss the mean cross-entropy of the "
-            f"batch, computed in train mode, and is the norm the L2 norm of the whole gradient tensor?")
+            f"{n}: got {value:.5g}, expected {expected[n]:.5g}. Is it the L2 norm of the loss's *gradient* "
+            f"(not of the weight itself), with the loss the mean cross-entropy of the batch, computed in train "
+            f"mode (call model.train(): the model you get may be in eval mode)? If you used loss.backward(), "
+            f"old values in .grad add up with the new ones: clear them first (model.zero_grad()) or use "
+            f"torch.autograd.grad.")
     print(f"Correct: gradient norms match for all {len(expected)} layers.")

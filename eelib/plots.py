@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+from matplotlib.ticker import MaxNLocator
 
 from .train import History
 
@@ -24,6 +25,9 @@ def plot_training_curves(histories: Mapping[str, History], *, title: str = "Trai
     if not histories:
         raise ValueError("histories is empty: pass {label: History}")
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    first = next(iter(histories.values()))
+    for boundary in np.cumsum([len(r.step_losses) for r in first.epochs])[:-1]:
+        ax_loss.axvline(boundary + 0.5, color="grey", linestyle=":", linewidth=1)  # end of an epoch
     for label, history in histories.items():
         losses = np.asarray(history.step_losses)
         steps = np.arange(1, len(losses) + 1)
@@ -37,9 +41,10 @@ def plot_training_curves(histories: Mapping[str, History], *, title: str = "Trai
         acc = history.column("val_accuracy")
         if any(a is not None for a in acc):
             ax_acc.plot(history.column("epoch"), [100 * a for a in acc], marker="o", label=label)
-    ax_loss.set(title=f"{title}: training loss", xlabel="training step (batch)",
-                ylabel="cross-entropy (nats)", yscale="log")
+    ax_loss.set(title=f"{title}: training loss", xlabel="training step (batch); dotted: end of an epoch",
+                ylabel="cross-entropy (nats); faint: each batch", yscale="log")
     ax_acc.set(title=f"{title}: validation accuracy", xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100))
+    ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -47,17 +52,25 @@ def plot_training_curves(histories: Mapping[str, History], *, title: str = "Trai
     return fig
 
 
-def plot_gradient_norms(norms: Mapping[str, Mapping[str, float]], *,
+def plot_gradient_norms(norms: Mapping[str, Mapping[str, float]], *, relative_depth: bool = False,
                         title: str = "Gradient norm per layer") -> Figure:
-    """Gradient norm of each layer's weights (log scale), layers in forward order, one line per model."""
+    """Gradient norm of each layer's weights (log scale), layers in forward order, one line per model.
+
+    Args:
+        norms: ``{label: {layer: norm}}``, e.g. from :func:`eelib.train.gradient_norms`.
+        relative_depth: put layer ``i`` of ``n`` at ``i / n`` (0 = input, 1 = output), so that
+            networks of different depths share the axis; else at ``i``.
+    """
     if not norms:
         raise ValueError("norms is empty: pass {label: {layer: norm}}")
     fig, ax = plt.subplots(figsize=(11, 4))
     for label, per_layer in norms.items():
         values = list(per_layer.values())
-        ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=label)
-    ax.set(title=title, xlabel="layer (1 = closest to the input)", ylabel="‖∂loss/∂W‖₂ (log scale)",
-           yscale="log")
+        x = np.arange(1, len(values) + 1)
+        ax.plot(x / len(values) if relative_depth else x, values, marker=".", label=label)
+    xlabel = ("relative depth: layer / number of layers (0 = input, 1 = classifier)" if relative_depth
+              else "layer (1 = closest to the input; the last = the classifier)")
+    ax.set(title=title, xlabel=xlabel, ylabel="‖∂loss/∂W‖₂ (log scale)", yscale="log")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
@@ -67,10 +80,10 @@ def plot_gradient_norms(norms: Mapping[str, Mapping[str, float]], *,
 def draw_residual_block(ax=None) -> Figure:
     """Diagram of a residual block: two weight layers, and the skip connection that adds x back."""
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 6))
+        fig, ax = plt.subplots(figsize=(6.5, 6))
     else:
         fig = ax.figure
-    ax.set(xlim=(-0.5, 12), ylim=(0, 12), title="A residual block: out = relu(F(x) + x)")
+    ax.set(xlim=(-0.5, 13), ylim=(0, 12), title="A residual block: out = relu(F(x) + x)")
     ax.axis("off")
     boxes = [(10.2, "x"), (8.2, "3x3 conv + batch norm"), (6.6, "relu"),
              (5.0, "3x3 conv + batch norm"), (2.8, "+"), (1.2, "relu → out")]
@@ -85,8 +98,10 @@ def draw_residual_block(ax=None) -> Figure:
         ax.add_patch(FancyArrowPatch((4, top - 0.55), (4, bottom + 0.55), arrowstyle="-|>", mutation_scale=15))
     ax.add_patch(FancyArrowPatch((6.6, 10.2), (4.8, 2.8), connectionstyle="arc3,rad=-0.5", arrowstyle="-|>",
                                  mutation_scale=15, color="tab:red", linewidth=2))
-    ax.text(8.4, 6.6, "skip connection\n(identity: x)", color="tab:red", ha="left", va="center", fontsize=11)
-    ax.text(0.6, 6.6, "F(x)", fontsize=13, ha="center", va="center", style="italic")
+    ax.text(8.4, 6.6, "skip connection:\nx itself, or a\n1x1 conv + batch norm\nwhen the shape changes",
+            color="tab:red", ha="left", va="center", fontsize=10)
+    ax.plot([1.1, 0.9, 0.9, 1.1], [8.75, 8.75, 4.45, 4.45], color="black", linewidth=1)  # bracket: F(x)
+    ax.text(0.4, 6.6, "F(x)", fontsize=13, ha="center", va="center", style="italic")
     return fig
 
 
@@ -114,6 +129,9 @@ def plot_feature_maps(features: Mapping[str, "torch.Tensor"], *, channels: int =
                       title: str = "Feature maps of one image, stage by stage") -> Figure:
     """The first ``channels`` feature maps of one image at each attach point (one row per point).
 
+    Each panel has its own colour scale (bright = strong activation), so panels show where a
+    channel responds, not how strongly compared with another panel.
+
     Args:
         features: ``{name: tensor (1, C, H, W) or (C, H, W)}``, e.g. from ``ResNet.forward_intermediates``.
     """
@@ -128,6 +146,6 @@ def plot_feature_maps(features: Mapping[str, "torch.Tensor"], *, channels: int =
             if c < fmap.shape[0]:
                 ax.imshow(fmap[c].numpy(), cmap="viridis")
         row[0].set_title(f"{name}: {fmap.shape[0]} ch, {fmap.shape[1]}x{fmap.shape[2]} px", loc="left", fontsize=10)
-    fig.suptitle(title)
+    fig.suptitle(f"{title}\n(first {channels} channels of each; each panel on its own colour scale)")
     fig.tight_layout()
     return fig

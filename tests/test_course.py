@@ -1,5 +1,6 @@
 """The notebook pipeline: clean notebooks, exercises generated from solutions, honest checks."""
 
+import copy
 import json
 import re
 import subprocess
@@ -168,6 +169,9 @@ def test_check_residual_forward(capsys):
         checks.check_residual_forward(lambda b, x: _forward(b, x, relu_last=False))
     with pytest.raises(AssertionError, match="raised RuntimeError.*add block.shortcut"):
         checks.check_residual_forward(lambda b, x: _forward(b, x, add_x=True))
+    with pytest.raises(AssertionError, match="relu between bn1 and conv2 is missing"):
+        checks.check_residual_forward(lambda b, x: F.relu(b.bn2(b.conv2(b.bn1(b.conv1(x))))
+                                                          + (b.shortcut(x) if b.shortcut is not None else 0)))
     with pytest.raises(AssertionError, match="after adding the shortcut"):
         checks.check_residual_forward(lambda b, x: F.relu(_forward(b, x, skip=False, relu_last=True))
                                       + (b.shortcut(x) if b.shortcut is not None else 0))
@@ -211,6 +215,31 @@ def test_check_gradient_norms(capsys):
         checks.check_gradient_norms(updates)
     with pytest.raises(AssertionError, match="unexpected.*shortcut"):
         checks.check_gradient_norms(with_shortcuts)
+
+    def no_train_mode(model, x, y):  # forgets model.train(): batch norm uses running statistics
+        names = list(eelib.gradient_norms(copy.deepcopy(model), x, y))
+        params = dict(model.named_parameters())
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), [params[n] for n in names])
+        return {n: g.norm().item() for n, g in zip(names, grads)}
+
+    def accumulates(model, x, y):  # backward() into .grad without clearing it first
+        names = list(eelib.gradient_norms(copy.deepcopy(model), x, y))
+        model.train()
+        F.cross_entropy(model(x), y).backward()
+        params = dict(model.named_parameters())
+        return {n: params[n].grad.norm().item() for n in names}
+
+    def under_no_grad(model, x, y):
+        with torch.no_grad():
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+
+    with pytest.raises(AssertionError, match="train mode"):
+        checks.check_gradient_norms(no_train_mode)
+    with pytest.raises(AssertionError, match="zero_grad"):
+        checks.check_gradient_norms(accumulates)
+    with pytest.raises(AssertionError, match="torch.no_grad"):
+        checks.check_gradient_norms(under_no_grad)
     with pytest.raises(AssertionError, match="dict"):
         checks.check_gradient_norms(lambda m, x, y: [1.0])
 
