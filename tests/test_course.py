@@ -183,65 +183,59 @@ def test_check_residual_forward(capsys):
         checks.check_residual_forward(lambda b, x: (_ for _ in ()).throw(NotImplementedError("Exercise")))
 
 
-def test_check_gradient_norms(capsys):
+def _norms_of(model, x, y, grads_of):
+    names = list(eelib.gradient_norms(copy.deepcopy(model), x, y))
+    params = dict(model.named_parameters())
+    return {n: g.norm().item() for n, g in zip(names, grads_of([params[n] for n in names]))}
+
+
+def _with_bn_weight(model, x, y):
+    return {**eelib.gradient_norms(model, x, y), "stem.1.weight": 1.0}
+
+
+def _no_train_mode(model, x, y):  # forgets model.train(): batch norm uses its running statistics
+    return _norms_of(model, x, y, lambda weights: torch.autograd.grad(F.cross_entropy(model(x), y), weights))
+
+
+def _accumulates(model, x, y):  # backward() into .grad without clearing it first
+    model.train()
+    F.cross_entropy(model(x), y).backward()
+    return _norms_of(model, x, y, lambda weights: [w.grad for w in weights])
+
+
+def _takes_a_step(model, x, y):
+    norms = eelib.gradient_norms(model, x, y)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    return norms
+
+
+def _under_no_grad(model, x, y):
+    with torch.no_grad():
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
+
+
+@pytest.mark.parametrize("answer, message", [
+    (_with_bn_weight, "unexpected.*stem.1.weight"),
+    (lambda m, x, y: eelib.gradient_norms(m, x, y, shortcuts=True), "unexpected.*shortcut"),
+    (_no_train_mode, "train mode"),
+    (_accumulates, "zero_grad"),
+    (_takes_a_step, "must not update"),
+    (_under_no_grad, "torch.no_grad"),
+    (lambda m, x, y: [1.0], "dict"),
+    (lambda m, x, y: dict(reversed(eelib.gradient_norms(m, x, y).items())), "order"),
+])
+def test_check_gradient_norms_explains_wrong_answers(answer, message):
+    with pytest.raises(AssertionError, match=message):
+        checks.check_gradient_norms(answer)
+
+
+def test_check_gradient_norms_accepts_the_reference(capsys):
     checks.check_gradient_norms(eelib.gradient_norms)
     assert "Correct" in capsys.readouterr().out
-
-    def with_bn(model, x, y):
-        norms = eelib.gradient_norms(model, x, y)
-        return {**norms, "stem.1.weight": 1.0}
-
-    def eval_mode(model, x, y):
-        model.eval()
-        weights = {n: p for n, p in model.named_parameters() if n in eelib.gradient_norms(model, x, y)}
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(weights.values()))
-        return {n: g.norm().item() for n, g in zip(weights, grads)}
-
-    def updates(model, x, y):  # takes an optimiser step while measuring
-        norms = eelib.gradient_norms(model, x, y)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        return norms
-
-    def with_shortcuts(model, x, y):
-        return eelib.gradient_norms(model, x, y, shortcuts=True)
-
-    with pytest.raises(AssertionError, match="unexpected.*stem.1.weight"):
-        checks.check_gradient_norms(with_bn)
-    with pytest.raises(AssertionError, match="train mode"):
-        checks.check_gradient_norms(eval_mode)
-    with pytest.raises(AssertionError, match="must not update"):
-        checks.check_gradient_norms(updates)
-    with pytest.raises(AssertionError, match="unexpected.*shortcut"):
-        checks.check_gradient_norms(with_shortcuts)
-
-    def no_train_mode(model, x, y):  # forgets model.train(): batch norm uses running statistics
-        names = list(eelib.gradient_norms(copy.deepcopy(model), x, y))
-        params = dict(model.named_parameters())
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y), [params[n] for n in names])
-        return {n: g.norm().item() for n, g in zip(names, grads)}
-
-    def accumulates(model, x, y):  # backward() into .grad without clearing it first
-        names = list(eelib.gradient_norms(copy.deepcopy(model), x, y))
-        model.train()
-        F.cross_entropy(model(x), y).backward()
-        params = dict(model.named_parameters())
-        return {n: params[n].grad.norm().item() for n in names}
-
-    def under_no_grad(model, x, y):
-        with torch.no_grad():
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-
-    with pytest.raises(AssertionError, match="train mode"):
-        checks.check_gradient_norms(no_train_mode)
-    with pytest.raises(AssertionError, match="zero_grad"):
-        checks.check_gradient_norms(accumulates)
-    with pytest.raises(AssertionError, match="torch.no_grad"):
-        checks.check_gradient_norms(under_no_grad)
-    with pytest.raises(AssertionError, match="dict"):
-        checks.check_gradient_norms(lambda m, x, y: [1.0])
 
 
 def test_readme_test_command_is_what_ci_runs():
