@@ -1,15 +1,16 @@
 """Figures for the course (matplotlib): every one has a title, labelled axes and units.
 
-Each function draws into a new figure (or the ``ax`` it is given) and returns the figure, so a
-notebook shows it and ``eelib.course run`` saves it.
+Each function draws a new figure (``draw_residual_block`` can also draw into a given ``ax``) and
+returns it, so a notebook shows it and ``eelib.course run`` saves it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from matplotlib.ticker import MaxNLocator
@@ -18,6 +19,8 @@ from .train import History
 
 if TYPE_CHECKING:
     import torch
+
+    from .data import DataSplits
 
 
 def plot_training_curves(histories: Mapping[str, History], *, title: str = "Training") -> Figure:
@@ -77,7 +80,7 @@ def plot_gradient_norms(norms: Mapping[str, Mapping[str, float]], *, relative_de
     return fig
 
 
-def draw_residual_block(ax=None) -> Figure:
+def draw_residual_block(ax: Axes | None = None) -> Figure:
     """Diagram of a residual block: two weight layers, and the skip connection that adds x back."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.5, 6))
@@ -105,7 +108,8 @@ def draw_residual_block(ax=None) -> Figure:
     return fig
 
 
-def plot_image_grid(data, split: str = "test", *, n: int = 16, indices=None, title: str | None = None) -> Figure:
+def plot_image_grid(data: "DataSplits", split: str = "test", *, n: int = 16, indices: Sequence[int] | None = None,
+                    title: str | None = None) -> Figure:
     """A grid of images from a :class:`eelib.data.DataSplits` split, each titled with its label."""
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
