@@ -39,7 +39,7 @@ from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from .cache import DEFAULT_TIMEOUT_S, DownloadError, atomic_path, checksum_ok, data_dir, download, ensure_writable_dir
+from .cache import DEFAULT_TIMEOUT_S, DownloadError, atomic_path, data_dir, download, ensure_writable_dir
 
 OFFLINE_DEFAULT = "mnist5k"
 DATASETS = ("mnist5k", "mnist", "cifar10")
@@ -213,8 +213,6 @@ class _ProgressBar:
 
 
 def _fetch(title: str, urls: list[str], dest: Path, md5: str, timeout: float, manual: str) -> Path:
-    if checksum_ok(dest, md5):
-        return dest
     last: Exception | None = None
     for url in urls:
         bar = _ProgressBar(dest.name)

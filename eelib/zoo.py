@@ -37,7 +37,7 @@ from .cache import atomic_path, ensure_writable_dir, models_dir
 from .data import DATASETS, load_data
 from .device import get_device, seed_everything
 from .resnet import ResNet, ResNetConfig
-from .train import History, evaluate, train
+from .train import History, _check_positive, evaluate, train
 
 FORMAT_VERSION = 3  # bump when training code changes what a recipe produces
 
@@ -60,12 +60,9 @@ class Recipe:
         if self.model.in_channels != channels:
             raise ValueError(f"model.in_channels={self.model.in_channels} but {self.data} images have "
                              f"{channels} channel(s)")
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        _check_positive("epochs", self.epochs)
+        _check_positive("batch_size", self.batch_size)
+        _check_positive("lr", self.lr, float)
 
     def to_dict(self) -> dict:
         return asdict(self)
