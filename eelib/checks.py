@@ -141,3 +141,201 @@ def check_gradient_norms(student_gradient_norms: Callable[[torch.nn.Module, torc
             f"old values in .grad add up with the new ones: clear them first (model.zero_grad()) or use "
             f"torch.autograd.grad.")
     print(f"Correct: gradient norms match for all {len(expected)} layers.")
+
+
+# --- chapters 2-4: early exits --------------------------------------------------------------
+
+def _call(name: str, fn: Callable, *args):
+    try:
+        return fn(*args)
+    except (NotImplementedError, AssertionError):
+        raise
+    except Exception as err:
+        raise AssertionError(f"{name} raised {type(err).__name__}: {err}. Hint: read the error above.") from err
+
+
+def _tiny_exit_net(seed: int = 0):
+    from .exits import EarlyExitNet
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = EarlyExitNet(ResNet(ResNetConfig(depth=8, width=4)), ("stem", "layer1", "layer2"), pool_size=2)
+        x = torch.randn(40, 1, 12, 12)
+    return model.eval(), x
+
+
+def check_accuracy_per_exit(accuracy_per_exit: Callable[[list, torch.Tensor], list]) -> None:
+    """Check ``accuracy_per_exit(logits, labels)``: a list of per-exit accuracies (fractions)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        labels = torch.randint(0, 10, (50,))
+        logits = [torch.randn(50, 10) + 3 * k * torch.nn.functional.one_hot(labels, 10) for k in range(4)]
+    expected = [(z.argmax(1) == labels).float().mean().item() for z in logits]
+    got = _call("accuracy_per_exit", accuracy_per_exit, logits, labels)
+    assert isinstance(got, (list, tuple)) and len(got) == len(expected), (
+        f"return one accuracy per exit ({len(expected)} values), got {got!r}")
+    got = [float(g) for g in got]
+    if all(abs(g - 100 * e) < 1e-4 for g, e in zip(got, expected)):
+        raise AssertionError("these are percentages: return fractions between 0 and 1")
+    wrong_dim = [(z.argmax(0)[:len(labels)] == labels[:z.shape[1]]).float().mean().item() for z in logits]
+    for k, (g, e) in enumerate(zip(got, expected)):
+        hint = ("take argmax over the classes (dim=1), not over the samples"
+                if abs(g - wrong_dim[k]) < 1e-6 and abs(g - e) > 1e-6 else
+                "the prediction of exit k is logits[k].argmax(dim=1); compare it with the labels and average")
+        assert abs(g - e) < 1e-6, f"exit {k}: got {g:.4f}, expected {e:.4f}. Hint: {hint}."
+    print(f"Correct: accuracies of all {len(expected)} exits match.")
+
+
+def check_joint_loss(joint_loss: Callable[[list, torch.Tensor, list], torch.Tensor]) -> None:
+    """Check ``joint_loss(logits, y, weights)`` = sum_k weights[k] * cross_entropy(logits[k], y)."""
+    import torch.nn.functional as F
+
+    with torch.random.fork_rng():
+        torch.manual_seed(2)
+        y = torch.randint(0, 10, (16,))
+        logits = [torch.randn(16, 10, requires_grad=True) for _ in range(3)]
+    weights = [0.3, 0.6, 1.0]
+    ces = [F.cross_entropy(z, y) for z in logits]
+    expected = sum(w * ce for w, ce in zip(weights, ces))
+    got = _call("joint_loss", joint_loss, logits, y, weights)
+    assert isinstance(got, torch.Tensor) and got.ndim == 0, f"return a scalar tensor, got {got!r}"
+    assert got.requires_grad, ("the loss does not require grad: keep it a tensor built from the logits "
+                               "(no .item(), no torch.no_grad()), so that backward() can train every exit")
+    if abs(got.item() - expected.item()) > 1e-5:
+        if abs(got.item() - sum(ces).item()) < 1e-5:
+            hint = "the weights are not applied: multiply each exit's loss by weights[k]"
+        elif abs(got.item() - expected.item() / len(ces)) < 1e-5:
+            hint = "a weighted sum, not a mean: do not divide by the number of exits"
+        elif abs(got.item() - ces[-1].item()) < 1e-5:
+            hint = "only the final exit's loss is there: add every exit's loss"
+        else:
+            hint = "cross-entropy of each exit's logits with the labels y, times its weight, summed"
+        raise AssertionError(f"got {got.item():.5f}, expected {expected.item():.5f}. Hint: {hint}.")
+    print("Correct: the joint loss matches sum_k w_k * CE(logits_k, y).")
+
+
+def check_conv_flops(conv_flops: Callable[[torch.nn.Conv2d, int, int], int]) -> None:
+    """Check ``conv_flops(conv, height, width)`` against ``FlopCounterMode`` on one image."""
+    from .cost import count_flops
+
+    cases = [(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), 16, 16),
+             (torch.nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), 16, 16),
+             (torch.nn.Conv2d(16, 32, 1, stride=2, bias=True), 15, 15),
+             (torch.nn.Conv2d(4, 6, 5, padding=0, bias=False), 12, 10)]
+    for conv, h, w in cases:
+        expected = count_flops(conv, torch.zeros(1, conv.in_channels, h, w))
+        got = _call("conv_flops", conv_flops, conv, h, w)
+        if got != expected:
+            if got * 2 == expected:
+                hint = "one multiply-accumulate counts as 2 FLOPs (a multiply and an add)"
+            elif got == expected * conv.stride[0] ** 2 // 1:
+                hint = "the output is smaller than the input when stride > 1: use the output's height and width"
+            else:
+                hint = ("FLOPs = 2 x out_channels x out_height x out_width x in_channels x kernel_h x kernel_w, "
+                        "with out_height = (height + 2*padding - kernel) // stride + 1; FlopCounterMode "
+                        "does not count the bias")
+            raise AssertionError(f"{conv}: input {h}x{w}: got {got}, FlopCounterMode counts {expected}. Hint: {hint}.")
+    print(f"Correct: conv_flops matches FlopCounterMode on all {len(cases)} convolutions.")
+
+
+def check_cumulative_costs(cumulative_costs: Callable[[list, list], list]) -> None:
+    """Check ``cumulative_costs(segment_flops, head_flops)`` against :func:`eelib.cost.exit_costs`."""
+    from .cost import count_flops, exit_costs
+
+    model, x = _tiny_exit_net()
+    segments, heads, h = [], [], x[:1]
+    for k in range(model.num_exits):
+        segments.append(count_flops(model.segment, k, h))
+        with torch.no_grad():
+            h = model.segment(k, h)
+        heads.append(count_flops(model.head, k, h))
+    expected = list(exit_costs(model, (1, 12, 12)).flops)
+    got = _call("cumulative_costs", cumulative_costs, list(segments), list(heads))
+    assert isinstance(got, (list, tuple)) and len(got) == len(expected), (
+        f"return one cost per exit ({len(expected)} values), got {got!r}")
+    got = [int(g) for g in got]
+    if got != expected:
+        backbone_only = [sum(segments[:k + 1]) for k in range(len(segments))]
+        own_head = [sum(segments[:k + 1]) + heads[k] for k in range(len(segments))]
+        if got == backbone_only:
+            hint = "the heads cost something too: add the heads evaluated on the way"
+        elif got == own_head:
+            hint = ("a sample that leaves at exit k has also paid for heads 0..k-1 (they were evaluated and "
+                    "did not let it leave): add every head up to and including k")
+        else:
+            hint = "exit k costs segments 0..k plus heads 0..k (cumulative sums)"
+        raise AssertionError(f"got {got}, expected {expected}. Hint: {hint}.")
+    print(f"Correct: cumulative costs of all {len(expected)} exits match eelib.cost.exit_costs.")
+
+
+def check_entropy(entropy_measure: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Check ``entropy_measure(logits)`` (nats, one value per row) against :func:`eelib.policies.entropy`."""
+    from .policies import entropy
+
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        logits = torch.randn(32, 10) * 4
+    logits[0] = torch.tensor([200.0] + [0.0] * 9)  # a (numerically) certain prediction: entropy 0, no nan
+    expected = entropy(logits)
+    got = _call("entropy_measure", entropy_measure, logits.clone())
+    assert isinstance(got, torch.Tensor) and got.shape == expected.shape, (
+        f"return a tensor of shape {tuple(expected.shape)} (one entropy per row), got "
+        f"{tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__}")
+    if not torch.isfinite(got).all():
+        raise AssertionError("some entropies are nan or inf: p * log(p) with p = 0 gives 0 * -inf. Hint: use "
+                             "torch.log_softmax for log p (it is finite), and p = log_p.exp().")
+    if not torch.allclose(got, expected, atol=1e-4):
+        p = torch.softmax(logits, -1)
+        if torch.allclose(got, -expected, atol=1e-4):
+            hint = "the sign is wrong: entropy is -sum p log p (it is >= 0)"
+        elif torch.allclose(got, expected / torch.log(torch.tensor(2.0)), atol=1e-4):
+            hint = "these are bits (log base 2): use the natural logarithm (nats)"
+        elif torch.allclose(got, -(p * p.log()).nan_to_num().sum(0)[:len(got)], atol=1e-4):
+            hint = "sum over the classes (dim=-1), not over the samples"
+        else:
+            hint = "p = softmax(logits) over the classes, entropy = -sum_c p_c log p_c for each row"
+        raise AssertionError(f"entropy_measure differs from eelib's by up to "
+                             f"{(got - expected).abs().max().item():.4f} nats. Hint: {hint}.")
+    print("Correct: entropy_measure matches eelib.policies.entropy.")
+
+
+def check_route_batch(route_batch: Callable) -> None:
+    """Check ``route_batch(model, x, threshold)`` -> ``(predictions, exits)`` against eelib's routing,
+    and that samples that left are not processed by the later segments."""
+    from .dynamic import route
+    from .policies import ExitPolicy, max_prob
+
+    model, x = _tiny_exit_net()
+    with torch.no_grad():
+        scores = max_prob(torch.stack(model(x)))
+    threshold = float(scores[0].quantile(0.8))  # with seed 0: 8, 11, 7 and 14 samples leave at exits 0..3
+    expected_pred, expected_exits = route(model, x, ExitPolicy("max_prob", (threshold,) * (model.num_exits - 1)))
+    seen = []
+    hooks = [model._units[model._ends[k - 1]][1].register_forward_pre_hook(
+        lambda mod, args, k=k: seen.append((k, args[0].shape[0]))) for k in range(1, model.num_exits)]
+    try:
+        got = _call("route_batch", route_batch, model, x.clone(), threshold)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert isinstance(got, tuple) and len(got) == 2, "return a tuple (predictions, exits)"
+    pred, exits = (torch.as_tensor(t) for t in got)
+    assert exits.shape == expected_exits.shape, f"exits must have shape {tuple(expected_exits.shape)}, got {tuple(exits.shape)}"
+    if not torch.equal(exits.long(), expected_exits):
+        i = int((exits.long() != expected_exits).nonzero()[0])
+        raise AssertionError(f"sample {i} left at exit {int(exits[i])}, expected exit {int(expected_exits[i])}. "
+                             f"Hint: a sample leaves at the first exit whose max softmax probability is >= "
+                             f"threshold; the final exit takes every sample still left. Keep track of which "
+                             f"original index each remaining sample has.")
+    if not torch.equal(pred.long(), expected_pred):
+        i = int((pred.long() != expected_pred).nonzero()[0])
+        raise AssertionError(f"sample {i}: predicted {int(pred[i])}, expected {int(expected_pred[i])} (the argmax of "
+                             f"the exit it left at). Hint: write each prediction back at the sample's original index.")
+    remaining = [(expected_exits >= k).sum().item() for k in range(1, model.num_exits)]
+    for k, n in zip(range(1, model.num_exits), remaining):
+        sizes = [b for j, b in seen if j == k]
+        assert sizes or n == 0, f"segment {k} never ran, but {n} samples needed it"
+        assert max(sizes, default=0) <= n, (f"segment {k} ran on {max(sizes)} samples, but only {n} were still in the batch: "
+                                 f"remove the samples that left (h = h[keep]) so the later blocks skip them")
+    print(f"Correct: the same exits and predictions as eelib's routing, and segments 1..{model.num_exits - 1} ran "
+          f"on {remaining} samples only.")

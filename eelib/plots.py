@@ -20,7 +20,10 @@ from .train import History
 if TYPE_CHECKING:
     import torch
 
+    from .cost import ExitCosts
     from .data import DataSplits
+    from .exits import ExitOutputs
+    from .policies import PolicyEval
 
 
 def plot_training_curves(histories: Mapping[str, History], *, title: str = "Training") -> Figure:
@@ -151,5 +154,204 @@ def plot_feature_maps(features: Mapping[str, "torch.Tensor"], *, channels: int =
                 ax.imshow(fmap[c].numpy(), cmap="viridis")
         row[0].set_title(f"{name}: {fmap.shape[0]} ch, {fmap.shape[1]}x{fmap.shape[2]} px", loc="left", fontsize=10)
     fig.suptitle(f"{title}\n(first {channels} channels of each; each panel on its own colour scale)")
+    fig.tight_layout()
+    return fig
+
+
+# --- early exits (chapters 2-4) -------------------------------------------------------------
+
+def plot_cost_per_head(costs: "ExitCosts", *, title: str = "Computation cost per exit") -> Figure:
+    """The talk's figure 4: cumulative FLOPs per exit (left) and what each exit adds (right).
+
+    Left: the cost of a sample that leaves at each exit, split into the backbone up to the exit
+    and the heads evaluated on the way. Right: the difference from the previous exit.
+    """
+    names = list(costs.exit_names)
+    x = np.arange(len(names))
+    backbone = np.asarray(costs.backbone_flops, dtype=float) / 1e6
+    heads = np.cumsum(costs.head_flops) / 1e6
+    total = np.asarray(costs.flops, dtype=float) / 1e6
+    full = costs.full_flops / 1e6
+    fig, (ax_cum, ax_diff) = plt.subplots(1, 2, figsize=(12, 4.2))
+    ax_cum.bar(x, backbone, color="tab:blue", label="backbone up to the exit")
+    ax_cum.bar(x, heads, bottom=backbone, color="tab:orange", label="exit heads evaluated on the way")
+    ax_cum.axhline(full, color="black", linestyle="--", linewidth=1, label=f"network without exits: {full:.1f} MFLOPs")
+    for xi, t in zip(x, total):
+        ax_cum.text(xi, t, f"{100 * t / full:.0f}%", ha="center", va="bottom", fontsize=9)
+    ax_cum.set(title=f"{title}: cumulative", xlabel="exit (attach point)", ylabel="MFLOPs per image")
+    diff = np.diff(np.concatenate([[0.0], total]))
+    ax_diff.bar(x, diff, color="tab:green")
+    ax_diff.set(title="Difference of computation cost per head", xlabel="exit (attach point)",
+                ylabel="MFLOPs added since the previous exit")
+    for ax in (ax_cum, ax_diff):
+        ax.set_xticks(x, names, rotation=20)
+        ax.grid(alpha=0.3, axis="y")
+    ax_cum.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_per_exit(accuracies: Mapping[str, Sequence[float]], exit_names: Sequence[str], *,
+                           relative_flops: Sequence[float] | None = None,
+                           title: str = "Accuracy of each exit") -> Figure:
+    """Accuracy (%) of each exit when every sample takes it, one line per model or training mode.
+
+    Args:
+        accuracies: ``{label: [accuracy of exit 0, 1, ...]}`` (fractions).
+        exit_names: the exits' names (x tick labels).
+        relative_flops: if given, the x axis is the exit's cost as % of the network without exits.
+    """
+    if not accuracies:
+        raise ValueError("accuracies is empty: pass {label: [accuracy per exit]}")
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    x = np.arange(len(exit_names)) if relative_flops is None else 100 * np.asarray(relative_flops)
+    for label, accs in accuracies.items():
+        if len(accs) != len(exit_names):
+            raise ValueError(f"accuracies[{label!r}] has {len(accs)} values for {len(exit_names)} exits")
+        ax.plot(x, 100 * np.asarray(accs), marker="o", label=label)
+    if relative_flops is None:
+        ax.set_xticks(x, list(exit_names), rotation=20)
+        ax.set_xlabel("exit (attach point)")
+    else:
+        ax.set_xlabel("cost of the exit (% of the FLOPs of the network without exits)")
+        for xi, name in zip(x, exit_names):
+            ax.annotate(name, (xi, ax.get_ylim()[0]), fontsize=8, rotation=90, va="bottom", ha="right")
+    ax.set(title=title, ylabel="test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_tradeoff(curve: Sequence[tuple[float, "PolicyEval"]], *, static: Sequence["PolicyEval"] = (),
+                  exit_names: Sequence[str] = (), oracle: "PolicyEval | None" = None,
+                  chosen: "PolicyEval | None" = None, title: str = "Accuracy vs computation") -> Figure:
+    """Accuracy against average FLOPs (% of the network without exits) over thresholds.
+
+    Args:
+        curve: ``[(threshold, PolicyEval), ...]``, e.g. from :func:`eelib.policies.tradeoff_curve`.
+        static: one PolicyEval per exit where every sample takes that exit (smaller networks).
+        exit_names: labels of the static points.
+        oracle: the oracle's PolicyEval (the lower bound of cost).
+        chosen: a calibrated policy to mark.
+    """
+    if not curve:
+        raise ValueError("curve is empty: pass [(threshold, PolicyEval), ...]")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    cost = [100 * e.avg_flops / e.full_flops for _, e in curve]
+    acc = [100 * e.accuracy for _, e in curve]
+    ax.plot(cost, acc, marker=".", label="early exit, one threshold for every exit")
+    if static:
+        sc = [100 * e.avg_flops / e.full_flops for e in static]
+        ax.plot(sc, [100 * e.accuracy for e in static], "s--", color="grey", label="every sample takes one exit")
+        for name, c, e in zip(exit_names, sc, static):
+            ax.annotate(name, (c, 100 * e.accuracy), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    if oracle is not None:
+        ax.plot([100 * oracle.avg_flops / oracle.full_flops], [100 * oracle.accuracy], "*", markersize=14,
+                color="tab:red", label="oracle: earliest exit that is right")
+    if chosen is not None:
+        ax.plot([100 * chosen.avg_flops / chosen.full_flops], [100 * chosen.accuracy], "o", markersize=11,
+                markerfacecolor="none", markeredgecolor="black", markeredgewidth=2, label="calibrated policy")
+    ax.set(title=title, xlabel="average FLOPs per image (% of the network without exits)",
+           ylabel="test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_exit_histogram(exit_fractions: Sequence[float], exit_names: Sequence[str], *, ax: Axes | None = None,
+                        title: str = "Where the images leave") -> Figure:
+    """Bar chart: the share (%) of samples that leave at each exit."""
+    if len(exit_fractions) != len(exit_names):
+        raise ValueError(f"exit_fractions has {len(exit_fractions)} values for {len(exit_names)} exits")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+    else:
+        fig = ax.figure
+    x = np.arange(len(exit_names))
+    bars = ax.bar(x, 100 * np.asarray(exit_fractions), color="tab:purple")
+    ax.bar_label(bars, fmt="%.1f%%", fontsize=8)
+    ax.set_xticks(x, list(exit_names), rotation=20)
+    ax.set(title=title, xlabel="exit (attach point)", ylabel="images leaving here (%)", ylim=(0, 110))
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def plot_easy_and_hard(data: "DataSplits", easy: Sequence[int], hard: Sequence[int], outputs: "ExitOutputs",
+                       exits: "torch.Tensor", *, split: str = "test",
+                       title: str = "Easiest and hardest images") -> Figure:
+    """The talk's figure 2: images that leave at the first exit (top) and images that need the
+    whole network or stay wrong (bottom), each titled with its label, prediction and exit.
+
+    Args:
+        data: the data set; ``easy`` and ``hard`` index its ``split``.
+        outputs: the exits' outputs on that split (for the predictions).
+        exits: the exit each sample took (e.g. ``PolicyResult.exits``).
+    """
+    if not easy or not hard:
+        raise ValueError("easy and hard must each hold at least one index")
+    dataset = getattr(data, split)
+    cols = max(len(easy), len(hard))
+    fig, axes = plt.subplots(2, cols, figsize=(1.5 * cols, 4.0), squeeze=False)
+    preds = outputs.predictions
+    for row, (indices, label) in enumerate(((easy, "easy"), (hard, "hard"))):
+        for c, ax in enumerate(axes[row]):
+            ax.axis("off")
+            if c >= len(indices):
+                continue
+            i = indices[c]
+            x, y = dataset[i]
+            k = int(exits[i])
+            pred = int(preds[k, i])
+            ax.imshow(data.to_image(x), cmap="gray")
+            ax.set_title(f"{data.class_names[int(y)]}→{data.class_names[pred]}\nexit {k}", fontsize=9,
+                         color="black" if pred == int(y) else "tab:red")
+        axes[row][0].text(-0.3, 0.5, label, transform=axes[row][0].transAxes, rotation=90, va="center",
+                          ha="right", fontsize=12)
+    fig.suptitle(f"{title}\n(top: left at the first exit, most confident; bottom: wrong, or needed the "
+                 "final exit; title: label→prediction, red = wrong)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_overthinking(fractions: Sequence[float], exit_names: Sequence[str], *,
+                      title: str = "Overthinking: right early, wrong at the end") -> Figure:
+    """Bar chart: for each early exit, the share (%) of images it gets right that the final exit gets wrong."""
+    if len(fractions) != len(exit_names):
+        raise ValueError(f"fractions has {len(fractions)} values for {len(exit_names)} early exits")
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    x = np.arange(len(exit_names))
+    bars = ax.bar(x, 100 * np.asarray(fractions), color="tab:red")
+    ax.bar_label(bars, fmt="%.2f%%", fontsize=8)
+    ax.set_xticks(x, list(exit_names), rotation=20)
+    ax.set(title=title, xlabel="early exit (attach point)",
+           ylabel="images right here, wrong at the final exit (%)")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def plot_latency(costs: "ExitCosts", seconds: Sequence[float], *, batch_size: int,
+                 title: str = "Measured latency per exit") -> Figure:
+    """Measured time to reach each exit (bars, ms) beside its share of the FLOPs (line, %)."""
+    if len(seconds) != len(costs.exit_names):
+        raise ValueError(f"seconds has {len(seconds)} values for {len(costs.exit_names)} exits")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = np.arange(len(seconds))
+    ms = 1000 * np.asarray(seconds)
+    ax.bar(x, ms, color="tab:blue", label="measured time (median)")
+    ax.set_xticks(x, list(costs.exit_names), rotation=20)
+    ax.set(title=f"{title} (batch of {batch_size})", xlabel="exit (attach point)", ylabel="milliseconds per batch")
+    ax2 = ax.twinx()
+    ax2.plot(x, 100 * ms / ms[-1], "o-", color="tab:orange", label="time, % of the full network")
+    ax2.plot(x, [100 * r for r in costs.relative_flops[:-1]] + [100.0], "s--", color="tab:green",
+             label="FLOPs, % of the full network")
+    ax2.set(ylabel="% of the full network", ylim=(0, 110))
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig

@@ -209,3 +209,178 @@ def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             for n, b in model.named_buffers():
                 b.copy_(buffers[n])
     return {n: g.norm().item() for n, g in zip(names, grads)}
+
+
+# --- early-exit networks --------------------------------------------------------------------
+
+EXIT_MODES = ("joint", "frozen", "distill")
+
+
+@dataclass(frozen=True)
+class ExitEpochRecord:
+    """What one epoch of training an early-exit network measured, per exit."""
+
+    epoch: int
+    train_loss: float  # mean of the weighted total loss over the epoch's batches
+    exit_losses: tuple[float, ...]  # mean cross-entropy of each exit on the training batches (nats)
+    val_accuracy: tuple[float, ...] | None  # accuracy (fraction) of each exit on the validation split
+    seconds: float
+    step_losses: tuple[float, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class ExitHistory:
+    """The per-epoch records of training an early-exit network."""
+
+    epochs: tuple[ExitEpochRecord, ...]
+    mode: str
+
+    def column(self, name: str) -> list:
+        """One field of every epoch, e.g. ``history.column("val_accuracy")``."""
+        if name not in ExitEpochRecord.__dataclass_fields__:
+            raise ValueError(f"name={name!r} is not a field of ExitEpochRecord; allowed: "
+                             f"{', '.join(ExitEpochRecord.__dataclass_fields__)}")
+        return [getattr(r, name) for r in self.epochs]
+
+    @property
+    def step_losses(self) -> list[float]:
+        return [loss for r in self.epochs for loss in r.step_losses]
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "epochs": [asdict(r) for r in self.epochs]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExitHistory":
+        def record(r: dict) -> ExitEpochRecord:
+            val = r.get("val_accuracy")
+            return ExitEpochRecord(**{**r, "exit_losses": tuple(r["exit_losses"]),
+                                      "val_accuracy": None if val is None else tuple(val),
+                                      "step_losses": tuple(r.get("step_losses", ()))})
+        return cls(tuple(record(r) for r in data["epochs"]), data["mode"])
+
+
+def exit_loss(logits: list[torch.Tensor], y: torch.Tensor, *, mode: str = "joint",
+              exit_weights: tuple[float, ...] | None = None, distill_alpha: float = 0.5,
+              temperature: float = 3.0) -> tuple[torch.Tensor, list[float]]:
+    """The training loss of an early-exit network on one batch, and each exit's cross-entropy.
+
+    * ``joint``: ``sum_k w_k * CE(logits_k, y)`` (all weights 1 unless ``exit_weights``);
+    * ``frozen``: the same sum over the early exits only (the backbone and its classifier are frozen);
+    * ``distill``: the final exit learns from the labels, every early exit from a mix of the
+      labels and the final exit's softened prediction (self-distillation, Zhang et al., 2019,
+      "Be Your Own Teacher"): ``alpha * CE(logits_k, y) + (1 - alpha) * T^2 * KL(p_final^T || p_k^T)``,
+      the final exit's logits detached (the teacher is not pulled towards its students).
+    """
+    ces = [F.cross_entropy(z, y) for z in logits]
+    weights = exit_weights or (1.0,) * len(logits)
+    if mode == "frozen":
+        total = sum(w * ce for w, ce in zip(weights[:-1], ces[:-1]))
+    elif mode == "distill":
+        teacher = F.log_softmax(logits[-1].detach() / temperature, -1)
+        total = weights[-1] * ces[-1]
+        for w, z, ce in zip(weights[:-1], logits[:-1], ces[:-1]):
+            kd = F.kl_div(F.log_softmax(z / temperature, -1), teacher, log_target=True,
+                          reduction="batchmean") * temperature**2
+            total = total + w * (distill_alpha * ce + (1 - distill_alpha) * kd)
+    else:
+        total = sum(w * ce for w, ce in zip(weights, ces))
+    return total, [ce.item() for ce in ces]
+
+
+@torch.no_grad()
+def _exit_accuracies(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, ...]:
+    was_training = model.training
+    model.eval()
+    correct, n = None, 0
+    for x, y in loader:
+        y = y.to(device)
+        right = torch.stack([(z.argmax(1) == y).sum() for z in model(x.to(device))])
+        correct = right if correct is None else correct + right
+        n += len(y)
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("val_loader is empty: nothing to evaluate")
+    return tuple((correct.float() / n).tolist())
+
+
+def train_exits(model: nn.Module, train_loader: DataLoader, *, mode: str = "joint", epochs: int = 4,
+                lr: float = 0.05, exit_weights: tuple[float, ...] | None = None, distill_alpha: float = 0.5,
+                temperature: float = 3.0, momentum: float = 0.9, weight_decay: float = 5e-4,
+                val_loader: DataLoader | None = None, device: torch.device | str | None = None,
+                progress: bool = True, desc: str | None = None) -> ExitHistory:
+    """Train an :class:`eelib.exits.EarlyExitNet` (SGD + one-cycle, as :func:`train`).
+
+    Args:
+        model: the early-exit network; its ``forward`` returns the logits of every exit.
+        train_loader: batches of ``(images, labels)``.
+        mode: ``"joint"`` — backbone and heads together, a weighted sum of every exit's loss
+            (SDN-style weights can be given, e.g. growing with depth); ``"frozen"`` — the
+            backbone is frozen (weights and batch-norm statistics), only the early heads learn:
+            a trained network gains exits without changing its final accuracy; ``"distill"`` —
+            joint training where each early exit also learns from the final exit's prediction
+            (see :func:`exit_loss`).
+        epochs, lr, momentum, weight_decay: as in :func:`train`.
+        exit_weights: one weight per exit (default all 1).
+        distill_alpha, temperature: the label/teacher mix and the softening temperature of ``distill``.
+        val_loader: if given, the accuracy of every exit is measured after each epoch.
+        device, progress, desc: where to train, whether to show a progress bar, its label.
+
+    Returns:
+        An :class:`ExitHistory`; the model is trained in place and left in eval mode.
+    """
+    if mode not in EXIT_MODES:
+        raise ValueError(f"mode={mode!r} is not a training mode; allowed: {', '.join(EXIT_MODES)}")
+    num_exits = model.num_exits
+    if exit_weights is not None:
+        exit_weights = tuple(float(w) for w in exit_weights)
+        if len(exit_weights) != num_exits or any(w < 0 for w in exit_weights):
+            raise ValueError(f"exit_weights must be {num_exits} non-negative numbers (one per exit), got {exit_weights}")
+    if not 0 <= distill_alpha <= 1:
+        raise ValueError(f"distill_alpha must be in [0, 1], got {distill_alpha!r}")
+    _check_positive("temperature", temperature, float)
+    _check_positive("epochs", epochs)
+    _check_positive("lr", lr, float)
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ValueError("train_loader is empty: nothing to train on")
+    device = torch.device(device) if device is not None else get_device()
+    model.to(device)
+    frozen = mode == "frozen"
+    for p in model.backbone.parameters():
+        p.requires_grad_(not frozen)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                                   pct_start=0.2, cycle_momentum=False)
+    records = []
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc or f"training exits ({mode})", disable=not progress, leave=False)
+    try:
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            if frozen:
+                model.backbone.eval()  # frozen batch norm: running statistics stay as trained
+            losses, per_exit = [], []
+            for x, y in train_loader:
+                x, y = x.to(device), y.to(device)
+                total, ces = exit_loss(model(x), y, mode=mode, exit_weights=exit_weights,
+                                       distill_alpha=distill_alpha, temperature=temperature)
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                schedule.step()
+                losses.append(total.item())
+                per_exit.append(ces)
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
+            val = _exit_accuracies(model, val_loader, device) if val_loader is not None else None
+            records.append(ExitEpochRecord(
+                epoch=epoch, train_loss=sum(losses) / len(losses),
+                exit_losses=tuple(float(v) for v in torch.tensor(per_exit).mean(0)),
+                val_accuracy=val, seconds=time.perf_counter() - start, step_losses=tuple(losses)))
+    finally:
+        bar.close()
+        for p in model.backbone.parameters():
+            p.requires_grad_(True)
+    model.eval()
+    return ExitHistory(tuple(records), mode)

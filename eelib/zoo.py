@@ -15,6 +15,12 @@ Named recipes (``RECIPES``):
 * ``plain20``, ``plain56``, ``resnet56``: chapter 1's degradation experiment — plain networks
   of 20 and 56 layers, and the 56-layer network with skip connections (base width 8), each
   trained for 4 epochs on ``mnist5k``.
+* ``resnet20``: a 20-layer ResNet of base width 16 trained without exits (4 epochs on ``mnist5k``):
+  the backbone that chapter 2 gives exits afterwards, with the backbone frozen.
+* ``ee_resnet20``: the early-exit network of chapters 2-5 — a 20-layer ResNet (base width 16)
+  with exit heads after blocks ``layer1.0``, ``layer1.2`` (= ``layer1``), ``layer2.1`` and
+  ``layer3.0`` (4x4 average pooling + linear) and its own classifier as the fifth exit, trained
+  jointly (every exit's loss, equal weights) for 4 epochs on ``mnist5k``.
 """
 
 from __future__ import annotations
@@ -36,10 +42,11 @@ from safetensors.torch import load_file, save_file
 from .cache import atomic_path, ensure_writable_dir, models_dir
 from .data import DATASETS, load_data
 from .device import get_device, seed_everything
+from .exits import EarlyExitNet, ExitConfig, early_exit_resnet
 from .resnet import ResNet, ResNetConfig
-from .train import History, _check_positive, evaluate, train
+from .train import EXIT_MODES, ExitHistory, History, _check_positive, evaluate, train, train_exits
 
-FORMAT_VERSION = 3  # bump when training code changes what a recipe produces
+FORMAT_VERSION = 4  # bump when training code changes what a recipe produces
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,9 @@ class Recipe:
     batch_size: int = 64
     lr: float = 0.05
     seed: int = 0
+    exits: ExitConfig | None = None  # exit heads: an early-exit network trained by eelib.train.train_exits
+    exit_mode: str = "joint"  # how, if there are exits: joint, frozen or distill
+
 
     def __post_init__(self) -> None:
         if self.data not in DATASETS:
@@ -63,13 +73,24 @@ class Recipe:
         _check_positive("epochs", self.epochs)
         _check_positive("batch_size", self.batch_size)
         _check_positive("lr", self.lr, float)
+        if self.exit_mode not in EXIT_MODES:
+            raise ValueError(f"exit_mode={self.exit_mode!r} is not a training mode; allowed: {', '.join(EXIT_MODES)}")
+        if self.exits is not None:
+            self.build()  # unknown attach points fail here, not after training
+
+    def build(self) -> ResNet | EarlyExitNet:
+        """The untrained network of this recipe."""
+        backbone = ResNet(self.model)
+        return backbone if self.exits is None else early_exit_resnet(backbone, self.exits)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":
-        return cls(**{**data, "model": ResNetConfig(**data["model"])})
+        exits = data.get("exits")
+        exits = None if exits is None else ExitConfig(**{**exits, "points": tuple(exits["points"])})
+        return cls(**{**data, "model": ResNetConfig(**data["model"]), "exits": exits})
 
     def key(self) -> str:
         """A short hash of the recipe (and of ``FORMAT_VERSION``), part of the cache file's name."""
@@ -81,6 +102,9 @@ RECIPES: dict[str, Recipe] = {
     "plain20": Recipe(ResNetConfig(depth=20, width=8, residual=False)),
     "plain56": Recipe(ResNetConfig(depth=56, width=8, residual=False)),
     "resnet56": Recipe(ResNetConfig(depth=56, width=8, residual=True)),
+    "resnet20": Recipe(ResNetConfig(depth=20, width=16)),
+    "ee_resnet20": Recipe(ResNetConfig(depth=20, width=16),
+                          exits=ExitConfig(points=("layer1.0", "layer1", "layer2.1", "layer3.0"), pool_size=4)),
 }
 
 
@@ -89,11 +113,11 @@ class TrainedModel:
     """A trained course model with its recipe, training history and where it came from."""
 
     name: str
-    model: ResNet = field(repr=False)
+    model: ResNet | EarlyExitNet = field(repr=False)
     recipe: Recipe
-    history: History = field(repr=False)
+    history: History | ExitHistory = field(repr=False)
     from_cache: bool
-    test_accuracy: float  # on the data set's test split, measured right after training
+    test_accuracy: float  # on the test split, measured right after training (the final exit's, with exits)
     trained_on: str  # the device type it was trained on: "cpu", "cuda" or "mps"
 
 
@@ -152,10 +176,11 @@ def _load_or_train(label: str, recipe: Recipe, path: Path, retrain: bool, progre
     if path.is_file() and not retrain:
         try:
             meta = _read_metadata(path)
-            if meta["recipe"] == recipe.to_dict():
-                model = ResNet(recipe.model)
+            if meta["recipe"] == json.loads(json.dumps(recipe.to_dict())):
+                model = recipe.build()
                 model.load_state_dict(load_file(str(path)))
-                return TrainedModel(label, model.to(device).eval(), recipe, History.from_dict(meta["history"]),
+                history = (History if recipe.exits is None else ExitHistory).from_dict(meta["history"])
+                return TrainedModel(label, model.to(device).eval(), recipe, history,
                                     from_cache=True, test_accuracy=meta["test_accuracy"],
                                     trained_on=meta["trained_on"])
         except Exception:  # an unreadable or mismatched cache file is never used: train again, replace it
@@ -163,12 +188,18 @@ def _load_or_train(label: str, recipe: Recipe, path: Path, retrain: bool, progre
     with _own_random_state():  # training does not disturb the caller's random numbers
         data = load_data(recipe.data)
         seed_everything(recipe.seed)
-        model = ResNet(recipe.model)  # created after seeding: the initial weights depend on the seed
+        model = recipe.build()  # created after seeding: the initial weights depend on the seed
         loaders = data.loaders(recipe.batch_size, seed=recipe.seed)
-        history = train(model, loaders.train, epochs=recipe.epochs, lr=recipe.lr, val_loader=loaders.val,
-                        device=device, progress=progress, desc=f"training {label}")
-        test_accuracy = evaluate(model, loaders.test, device=device).accuracy
-    meta = {"recipe": recipe.to_dict(), "history": history.to_dict(), "test_accuracy": test_accuracy,
+        if recipe.exits is None:
+            history = train(model, loaders.train, epochs=recipe.epochs, lr=recipe.lr, val_loader=loaders.val,
+                            device=device, progress=progress, desc=f"training {label}")
+            test_accuracy = evaluate(model, loaders.test, device=device).accuracy
+        else:
+            history = train_exits(model, loaders.train, mode=recipe.exit_mode, epochs=recipe.epochs, lr=recipe.lr,
+                                  val_loader=loaders.val, device=device, progress=progress,
+                                  desc=f"training {label}")
+            test_accuracy = evaluate(model.backbone, loaders.test, device=device).accuracy
+    meta = {"recipe": json.loads(json.dumps(recipe.to_dict())), "history": history.to_dict(), "test_accuracy": test_accuracy,
             "trained_on": device.type}
     with atomic_path(path) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -1,0 +1,167 @@
+"""What each exit costs: FLOPs and parameters (counted by PyTorch), latency (measured), energy (estimated).
+
+FLOPs are counted with :class:`torch.utils.flop_counter.FlopCounterMode` while the model runs
+on one image — no hand-written formulas. It counts 2 FLOPs per multiply-accumulate of
+convolutions and matrix products (the layers that dominate a ResNet); batch norm, relu and
+pooling are not counted. A sample that leaves at exit ``k`` has paid for the backbone up to
+the exit's attach point **and for every head evaluated on the way** (heads ``0..k``): an exit
+that rarely fires still costs everyone who passes it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .exits import EarlyExitNet
+from .resnet import ResNet
+
+# Energy of arithmetic only: a 32-bit float multiply (3.7 pJ) plus add (0.9 pJ) in 45 nm CMOS
+# (Horowitz, ISSCC 2014) is ~4.6 pJ per multiply-accumulate = 2.3 pJ per FLOP. Memory traffic,
+# which often costs more than the arithmetic, is left out: an estimate of the lower bound.
+JOULES_PER_FLOP = 2.3e-12
+
+
+@dataclass(frozen=True)
+class ExitCosts:
+    """FLOPs and parameters per exit for one input size (per sample).
+
+    Attributes:
+        exit_names: one per exit.
+        backbone_flops: FLOPs of the backbone up to each exit's attach point (cumulative).
+        head_flops: FLOPs of each exit's own head (the last: the backbone's classifier).
+        flops: the cost of a sample that leaves at each exit: ``backbone_flops[k] + sum(head_flops[:k+1])``.
+        full_flops: the backbone with its classifier and no exits — the reference for savings.
+        params: parameters a sample leaving at each exit has used (backbone up to it + heads 0..k).
+        full_params: parameters of the backbone alone.
+        input_shape: ``(C, H, W)`` of the image the counts are for.
+    """
+
+    exit_names: tuple[str, ...]
+    backbone_flops: tuple[int, ...]
+    head_flops: tuple[int, ...]
+    flops: tuple[int, ...]
+    full_flops: int
+    params: tuple[int, ...]
+    full_params: int
+    input_shape: tuple[int, int, int]
+
+    @property
+    def relative_flops(self) -> tuple[float, ...]:
+        """``flops[k] / full_flops``: each exit's cost as a fraction of the network without exits."""
+        return tuple(f / self.full_flops for f in self.flops)
+
+    def rows(self) -> list[dict]:
+        """One dict per exit, for printing a table."""
+        return [dict(exit=name, backbone_mflops=b / 1e6, head_mflops=h / 1e6, mflops=f / 1e6,
+                     relative=f / self.full_flops, params=p)
+                for name, b, h, f, p in zip(self.exit_names, self.backbone_flops, self.head_flops, self.flops,
+                                             self.params)]
+
+
+def count_flops(fn, *args) -> int:
+    """FLOPs that ``fn(*args)`` performs, counted by ``FlopCounterMode`` (no_grad)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return int(counter.get_total_flops())
+
+
+def default_input_shape(model: EarlyExitNet) -> tuple[int, int, int]:
+    """The course's image size for the backbone: 1x28x28 (MNIST), 3x32x32 (CIFAR-10), 3x224x224 (torchvision)."""
+    if isinstance(model.backbone, ResNet):
+        return (1, 28, 28) if model.in_channels == 1 else (3, 32, 32)
+    return (3, 224, 224)
+
+
+def _n_params(modules) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def exit_costs(model: EarlyExitNet, input_shape: tuple[int, int, int] | None = None) -> ExitCosts:
+    """Count the FLOPs and parameters of every exit of ``model`` for one image of ``input_shape``.
+
+    The result depends only on the architecture and the input size; it is cached on the model.
+    """
+    shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
+    if len(shape) != 3 or shape[0] != model.in_channels:
+        raise ValueError(f"input_shape must be (C, H, W) with C = in_channels = {model.in_channels}, got {shape}")
+    cache = model.__dict__.setdefault("_eelib_costs", {})
+    if shape in cache:
+        return cache[shape]
+    param = next(model.parameters())
+    x = torch.zeros((1, *shape), dtype=param.dtype, device=param.device)
+    was_training = model.training
+    model.eval()
+    backbone, heads, params = [], [], []
+    total, start = 0, 0
+    try:
+        for k in range(model.num_exits):
+            total += count_flops(model.segment, k, x)
+            with torch.no_grad():
+                x_next = model.segment(k, x)
+            backbone.append(total)
+            heads.append(count_flops(model.head, k, x_next))
+            x = x_next
+            end = model._ends[k]
+            head_module = model.heads[k] if k < model.num_exits - 1 else model.backbone.fc
+            params.append(_n_params([u for _, u in model._units[start:end]]) + _n_params([head_module]))
+            start = end
+    finally:
+        model.train(was_training)
+    flops = [b + sum(heads[:k + 1]) for k, b in enumerate(backbone)]
+    cum_params = [sum(params[:k + 1]) for k in range(len(params))]
+    costs = ExitCosts(model.exit_names, tuple(backbone), tuple(heads), tuple(flops), backbone[-1] + heads[-1],
+                      tuple(cum_params), _n_params([model.backbone]), shape)
+    cache[shape] = costs
+    return costs
+
+
+def _timed(fn, x, repeats: int, warmup: int) -> float:
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn(x)
+        sync()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(x)
+            sync()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def latency_per_exit(model: EarlyExitNet, x: torch.Tensor, *, repeats: int = 20, warmup: int = 3) -> list[float]:
+    """Median wall-clock seconds to compute exit ``k`` alone on batch ``x`` (backbone up to it + its head).
+
+    Measured on ``x``'s device (CUDA is synchronised), in eval mode. The last value is the full
+    backbone with its own classifier, no early heads.
+    """
+    model.check_input(x)
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    was_training = model.training
+    model.eval()
+    try:
+        times = [_timed(lambda inp, k=k: model.forward_until(inp, k), x, repeats, warmup)
+                 for k in range(model.num_exits - 1)]
+        times.append(_timed(model.backbone, x, repeats, warmup))
+    finally:
+        model.train(was_training)
+    return times
+
+
+def energy_estimate(flops: float, *, joules_per_flop: float = JOULES_PER_FLOP) -> float:
+    """An **estimate** of energy in joules: ``flops * joules_per_flop``.
+
+    The default counts arithmetic only (2.3 pJ per 32-bit FLOP, 45 nm; see ``JOULES_PER_FLOP``):
+    memory access, idle power and the rest of the machine are not included, so real energy is
+    higher. It is useful for comparing exits, not as a measurement.
+    """
+    if flops < 0 or joules_per_flop <= 0:
+        raise ValueError(f"flops must be >= 0 and joules_per_flop > 0, got {flops}, {joules_per_flop}")
+    return flops * joules_per_flop

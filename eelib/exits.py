@@ -1,0 +1,333 @@
+"""Early exits: auxiliary classifiers (exit heads) attached to a ResNet from the outside.
+
+An :class:`EarlyExitNet` wraps a backbone — eelib's CIFAR-style :class:`~eelib.resnet.ResNet`
+or torchvision's ResNet-18/34/50/... — and attaches an :class:`ExitHead` after some of its
+blocks or stages (Teerapittayanon et al., 2016, "BranchyNet"; Kaya et al., 2019, "Shallow-Deep
+Networks"). The backbone is not changed: its modules keep their names, so its own state dict
+(torchvision's pretrained weights included) loads as it is, and its own classifier is the last
+exit. ``forward`` returns the logits of every exit, first to last.
+
+For routing (:mod:`eelib.dynamic`) and for counting the cost of each exit (:mod:`eelib.cost`),
+the backbone is seen as a list of *units* run one after the other — the stem, then every block —
+followed by its classifier; ``model.segment(k)`` runs the units between exit ``k - 1`` and
+exit ``k``.
+
+Attach points: ``stem``, a stage (``layer1`` = after its last block) or a block (``layer2.3``),
+as in :attr:`eelib.resnet.ResNet.attach_points`; torchvision's ResNets have ``layer1..layer4``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .device import get_device
+from .resnet import ResNet
+
+
+class ExitHead(nn.Module):
+    """An auxiliary classifier: (optionally a 3x3 conv) -> average pooling -> linear.
+
+    Args:
+        in_channels: channels of the feature map it reads (from the attach point's ``num_chs``).
+        num_classes: outputs.
+        pool_size: the feature map is average-pooled to ``pool_size x pool_size`` and flattened;
+            1 is global pooling (like the backbone's own classifier), larger keeps where things
+            are in the image, which shallow features need (SDN's heads keep a small grid too).
+        hidden_channels: if given, a 3x3 convolution + batch norm + relu to this many channels
+            comes first — a little more capacity for heads attached early.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, *, pool_size: int = 1,
+                 hidden_channels: int | None = None):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("pool_size", pool_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if hidden_channels is not None and (not isinstance(hidden_channels, int) or hidden_channels < 1):
+            raise ValueError(f"hidden_channels must be None or a positive integer, got {hidden_channels!r}")
+        if hidden_channels:
+            self.conv: nn.Module = nn.Sequential(
+                nn.Conv2d(in_channels, hidden_channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(hidden_channels), nn.ReLU(inplace=True))
+            in_channels = hidden_channels
+        else:
+            self.conv = nn.Identity()
+        self.pool = nn.AdaptiveAvgPool2d(pool_size)
+        self.fc = nn.Linear(in_channels * pool_size * pool_size, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.conv(features))  # (B, C, pool_size, pool_size)
+        return self.fc(torch.flatten(x, 1))  # (B, num_classes)
+
+
+@dataclass(frozen=True)
+class ExitConfig:
+    """Where the exit heads go and what they look like (for recipes and for building models)."""
+
+    points: tuple[str, ...] = ("layer1", "layer2")
+    pool_size: int = 1
+    hidden_channels: int | None = None
+
+
+class _TorchvisionStem(nn.Module):
+    """torchvision ResNet's stem, reusing (not copying) its modules: conv1, bn1, relu, maxpool."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.parts = [backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool]  # a list: not re-registered
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for part in self.parts:
+            x = part(x)
+        return x
+
+
+def _is_torchvision_resnet(backbone: nn.Module) -> bool:
+    try:
+        from torchvision.models import ResNet as TVResNet
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return False
+    return isinstance(backbone, TVResNet)
+
+
+def _block_channels(block: nn.Module) -> int:
+    for name in ("bn3", "bn2"):  # torchvision's Bottleneck ends with bn3, BasicBlock with bn2
+        bn = getattr(block, name, None)
+        if isinstance(bn, nn.BatchNorm2d):
+            return bn.num_features
+    raise TypeError(f"cannot tell the output channels of block {type(block).__name__}")
+
+
+def backbone_units(backbone: nn.Module) -> tuple[list[tuple[str, nn.Module]], dict[str, int], dict[str, str]]:
+    """The backbone as units run in order, their output channels, and the stage names.
+
+    Returns:
+        ``units``: ``[(name, module), ...]`` — ``stem``, then every block (``layer1.0``, ...);
+        ``channels``: ``{attach point: channels}`` for the stem, every block and every stage;
+        ``stage_end``: ``{stage: name of its last block}``.
+    """
+    if isinstance(backbone, ResNet):
+        stem, stages = backbone.stem, backbone.stage_names
+    elif _is_torchvision_resnet(backbone):
+        stem, stages = _TorchvisionStem(backbone), ("layer1", "layer2", "layer3", "layer4")
+    else:
+        raise TypeError(f"backbone must be an eelib.resnet.ResNet or a torchvision ResNet, got {type(backbone).__name__}")
+    units: list[tuple[str, nn.Module]] = [("stem", stem)]
+    channels = {"stem": _stem_channels(backbone)}
+    stage_end = {}
+    for stage in stages:
+        for i, block in enumerate(getattr(backbone, stage)):
+            units.append((f"{stage}.{i}", block))
+            channels[f"{stage}.{i}"] = _block_channels(block)
+        stage_end[stage] = units[-1][0]
+        channels[stage] = channels[units[-1][0]]
+    return units, channels, stage_end
+
+
+def _stem_channels(backbone: nn.Module) -> int:
+    if isinstance(backbone, ResNet):
+        return backbone.feature_info[0]["num_chs"]
+    return backbone.bn1.num_features
+
+
+class EarlyExitNet(nn.Module):
+    """A backbone with exit heads attached after some of its blocks or stages.
+
+    Args:
+        backbone: an eelib :class:`~eelib.resnet.ResNet` or a torchvision ResNet; stored as
+            ``self.backbone`` unchanged.
+        points: attach points of the early exits (any order; they are sorted into forward
+            order): ``stem``, ``layer1``, ``layer2.3``, ... The backbone's own classifier is
+            always the last exit, so the end of the last stage cannot carry an early exit.
+        pool_size, hidden_channels: the heads' shape (see :class:`ExitHead`).
+
+    Attributes:
+        exit_names: one name per exit: the attach points, then ``"final"``.
+        heads: the early exits' heads (``nn.ModuleList``, one per attach point).
+    """
+
+    def __init__(self, backbone: nn.Module, points: Sequence[str] = ("layer1", "layer2"), *,
+                 pool_size: int = 1, hidden_channels: int | None = None):
+        super().__init__()
+        units, channels, stage_end = backbone_units(backbone)
+        if isinstance(points, str) or not len(points):
+            raise ValueError(f"points must be a non-empty list of attach points, got {points!r}")
+        unknown = [p for p in points if p not in channels]
+        if unknown:
+            raise ValueError(f"points has unknown attach points {unknown}; allowed: stem, "
+                             f"{', '.join(stage_end)}, or a block {units[1][0]}..{units[-1][0]}")
+        unit_index = {name: i for i, (name, _) in enumerate(units)}
+        position = {p: unit_index[stage_end.get(p, p)] for p in points}
+        if len(set(position.values())) != len(points):
+            raise ValueError(f"points {list(points)} name the same place twice (a stage is its last block)")
+        if max(position.values()) == len(units) - 1:
+            raise ValueError(f"points cannot include the end of the network ({units[-1][0]} = the last stage): "
+                             "the backbone's own classifier is the last exit there")
+        self.backbone = backbone
+        self.points = tuple(sorted(points, key=position.get))
+        self.exit_names = (*self.points, "final")
+        self._units = units  # plain list: the modules are registered once, inside the backbone
+        self._ends = [position[p] + 1 for p in self.points] + [len(units)]  # units run before each exit
+        self.num_classes = _num_classes(backbone)
+        self.in_channels = _in_channels(backbone)
+        self.heads = nn.ModuleList(
+            ExitHead(channels[p], self.num_classes, pool_size=pool_size, hidden_channels=hidden_channels)
+            for p in self.points)
+
+    @property
+    def num_exits(self) -> int:
+        """Early exits plus the final one."""
+        return len(self.exit_names)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError if ``x`` is not a batch ``(B, in_channels, H, W)`` for this model."""
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be a batch of images of shape (B, C, H, W), got {shape}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x has {x.shape[1]} channels but the model expects in_channels={self.in_channels}")
+
+    def check_exit(self, k: int) -> int:
+        """Return ``k`` as an exit index, or raise a ValueError naming the allowed range."""
+        if isinstance(k, bool) or not isinstance(k, int) or not -self.num_exits <= k < self.num_exits:
+            raise ValueError(f"exit {k!r} does not exist: the model has {self.num_exits} exits "
+                             f"(0..{self.num_exits - 1}: {', '.join(self.exit_names)})")
+        return k % self.num_exits
+
+    def segment(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Run the backbone units between exit ``k - 1`` and exit ``k`` (from the input when k = 0)."""
+        k = self.check_exit(k)
+        start = 0 if k == 0 else self._ends[k - 1]
+        for _, unit in self._units[start:self._ends[k]]:
+            x = unit(x)
+        return x
+
+    def head(self, k: int, features: torch.Tensor) -> torch.Tensor:
+        """Logits of exit ``k`` from the features at its attach point."""
+        k = self.check_exit(k)
+        if k == self.num_exits - 1:
+            return self.final_head(features)
+        return self.heads[k](features)
+
+    def final_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The backbone's own classifier: pooling, flatten, linear."""
+        if isinstance(self.backbone, ResNet):
+            return self.backbone.forward_head(features)
+        return self.backbone.fc(torch.flatten(self.backbone.avgpool(features), 1))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Logits ``(B, num_classes)`` of every exit, first to last (the last is the backbone's own)."""
+        self.check_input(x)
+        outputs = []
+        for k in range(self.num_exits):
+            x = self.segment(k, x)
+            outputs.append(self.head(k, x))
+        return outputs
+
+    def forward_until(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Logits of exit ``k`` only, running the backbone no further than its attach point."""
+        k = self.check_exit(k)
+        self.check_input(x)
+        for j in range(k + 1):
+            x = self.segment(j, x)
+        return self.head(k, x)
+
+
+def _num_classes(backbone: nn.Module) -> int:
+    return backbone.fc.out_features
+
+
+def _in_channels(backbone: nn.Module) -> int:
+    if isinstance(backbone, ResNet):
+        return backbone.config.in_channels
+    return backbone.conv1.in_channels
+
+
+def early_exit_resnet(backbone: ResNet, config: ExitConfig) -> EarlyExitNet:
+    """An :class:`EarlyExitNet` on ``backbone`` shaped by an :class:`ExitConfig`."""
+    return EarlyExitNet(backbone, config.points, pool_size=config.pool_size, hidden_channels=config.hidden_channels)
+
+
+def torchvision_early_exit(arch: str = "resnet18", *, weights=None, points: Sequence[str] = ("layer1", "layer2", "layer3"),
+                           num_classes: int | None = None, pool_size: int = 1,
+                           hidden_channels: int | None = None) -> EarlyExitNet:
+    """Exit heads on torchvision's ``resnet18``/``resnet34``/``resnet50``/..., its weights untouched.
+
+    Args:
+        arch: a torchvision ResNet builder name.
+        weights: torchvision's weights argument (e.g. ``"DEFAULT"`` or
+            ``ResNet18_Weights.IMAGENET1K_V1``), downloaded by torchvision into its cache when
+            the machine is online; ``None`` for random weights.
+        points: attach points among ``stem``, ``layer1..layer3`` and blocks such as ``layer2.1``.
+        num_classes: classes of a randomly initialised model (with ``weights`` it comes from them).
+    """
+    import torchvision.models as tvm
+
+    allowed = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+    if arch not in allowed:
+        raise ValueError(f"arch={arch!r} is not supported; allowed: {', '.join(allowed)}")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    backbone = getattr(tvm, arch)(weights=weights, **kwargs)
+    return EarlyExitNet(backbone, points, pool_size=pool_size, hidden_channels=hidden_channels)
+
+
+@dataclass(frozen=True)
+class ExitOutputs:
+    """The logits of every exit on a data set, computed once and analysed many times.
+
+    Attributes:
+        logits: ``(num_exits, N, num_classes)``, on the CPU.
+        labels: ``(N,)``.
+        exit_names: one per exit.
+    """
+
+    logits: torch.Tensor = field(repr=False)
+    labels: torch.Tensor = field(repr=False)
+    exit_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.logits.ndim != 3:
+            raise ValueError(f"logits must have shape (num_exits, N, num_classes), got {tuple(self.logits.shape)}")
+        if self.labels.shape != (self.logits.shape[1],):
+            raise ValueError(f"labels must have shape ({self.logits.shape[1]},), got {tuple(self.labels.shape)}")
+        if len(self.exit_names) != self.logits.shape[0]:
+            raise ValueError(f"exit_names has {len(self.exit_names)} names for {self.logits.shape[0]} exits")
+
+    @property
+    def num_exits(self) -> int:
+        return self.logits.shape[0]
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        """``(num_exits, N)`` predicted classes."""
+        return self.logits.argmax(-1)
+
+    @property
+    def correct(self) -> torch.Tensor:
+        """``(num_exits, N)`` booleans: is exit k right on sample i."""
+        return self.predictions == self.labels
+
+    def accuracy_per_exit(self) -> list[float]:
+        """Accuracy (fraction) of each exit when every sample takes it."""
+        return self.correct.float().mean(1).tolist()
+
+
+@torch.no_grad()
+def exit_outputs(model: EarlyExitNet, loader: DataLoader, *, device: torch.device | str | None = None) -> ExitOutputs:
+    """Logits of every exit for every sample of ``loader`` (eval mode), gathered on the CPU."""
+    device = torch.device(device) if device is not None else get_device()
+    was_training = model.training
+    model.eval().to(device)
+    logits, labels = [], []
+    for x, y in loader:
+        logits.append(torch.stack(model(x.to(device))).cpu())
+        labels.append(y)
+    model.train(was_training)
+    if not logits:
+        raise ValueError("loader is empty: nothing to predict")
+    return ExitOutputs(torch.cat(logits, 1), torch.cat(labels), model.exit_names)

@@ -1,0 +1,363 @@
+"""Exit policies: how confident an exit is, when a sample may leave, and how to choose thresholds.
+
+A *confidence measure* turns an exit's logits into one number per sample (:data:`MEASURES`):
+
+* ``max_prob`` — the largest softmax probability, in [1/C, 1]; higher = more confident;
+* ``entropy`` — the softmax distribution's entropy in nats, in [0, ln C]; *lower* = more confident;
+* ``margin`` — top-1 minus top-2 probability, in [0, 1]; higher = more confident;
+* ``patience`` — how many consecutive exits, ending at this one, predict the same class
+  (Zhou et al., 2020, "BERT Loses Patience"), in 1..k+1 at exit k; higher = more confident.
+
+An :class:`ExitPolicy` is a measure and one threshold per *early* exit: a sample leaves at the
+first exit whose measure passes its threshold (``>=``, or ``<=`` for entropy); the final exit
+takes every sample still left, so it has no threshold. :func:`apply_policy` applies a policy to
+logits that were all computed (the *simulation*); :mod:`eelib.dynamic` applies the same policy
+while really skipping the later blocks, with the same decisions.
+
+:func:`oracle_exits` is the lower bound of cost: every sample leaves at the earliest exit that
+is right; a sample that no exit gets right leaves at the first exit (computing more cannot make
+it right). :func:`calibrate` chooses thresholds on the validation split (algorithm in its
+docstring).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .exits import ExitOutputs
+
+
+def max_prob(logits: torch.Tensor) -> torch.Tensor:
+    """Largest softmax probability of each row: ``(..., C)`` -> ``(...)``."""
+    return F.softmax(logits.float(), -1).amax(-1)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each row's softmax distribution: ``-sum p log p``, ``(..., C)`` -> ``(...)``."""
+    logp = F.log_softmax(logits.float(), -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def margin(logits: torch.Tensor) -> torch.Tensor:
+    """Top-1 minus top-2 softmax probability of each row: ``(..., C)`` -> ``(...)``."""
+    top2 = F.softmax(logits.float(), -1).topk(2, dim=-1).values
+    return top2[..., 0] - top2[..., 1]
+
+
+def patience(logits: torch.Tensor) -> torch.Tensor:
+    """Run length of agreeing predictions: ``(E, N, C)`` -> ``(E, N)``; 1 at exit 0, +1 per agreeing exit."""
+    if logits.ndim != 3:
+        raise ValueError(f"patience needs the logits of every exit, shape (E, N, C), got {tuple(logits.shape)}")
+    preds = logits.argmax(-1)
+    runs = torch.ones(preds.shape, dtype=torch.float32)
+    for k in range(1, preds.shape[0]):
+        runs[k] = torch.where(preds[k] == preds[k - 1], runs[k - 1] + 1, torch.ones_like(runs[k]))
+    return runs
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A confidence measure: its function, its direction and its range."""
+
+    name: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    higher_is_confident: bool
+    per_exit: bool  # True: computed from one exit's logits; False: needs all exits so far (patience)
+
+    def range(self, num_classes: int, num_exits: int) -> tuple[float, float]:
+        """The values the measure can take (thresholds must lie in it)."""
+        return {"max_prob": (1 / num_classes, 1.0), "entropy": (0.0, math.log(num_classes)),
+                "margin": (0.0, 1.0), "patience": (1.0, float(num_exits))}[self.name]
+
+    def passes(self, score: torch.Tensor, threshold: float) -> torch.Tensor:
+        """Booleans: which samples are confident enough to leave."""
+        return score >= threshold if self.higher_is_confident else score <= threshold
+
+
+MEASURES: dict[str, Measure] = {
+    "max_prob": Measure("max_prob", max_prob, True, True),
+    "entropy": Measure("entropy", entropy, False, True),
+    "margin": Measure("margin", margin, True, True),
+    "patience": Measure("patience", patience, True, False),
+}
+
+
+def get_measure(name: str) -> Measure:
+    if name not in MEASURES:
+        raise ValueError(f"measure={name!r} is not a confidence measure; allowed: {', '.join(MEASURES)}")
+    return MEASURES[name]
+
+
+def confidence(logits: torch.Tensor, measure: str = "max_prob") -> torch.Tensor:
+    """The measure at every exit: logits ``(E, N, C)`` -> scores ``(E, N)``."""
+    m = get_measure(measure)
+    if logits.ndim != 3:
+        raise ValueError(f"logits must have shape (num_exits, N, num_classes), got {tuple(logits.shape)}")
+    return m.fn(logits)
+
+
+@dataclass(frozen=True)
+class ExitPolicy:
+    """A confidence measure and one threshold per early exit (the final exit takes the rest).
+
+    Example: ``ExitPolicy("max_prob", (0.9, 0.9, 0.8))`` for a model with 4 exits.
+    """
+
+    measure: str
+    thresholds: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        get_measure(self.measure)
+        if isinstance(self.thresholds, (int, float)):
+            raise ValueError("thresholds must be a sequence with one value per early exit, got a single number")
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        if any(math.isnan(t) for t in self.thresholds):
+            raise ValueError(f"thresholds must be numbers, got {self.thresholds}")
+
+    def check(self, num_exits: int, num_classes: int) -> None:
+        """Raise a ValueError unless the policy fits a model with these exits and classes."""
+        if len(self.thresholds) != num_exits - 1:
+            raise ValueError(f"thresholds has {len(self.thresholds)} values but the model has {num_exits} exits: "
+                             f"give one per early exit ({num_exits - 1}); the final exit takes every sample left")
+        lo, hi = get_measure(self.measure).range(num_classes, num_exits)
+        bad = [t for t in self.thresholds if not math.isinf(t) and not lo - 1e-9 <= t <= hi + 1e-9]
+        if bad:
+            raise ValueError(f"thresholds {bad} are outside the range of {self.measure}: [{lo:.4g}, {hi:.4g}] "
+                             f"(use inf / -inf to never / always exit)")
+
+    @classmethod
+    def never_exit(cls, num_exits: int, measure: str = "max_prob") -> "ExitPolicy":
+        """The policy that sends every sample to the final exit (the full network)."""
+        never = math.inf if get_measure(measure).higher_is_confident else -math.inf
+        return cls(measure, (never,) * (num_exits - 1))
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """Where each sample left and what it predicted."""
+
+    exits: torch.Tensor  # (N,) exit index of each sample
+    predictions: torch.Tensor  # (N,) the class predicted at that exit
+
+
+def apply_policy(policy: ExitPolicy, logits: torch.Tensor) -> PolicyResult:
+    """Simulate a policy on the logits of every exit ``(E, N, C)`` (all computed beforehand)."""
+    if logits.ndim != 3:
+        raise ValueError(f"logits must have shape (num_exits, N, num_classes), got {tuple(logits.shape)}")
+    num_exits, n, num_classes = logits.shape
+    policy.check(num_exits, num_classes)
+    measure = get_measure(policy.measure)
+    scores = measure.fn(logits)  # (E, N)
+    leave = torch.zeros(num_exits, n, dtype=torch.bool)
+    for k, t in enumerate(policy.thresholds):
+        leave[k] = measure.passes(scores[k], t)
+    leave[-1] = True
+    exits = leave.float().argmax(0)  # the first exit that lets the sample leave
+    predictions = logits.argmax(-1).gather(0, exits[None]).squeeze(0)
+    return PolicyResult(exits, predictions)
+
+
+def oracle_exits(outputs: ExitOutputs) -> PolicyResult:
+    """The oracle: each sample leaves at the earliest exit that is right (first exit if none is)."""
+    correct = outputs.correct
+    any_right = correct.any(0)
+    exits = torch.where(any_right, correct.float().argmax(0), torch.zeros_like(outputs.labels))
+    predictions = outputs.predictions.gather(0, exits[None]).squeeze(0)
+    return PolicyResult(exits, predictions)
+
+
+@dataclass(frozen=True)
+class PolicyEval:
+    """How a policy does on a data set: accuracy, average cost and where samples leave."""
+
+    accuracy: float  # fraction right
+    avg_flops: float  # mean FLOPs per sample (exit heads evaluated on the way included)
+    full_flops: float  # FLOPs of the backbone alone (the network without exits)
+    exit_fractions: tuple[float, ...]  # fraction of samples leaving at each exit
+
+    @property
+    def flops_saved(self) -> float:
+        """1 - avg_flops / full_flops (a fraction; negative if the heads cost more than they save)."""
+        return 1 - self.avg_flops / self.full_flops
+
+    @property
+    def ideal_speedup(self) -> float:
+        return self.full_flops / self.avg_flops
+
+
+def _check_costs(exit_flops: Sequence[float], num_exits: int) -> torch.Tensor:
+    costs = torch.as_tensor(list(exit_flops), dtype=torch.float64)
+    if costs.shape != (num_exits,):
+        raise ValueError(f"exit_flops has {len(costs)} values but there are {num_exits} exits")
+    return costs
+
+
+def evaluate_result(result: PolicyResult, labels: torch.Tensor, exit_flops: Sequence[float],
+                    full_flops: float) -> PolicyEval:
+    """Accuracy, average FLOPs and exit histogram of a :class:`PolicyResult`.
+
+    Args:
+        exit_flops: cost of a sample that leaves at each exit (see :func:`eelib.cost.exit_costs`).
+        full_flops: cost of the backbone without exits, the reference for savings.
+    """
+    costs = _check_costs(exit_flops, len(exit_flops))
+    counts = torch.bincount(result.exits, minlength=len(costs)).double()
+    return PolicyEval(accuracy=(result.predictions == labels).double().mean().item(),
+                      avg_flops=costs[result.exits].mean().item(), full_flops=float(full_flops),
+                      exit_fractions=tuple((counts / len(labels)).tolist()))
+
+
+def evaluate_policy(policy: ExitPolicy, outputs: ExitOutputs, exit_flops: Sequence[float],
+                    full_flops: float) -> PolicyEval:
+    """Simulate ``policy`` on ``outputs`` and measure it (see :func:`evaluate_result`)."""
+    _check_costs(exit_flops, outputs.num_exits)
+    return evaluate_result(apply_policy(policy, outputs.logits), outputs.labels, exit_flops, full_flops)
+
+
+def evaluate_oracle(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: float) -> PolicyEval:
+    """The oracle's accuracy and cost (the lower bound of cost of any policy on these exits)."""
+    _check_costs(exit_flops, outputs.num_exits)
+    return evaluate_result(oracle_exits(outputs), outputs.labels, exit_flops, full_flops)
+
+
+def static_exit(outputs: ExitOutputs, k: int, exit_flops: Sequence[float], full_flops: float) -> PolicyEval:
+    """Every sample leaves at exit ``k`` (a smaller network with no choice)."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < outputs.num_exits:
+        raise ValueError(f"exit {k!r} does not exist: there are {outputs.num_exits} exits (0..{outputs.num_exits - 1})")
+    exits = torch.full_like(outputs.labels, k)
+    return evaluate_result(PolicyResult(exits, outputs.predictions[k]), outputs.labels, exit_flops, full_flops)
+
+
+def candidate_thresholds(outputs: ExitOutputs, measure: str, *, max_candidates: int = 200) -> list[float]:
+    """Threshold values worth trying: quantiles of the early exits' scores, plus 'never exit'."""
+    m = get_measure(measure)
+    scores = confidence(outputs.logits, measure)[:-1].flatten().double()
+    qs = torch.linspace(0, 1, max_candidates, dtype=torch.float64)
+    values = sorted(set(torch.quantile(scores, qs).tolist()))
+    lo, hi = m.range(outputs.logits.shape[-1], outputs.num_exits)
+    values = [min(max(v, lo), hi) for v in values]
+    never = math.inf if m.higher_is_confident else -math.inf
+    return sorted(set(values), reverse=not m.higher_is_confident) + [never]  # from most to fewest exits
+
+
+def tradeoff_curve(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: float, *,
+                   measure: str = "max_prob", max_candidates: int = 60) -> list[tuple[float, PolicyEval]]:
+    """Accuracy and average FLOPs of the shared-threshold policies, one per candidate threshold."""
+    curve = []
+    for t in candidate_thresholds(outputs, measure, max_candidates=max_candidates):
+        policy = ExitPolicy(measure, (t,) * (outputs.num_exits - 1))
+        curve.append((t, evaluate_policy(policy, outputs, exit_flops, full_flops)))
+    return curve
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The policy chosen by :func:`calibrate` and how it did on the calibration data."""
+
+    policy: ExitPolicy
+    val: PolicyEval  # on the calibration (validation) data
+    target: str  # what was asked, in words
+
+
+def calibrate(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: float, *, measure: str = "max_prob",
+              max_accuracy_drop: float | None = None, flops_budget: float | None = None,
+              max_candidates: int = 200) -> Calibration:
+    """Choose the thresholds of a policy on validation outputs, for one of two targets.
+
+    Targets (give exactly one):
+        max_accuracy_drop: the cheapest policy whose accuracy is at least the final exit's minus
+            this (a fraction: 0.005 = half a percentage point);
+        flops_budget: the most accurate policy whose average FLOPs per sample is at most this.
+
+    Algorithm (deterministic, on the given outputs only):
+        1. *Shared threshold.* Every early exit gets the same threshold; try each candidate
+           (quantiles of the early exits' scores, and "never exit") and keep the best policy
+           that meets the target (cheapest, or most accurate; ties go to the other figure).
+        2. *One pass per exit.* From the first early exit to the last, try every candidate for
+           that exit's threshold alone, the others fixed, and keep the change if it is better
+           and still meets the target.
+        The "never exit" policy (the full network) always meets an accuracy-drop target; a FLOPs
+        budget below the cheapest policy raises a ValueError.
+    """
+    if (max_accuracy_drop is None) == (flops_budget is None):
+        raise ValueError("give exactly one target: max_accuracy_drop (fraction) or flops_budget (FLOPs per sample)")
+    _check_costs(exit_flops, outputs.num_exits)
+    if max_accuracy_drop is not None:
+        if not 0 <= max_accuracy_drop < 1:
+            raise ValueError(f"max_accuracy_drop must be a fraction in [0, 1), got {max_accuracy_drop!r}")
+        floor = outputs.accuracy_per_exit()[-1] - max_accuracy_drop - 1e-12
+        target = f"accuracy >= final exit's - {max_accuracy_drop:.2%}"
+
+        def ok(e: PolicyEval) -> bool:
+            return e.accuracy >= floor
+
+        def better(a: PolicyEval, b: PolicyEval) -> bool:
+            return (a.avg_flops, -a.accuracy) < (b.avg_flops, -b.accuracy)
+    else:
+        if not isinstance(flops_budget, (int, float)) or flops_budget <= 0:
+            raise ValueError(f"flops_budget must be a positive number of FLOPs per sample, got {flops_budget!r}")
+        target = f"average FLOPs <= {flops_budget:.4g}"
+
+        def ok(e: PolicyEval) -> bool:
+            return e.avg_flops <= flops_budget * (1 + 1e-12)
+
+        def better(a: PolicyEval, b: PolicyEval) -> bool:
+            return (-a.accuracy, a.avg_flops) < (-b.accuracy, b.avg_flops)
+
+    candidates = candidate_thresholds(outputs, measure, max_candidates=max_candidates)
+    n_early = outputs.num_exits - 1
+    best: tuple[ExitPolicy, PolicyEval] | None = None
+    for t in candidates:
+        policy = ExitPolicy(measure, (t,) * n_early)
+        e = evaluate_policy(policy, outputs, exit_flops, full_flops)
+        if ok(e) and (best is None or better(e, best[1])):
+            best = (policy, e)
+    if best is None:
+        cheapest = min(evaluate_policy(ExitPolicy(measure, (t,) * n_early), outputs, exit_flops, full_flops).avg_flops
+                       for t in candidates)
+        raise ValueError(f"no policy meets the target ({target}); the cheapest costs {cheapest:.4g} FLOPs per sample")
+    for k in range(n_early):
+        for t in candidates:
+            thresholds = list(best[0].thresholds)
+            thresholds[k] = t
+            policy = ExitPolicy(measure, tuple(thresholds))
+            e = evaluate_policy(policy, outputs, exit_flops, full_flops)
+            if ok(e) and better(e, best[1]):
+                best = (policy, e)
+    return Calibration(best[0], best[1], target)
+
+
+def easy_and_hard(outputs: ExitOutputs, result: PolicyResult, *, n: int = 8,
+                  measure: str = "max_prob") -> tuple[list[int], list[int]]:
+    """Indices of the easiest and the hardest samples under a policy's decisions.
+
+    Easiest: samples that left at the first exit, most confident first. Hardest: samples that
+    stayed wrong at the exit they took, then those that needed the final exit, least confident
+    (at the final exit) first.
+    """
+    if n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    scores = confidence(outputs.logits, measure)
+    sign = 1 if get_measure(measure).higher_is_confident else -1
+    first = (result.exits == 0).nonzero().flatten()
+    easy = first[torch.argsort(-sign * scores[0, first])][:n].tolist()
+    wrong = (result.predictions != outputs.labels).nonzero().flatten()
+    final = ((result.exits == outputs.num_exits - 1) & (result.predictions == outputs.labels)).nonzero().flatten()
+    final = final[torch.argsort(sign * scores[-1, final])]
+    hard = torch.cat([wrong, final])[:n].tolist()
+    return easy, hard
+
+
+def overthinking(outputs: ExitOutputs) -> list[float]:
+    """For each early exit, the fraction of samples it gets right that the final exit gets wrong.
+
+    Kaya et al. (2019) call this *overthinking*: computing more made the answer worse.
+    """
+    correct = outputs.correct
+    wrong_final = ~correct[-1]
+    return [(correct[k] & wrong_final).double().mean().item() for k in range(outputs.num_exits - 1)]
