@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -311,24 +312,37 @@ def calibrate(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: flo
 
     candidates = candidate_thresholds(outputs, measure, max_candidates=max_candidates)
     n_early = outputs.num_exits - 1
-    best: tuple[ExitPolicy, PolicyEval] | None = None
+    m = get_measure(measure)
+    ExitPolicy(measure, (candidates[0],) * n_early).check(outputs.num_exits, outputs.logits.shape[-1])
+    scores = m.fn(outputs.logits).double().numpy()  # (E, N), computed once
+    correct = outputs.correct.numpy()
+    costs = np.asarray(exit_flops, dtype=np.float64)
+    n = scores.shape[1]
+
+    def quick(thresholds) -> PolicyEval:  # the same decisions as apply_policy, on precomputed scores
+        leave = np.ones_like(correct)
+        for k, t in enumerate(thresholds):
+            leave[k] = scores[k] >= t if m.higher_is_confident else scores[k] <= t
+        exits = leave.argmax(0)
+        return PolicyEval(accuracy=float(correct[exits, np.arange(n)].mean()), avg_flops=float(costs[exits].mean()),
+                          full_flops=float(full_flops), exit_fractions=())
+
+    best: tuple[tuple[float, ...], PolicyEval] | None = None
     for t in candidates:
-        policy = ExitPolicy(measure, (t,) * n_early)
-        e = evaluate_policy(policy, outputs, exit_flops, full_flops)
+        e = quick((t,) * n_early)
         if ok(e) and (best is None or better(e, best[1])):
-            best = (policy, e)
+            best = ((t,) * n_early, e)
     if best is None:
-        cheapest = min(evaluate_policy(ExitPolicy(measure, (t,) * n_early), outputs, exit_flops, full_flops).avg_flops
-                       for t in candidates)
+        cheapest = min(quick((t,) * n_early).avg_flops for t in candidates)
         raise ValueError(f"no policy meets the target ({target}); the cheapest costs {cheapest:.4g} FLOPs per sample")
     for k in range(n_early):
         for t in candidates:
-            thresholds = list(best[0].thresholds)
-            thresholds[k] = t
-            policy = ExitPolicy(measure, tuple(thresholds))
-            e = evaluate_policy(policy, outputs, exit_flops, full_flops)
+            thresholds = best[0][:k] + (t,) + best[0][k + 1:]
+            e = quick(thresholds)
             if ok(e) and better(e, best[1]):
-                best = (policy, e)
+                best = (thresholds, e)
+    policy = ExitPolicy(measure, best[0])
+    best = (policy, evaluate_policy(policy, outputs, exit_flops, full_flops))
     return Calibration(best[0], best[1], target)
 
 

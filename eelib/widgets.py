@@ -44,6 +44,7 @@ def threshold_widget(outputs: ExitOutputs, exit_flops: Sequence[float], full_flo
         An ``ipywidgets.VBox`` (display it as the last line of a cell).
     """
     import ipywidgets as widgets
+    from IPython.display import display
 
     from .plots import plot_exit_histogram
 
@@ -68,7 +69,7 @@ def threshold_widget(outputs: ExitOutputs, exit_flops: Sequence[float], full_flo
         with plot:
             plot.clear_output(wait=True)
             fig = plot_exit_histogram(e.exit_fractions, outputs.exit_names)
-            plt.show(fig)
+            display(fig)
             plt.close(fig)
 
     for s in sliders:

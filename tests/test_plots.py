@@ -48,3 +48,41 @@ def test_bad_input():
         plots.plot_image_grid(eelib.load_data(), "training")
     with pytest.raises(ValueError, match="features"):
         plots.plot_feature_maps({})
+
+
+def test_early_exit_figures_are_labelled():
+    from eelib.cost import exit_costs
+    from eelib.exits import EarlyExitNet, ExitOutputs
+    from eelib.policies import ExitPolicy, apply_policy, evaluate_oracle, static_exit, tradeoff_curve
+
+    torch.manual_seed(0)
+    model = EarlyExitNet(eelib.resnet(8, width=4), ("stem", "layer1"))
+    costs = exit_costs(model, (1, 12, 12))
+    labels = torch.randint(0, 10, (30,))
+    outputs = ExitOutputs(torch.randn(3, 30, 10) + 2 * torch.nn.functional.one_hot(labels, 10), labels,
+                          model.exit_names)
+    curve = tradeoff_curve(outputs, costs.flops, costs.full_flops)
+    static = [static_exit(outputs, k, costs.flops, costs.full_flops) for k in range(3)]
+    result = apply_policy(ExitPolicy("max_prob", (0.5, 0.5)), outputs.logits)
+    data = eelib.load_data()
+    figs = [plots.plot_cost_per_head(costs),
+            plots.plot_accuracy_per_exit({"joint": [0.5, 0.6, 0.7]}, model.exit_names),
+            plots.plot_accuracy_per_exit({"joint": [0.5, 0.6, 0.7]}, model.exit_names,
+                                         relative_flops=costs.relative_flops),
+            plots.plot_tradeoff(curve, static=static, exit_names=model.exit_names,
+                                oracle=evaluate_oracle(outputs, costs.flops, costs.full_flops), chosen=curve[3][1]),
+            plots.plot_exit_histogram([0.5, 0.3, 0.2], model.exit_names),
+            plots.plot_overthinking([0.01, 0.02], model.exit_names[:-1]),
+            plots.plot_latency(costs, [0.001, 0.002, 0.003], batch_size=8)]
+    for fig in figs[:-1]:
+        _labelled(fig)
+    latency, twin = figs[-1].axes  # bars on the left axis, % of the full network on the right
+    assert latency.get_title() and latency.get_xlabel() and latency.get_ylabel() and twin.get_ylabel()
+    fig = plots.plot_easy_and_hard(data, [0, 1], [2], outputs, result.exits)
+    assert "Easiest and hardest" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="exit_fractions has 2 values for 3 exits"):
+        plots.plot_exit_histogram([0.5, 0.5], model.exit_names)
+    with pytest.raises(ValueError, match="accuracies"):
+        plots.plot_accuracy_per_exit({"a": [0.5]}, model.exit_names)
+    with pytest.raises(ValueError, match="curve is empty"):
+        plots.plot_tradeoff([])

@@ -68,7 +68,7 @@ def test_recipe_key_changes_with_the_recipe():
 
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match="resnet99.*plain20, plain56, resnet56"):
+    with pytest.raises(ValueError, match="resnet99.*plain20, plain56, resnet56, resnet20, ee_resnet20"):
         eelib.load_trained("resnet99")
 
 
@@ -88,3 +88,27 @@ def test_prepare_models_trains_then_finds(tmp_cache, monkeypatch, capsys):
     assert first["tiny"].startswith("trained in") and zoo.cache_path("tiny").is_file()
     assert course.prepare_models(progress=False)["tiny"].startswith("found in the cache")
     assert "course model tiny" in capsys.readouterr().out
+
+
+TINY_EXITS = zoo.Recipe(ResNetConfig(depth=8, width=4), epochs=1, batch_size=256,
+                        exits=eelib.exits.ExitConfig(points=("stem", "layer1"), pool_size=2))
+
+
+def test_an_early_exit_recipe_trains_and_caches(tmp_cache):
+    from eelib.exits import EarlyExitNet
+    from eelib.train import ExitHistory
+
+    first = eelib.load_trained(TINY_EXITS, progress=False, device="cpu")
+    assert isinstance(first.model, EarlyExitNet) and first.model.exit_names == ("stem", "layer1", "final")
+    assert isinstance(first.history, ExitHistory) and len(first.history.epochs[0].val_accuracy) == 3
+    again = eelib.load_trained(TINY_EXITS, progress=False, device="cpu")
+    assert again.from_cache and again.history == first.history
+    assert zoo.Recipe.from_dict(TINY_EXITS.to_dict()) == TINY_EXITS
+    assert TINY_EXITS.key() != TINY.key()
+
+
+def test_bad_exit_recipes():
+    with pytest.raises(ValueError, match="unknown attach points"):
+        zoo.Recipe(ResNetConfig(depth=8, width=4), exits=eelib.exits.ExitConfig(points=("layer9",)))
+    with pytest.raises(ValueError, match="exit_mode='all'"):
+        zoo.Recipe(ResNetConfig(depth=8, width=4), exit_mode="all")

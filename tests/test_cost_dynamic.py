@@ -1,0 +1,122 @@
+import pytest
+import torch
+
+from eelib.cost import count_flops, energy_estimate, exit_costs, latency_per_exit
+from eelib.dynamic import dynamic_inference, route
+from eelib.exits import EarlyExitNet, torchvision_early_exit
+from eelib.policies import ExitPolicy, apply_policy, confidence
+from eelib.resnet import resnet
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    net = EarlyExitNet(resnet(14, width=4), ("stem", "layer1", "layer2.0"), pool_size=2).eval()
+    for fc in [h.fc for h in net.heads] + [net.backbone.fc]:
+        torch.nn.init.normal_(fc.weight, std=3.0)  # varied predictions from an untrained network
+    return net
+
+
+def test_costs_are_counted_by_flop_counter(model):
+    c = exit_costs(model, (1, 16, 16))
+    x = torch.zeros(1, 1, 16, 16)
+    assert c.full_flops == count_flops(model.backbone, x) > 0
+    assert c.backbone_flops[-1] + c.head_flops[-1] == c.full_flops
+    assert c.flops[-1] == c.full_flops + sum(c.head_flops[:-1])  # every early head was evaluated on the way
+    assert all(a < b for a, b in zip(c.flops, c.flops[1:]))
+    for k in range(model.num_exits):  # exit k alone = backbone up to it + its own head
+        assert count_flops(model.forward_until, x, k) == c.backbone_flops[k] + c.head_flops[k]
+    # the first conv of the stem: 2 FLOPs per multiply-accumulate, 16x16 outputs, 4 channels, 1x3x3 kernel
+    assert c.backbone_flops[0] == 2 * 16 * 16 * 4 * 9
+    assert c.params[-1] == c.full_params + sum(sum(p.numel() for p in h.parameters()) for h in model.heads)
+    assert exit_costs(model, (1, 16, 16)) is c  # cached
+    assert len(c.rows()) == 4 and c.relative_flops[-1] > 1
+    with pytest.raises(ValueError, match="input_shape must be"):
+        exit_costs(model, (3, 16, 16))
+
+
+def separated_thresholds(scores, measure):
+    """Thresholds half-way between two neighbouring scores: no sample sits on a threshold."""
+    if measure == "patience":
+        return (2.0, 2.0, 2.0)  # leave once two consecutive exits agree
+    out = []
+    for s in scores[:-1]:
+        v = s.sort().values
+        i = len(v) * 2 // 3
+        out.append(float((v[i] + v[i + 1]) / 2))
+    return tuple(out)
+
+
+@pytest.mark.parametrize("measure", ["max_prob", "entropy", "margin", "patience"])
+def test_dynamic_inference_matches_the_simulated_policy(model, measure):
+    torch.manual_seed(1)
+    x = torch.randn(64, 1, 16, 16, dtype=torch.float64)
+    m = model.double()
+    try:
+        with torch.no_grad():
+            logits = torch.stack(m(x))
+        policy = ExitPolicy(measure, separated_thresholds(confidence(logits, measure), measure))
+        simulated = apply_policy(policy, logits)
+        assert len(simulated.exits.unique()) >= 2  # the policy really splits the batch
+        result = dynamic_inference(m, x, policy)
+        assert torch.equal(result.exits, simulated.exits)
+        assert torch.equal(result.predictions, simulated.predictions)
+        costs = exit_costs(m, (1, 16, 16))
+        assert result.flops == sum(costs.flops[k] for k in simulated.exits.tolist())
+        assert count_flops(route, m, x, policy) == result.flops  # what was really computed
+    finally:
+        model.float()
+
+
+def test_samples_that_left_skip_the_later_blocks(model):
+    x = torch.randn(32, 1, 16, 16)
+    with torch.no_grad():
+        scores = confidence(torch.stack(model(x)), "max_prob")
+    policy = ExitPolicy("max_prob", (float(scores[0].median()), 1.0, 1.0))
+    seen = []
+    hook = model.backbone.layer3[0].register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[0]))
+    try:
+        result = dynamic_inference(model, x, policy)
+    finally:
+        hook.remove()
+    left_early = int((result.exits < 3).sum())
+    assert 0 < left_early < 32 and seen == [32 - left_early]
+
+
+def test_never_and_always_exit(model):
+    x = torch.randn(8, 1, 16, 16)
+    never = dynamic_inference(model, x, ExitPolicy.never_exit(4))
+    with torch.no_grad():
+        assert never.exits.tolist() == [3] * 8 and torch.equal(never.predictions, model.backbone(x).argmax(1))
+    always = dynamic_inference(model, x, ExitPolicy("max_prob", (0.1, 0.1, 0.1)))
+    assert always.exits.tolist() == [0] * 8
+    assert always.flops == 8 * exit_costs(model, (1, 16, 16)).flops[0]
+
+
+def test_dynamic_inference_bad_input(model):
+    with pytest.raises(ValueError, match="thresholds has 2 values but the model has 4 exits"):
+        dynamic_inference(model, torch.randn(2, 1, 16, 16), ExitPolicy("max_prob", (0.5, 0.5)))
+    with pytest.raises(ValueError, match="3 channels"):
+        dynamic_inference(model, torch.randn(2, 3, 16, 16), ExitPolicy("max_prob", (0.5, 0.5, 0.5)))
+    with pytest.raises(ValueError, match="outside the range of margin"):
+        dynamic_inference(model, torch.randn(2, 1, 16, 16), ExitPolicy("margin", (0.5, 0.5, 2.0)))
+
+
+def test_torchvision_model_routes_too():
+    torch.manual_seed(0)
+    tv = torchvision_early_exit("resnet18", points=("layer1", "layer2"), num_classes=10).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        logits = torch.stack(tv(x))
+    policy = ExitPolicy("max_prob", (0.1, 1.0))
+    result = dynamic_inference(tv, x, policy)
+    assert result.exits.tolist() == [0] * 4 and torch.equal(result.predictions, apply_policy(policy, logits).predictions)
+    assert exit_costs(tv, (3, 32, 32)).full_flops == count_flops(tv.backbone, torch.zeros(1, 3, 32, 32))
+
+
+def test_latency_and_energy(model):
+    seconds = latency_per_exit(model, torch.randn(2, 1, 16, 16), repeats=2, warmup=1)
+    assert len(seconds) == 4 and all(s > 0 for s in seconds)
+    assert energy_estimate(1e9) == pytest.approx(2.3e-3)
+    with pytest.raises(ValueError, match="flops must be >= 0"):
+        energy_estimate(-1)
