@@ -4,22 +4,37 @@ Modules, one concept each: :mod:`eelib.device` (where to compute, seeding),
 :mod:`eelib.cache` (cache folders, verified downloads), :mod:`eelib.data` (named data sets
 with fixed splits), :mod:`eelib.resnet` (residual and plain networks), :mod:`eelib.train`
 (training loop, evaluation, gradient norms), :mod:`eelib.zoo` (trained course models, cached),
-:mod:`eelib.plots` (figures), :mod:`eelib.checks` (exercise checks), :mod:`eelib.course`
-(exercise generation, headless notebook runs).
+:mod:`eelib.exits` (exit heads and early-exit networks), :mod:`eelib.policies` (confidence
+measures, exit policies, calibration, the oracle), :mod:`eelib.cost` (FLOPs, parameters,
+latency and energy per exit), :mod:`eelib.dynamic` (inference that skips the blocks after each
+sample's exit), :mod:`eelib.plots` (figures), :mod:`eelib.widgets` (lecture sliders),
+:mod:`eelib.checks` (exercise checks), :mod:`eelib.course` (exercise generation, headless
+notebook runs).
 """
 
 from .cache import DownloadError
+from .cost import ExitCosts, count_flops, energy_estimate, exit_costs, latency_per_exit
 from .data import DATASETS, OFFLINE_DEFAULT, DataSplits, load_data
 from .device import get_device, seed_everything
+from .dynamic import DynamicResult, Speedup, dynamic_inference, measure_speedup
+from .exits import EarlyExitNet, ExitConfig, ExitHead, ExitOutputs, exit_outputs, torchvision_early_exit
+from .policies import (MEASURES, Calibration, ExitPolicy, PolicyEval, PolicyResult, apply_policy, calibrate,
+                       confidence, evaluate_oracle, evaluate_policy, oracle_exits, static_exit, tradeoff_curve)
 from .resnet import BasicBlock, ResNet, ResNetConfig, count_parameters, plain_net, resnet
-from .train import EvalResult, History, evaluate, gradient_norms, predict, train
+from .train import (EvalResult, ExitHistory, History, evaluate, exit_loss, gradient_norms, predict, train,
+                    train_exits)
 from .zoo import RECIPES, Recipe, TrainedModel, load_trained
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DATASETS", "OFFLINE_DEFAULT", "RECIPES", "BasicBlock", "DataSplits", "DownloadError", "EvalResult",
-    "History", "Recipe", "ResNet", "ResNetConfig", "TrainedModel", "count_parameters", "evaluate",
-    "get_device", "gradient_norms", "load_data", "load_trained", "plain_net", "predict", "resnet",
-    "seed_everything", "train",
+    "DATASETS", "MEASURES", "OFFLINE_DEFAULT", "RECIPES", "BasicBlock", "Calibration", "DataSplits",
+    "DownloadError", "DynamicResult", "EarlyExitNet", "EvalResult", "ExitConfig", "ExitCosts", "ExitHead",
+    "ExitHistory", "ExitOutputs", "ExitPolicy", "History", "PolicyEval", "PolicyResult", "Recipe", "ResNet",
+    "ResNetConfig", "Speedup", "TrainedModel", "apply_policy", "calibrate", "confidence", "count_flops",
+    "count_parameters", "dynamic_inference", "energy_estimate", "evaluate", "evaluate_oracle",
+    "evaluate_policy", "exit_costs", "exit_loss", "exit_outputs", "get_device", "gradient_norms",
+    "latency_per_exit", "load_data", "load_trained", "measure_speedup", "oracle_exits", "plain_net", "predict",
+    "resnet", "seed_everything", "static_exit", "torchvision_early_exit", "tradeoff_curve", "train",
+    "train_exits",
 ]

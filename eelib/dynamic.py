@@ -30,22 +30,26 @@ class DynamicResult:
 
 @torch.inference_mode()
 def route(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) -> tuple[torch.Tensor, torch.Tensor]:
-    """The routing loop alone: ``(predictions, exits)`` of a batch, nothing else computed."""
+    """The routing loop alone: ``(predictions, exits)`` of a batch, nothing else computed.
+
+    Written for little overhead per exit (at batch size 1 the decision must cost much less than
+    a block): one device-to-host sync per exit (how many samples leave), no bookkeeping while
+    every sample is still in the batch, and the results assembled once at the end.
+    """
     model.check_input(x)
     policy.check(model.num_exits, model.num_classes)
     measure = get_measure(policy.measure)
     last = model.num_exits - 1
     n = x.shape[0]
-    predictions = torch.empty(n, dtype=torch.long, device=x.device)
-    exits = torch.full((n,), last, dtype=torch.long, device=x.device)
-    active = torch.arange(n, device=x.device)  # indices (into the batch) of the samples still running
+    done: list[tuple[torch.Tensor | None, torch.Tensor, int]] = []  # (batch indices or None = all, predictions, exit)
+    active: torch.Tensor | None = None  # batch indices of the samples still running; None: all of them, in order
     h, run, previous = x, None, None
     for k in range(model.num_exits):
         h = model.segment(k, h)  # (b, C, H, W) for the b samples still in the batch
         logits = model.head(k, h)
         pred = logits.argmax(1)
         if k == last:
-            predictions[active] = pred
+            done.append((active, pred, k))
             break
         if measure.per_exit:
             score = measure.fn(logits)
@@ -57,14 +61,25 @@ def route(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) -> tuple[tor
         if n_leave == 0:
             previous = pred
             continue
-        predictions[active[leave]] = pred[leave]
-        exits[active[leave]] = k
-        if n_leave == len(active):
-            break  # everyone left: the rest of the network is skipped
+        if n_leave == len(pred):
+            done.append((active, pred, k))  # everyone left: the rest of the network is skipped
+            break
+        index = leave.nonzero()[:, 0] if active is None else active[leave]
+        done.append((index, pred[leave], k))
         keep = ~leave
-        active, h, previous = active[keep], h[keep], pred[keep]
+        active = keep.nonzero()[:, 0] if active is None else active[keep]
+        h, previous = h[keep], pred[keep]
         if run is not None:
             run = run[keep]
+    if len(done) == 1 and done[0][0] is None:  # the whole batch left at one exit
+        _, pred, k = done[0]
+        return pred, torch.full_like(pred, k)
+    predictions = torch.empty(n, dtype=torch.long, device=x.device)
+    exits = torch.empty(n, dtype=torch.long, device=x.device)
+    for index, pred, k in done:
+        index = slice(None) if index is None else index
+        predictions[index] = pred
+        exits[index] = k
     return predictions, exits
 
 
@@ -87,3 +102,59 @@ def dynamic_inference(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) 
     predictions, exits = route(model, x, policy)
     flops = int(torch.as_tensor(costs.flops, dtype=torch.float64)[exits.cpu()].sum().item())
     return DynamicResult(predictions, exits, flops)
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """Measured wall-clock time of dynamic inference against the full network on the same images."""
+
+    batch_size: int
+    n_images: int
+    full_seconds: float  # the backbone alone (no exit heads), every image through every block
+    dynamic_seconds: float  # route(): heads, decisions and routing included
+    ideal_speedup: float  # full FLOPs / FLOPs spent by the policy on these images
+
+    @property
+    def speedup(self) -> float:
+        return self.full_seconds / self.dynamic_seconds
+
+
+def measure_speedup(model: EarlyExitNet, images: torch.Tensor, policy: ExitPolicy, *, batch_size: int,
+                    repeats: int = 3) -> Speedup:
+    """Time the full network and dynamic inference over ``images`` in batches of ``batch_size``.
+
+    Both run in inference mode on ``images``' device (CUDA is synchronised), over the same
+    batches; each is timed ``repeats`` times after one warm-up pass and the fastest pass counts
+    (the least disturbed by other work on the machine). The ideal speedup comes from the FLOPs
+    the policy spends on exactly these images.
+    """
+    import time
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
+    model.check_input(images)
+    model.eval()
+    batches = list(torch.split(images, batch_size))
+    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
+
+    def timed(fn) -> float:
+        best = float("inf")
+        with torch.inference_mode():
+            for b in batches[:2]:
+                fn(b)  # warm-up
+            for _ in range(repeats):
+                sync()
+                start = time.perf_counter()
+                for b in batches:
+                    fn(b)
+                sync()
+                best = min(best, time.perf_counter() - start)
+        return best
+
+    full = timed(model.backbone)
+    dynamic = timed(lambda b: route(model, b, policy))
+    costs = exit_costs(model, tuple(images.shape[1:]))
+    spent = sum(dynamic_inference(model, b, policy).flops for b in batches)
+    return Speedup(batch_size, len(images), full, dynamic, costs.full_flops * len(images) / spent)

@@ -355,3 +355,27 @@ def plot_latency(costs: "ExitCosts", seconds: Sequence[float], *, batch_size: in
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig
+
+
+def plot_confidence(outputs: "ExitOutputs", k: int = 0, *, measure: str = "max_prob",
+                    threshold: float | None = None, title: str | None = None) -> Figure:
+    """Histogram of a confidence measure at exit ``k``, for the images it gets right and wrong."""
+    from .policies import confidence, get_measure
+
+    if not 0 <= k < outputs.num_exits:
+        raise ValueError(f"exit {k!r} does not exist: there are {outputs.num_exits} exits (0..{outputs.num_exits - 1})")
+    scores = confidence(outputs.logits, measure)[k].numpy()
+    right = outputs.correct[k].numpy()
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    bins = np.linspace(scores.min(), scores.max(), 31) if scores.max() > scores.min() else 10
+    ax.hist(scores[right], bins=bins, alpha=0.6, color="tab:green", label=f"right ({right.sum()})")
+    ax.hist(scores[~right], bins=bins, alpha=0.8, color="tab:red", label=f"wrong ({(~right).sum()})")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
+    direction = "higher" if get_measure(measure).higher_is_confident else "lower"
+    ax.set(title=title or f"{measure} at exit {k} ({outputs.exit_names[k]})",
+           xlabel=f"{measure} ({direction} = more confident)", ylabel="images (log scale)", yscale="log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -111,6 +111,8 @@ def test_calibration_meets_its_target_and_saves(measure):
     assert evaluate_policy(cal.policy, out, costs, full) == cal.val
     strict = calibrate(out, costs, full, measure=measure, max_accuracy_drop=0.0)
     assert strict.val.accuracy >= final
+    refined = calibrate(out, costs, full, measure=measure, max_accuracy_drop=0.02, per_exit=True)
+    assert refined.val.accuracy >= final - 0.02 and refined.val.avg_flops <= cal.val.avg_flops
     budget = calibrate(out, costs, full, measure=measure, flops_budget=50)
     assert budget.val.avg_flops <= 50
     # the oracle is the lower bound of cost: no calibrated policy is cheaper at the oracle's accuracy

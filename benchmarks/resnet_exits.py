@@ -1,0 +1,100 @@
+"""Benchmark: how much compute and time the course's early-exit ResNet saves, measured.
+
+Loads (or trains once) ``ee_resnet20`` on the offline data set (``mnist5k``), calibrates a
+max-probability policy on the validation split for at most 0.5 percentage point accuracy drop
+against the final exit, and measures on the test split, on the CPU:
+
+* ``accuracy_full``, ``accuracy_policy``: the final exit's and the policy's accuracy (fractions);
+* ``flops_saved``, ``oracle_flops_saved``: 1 - average FLOPs / FLOPs of the network without exits,
+  for the policy and for the oracle (``FlopCounterMode`` counts, exit heads included);
+* ``ideal_speedup``: full FLOPs / policy FLOPs;
+* ``speedup_batch1``, ``speedup_batch256``: measured wall-clock time of the full network divided
+  by that of dynamic inference (:func:`eelib.dynamic.route`, which really skips the blocks after
+  each sample's exit), over the test images in batches of 1 (the first 300 images) and of 256.
+
+Run: ``python benchmarks/resnet_exits.py`` (about a minute once the model is cached). Writes
+``benchmarks/results/resnet_exits.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import eelib
+from eelib.policies import calibrate, evaluate_oracle, evaluate_policy
+
+RESULTS = Path(__file__).resolve().parent / "results" / "resnet_exits.json"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: steadier timings)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed passes per measurement (the fastest counts)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    trained = eelib.load_trained("ee_resnet20", device=device)
+    model = trained.model.eval()
+    data = eelib.load_data(trained.recipe.data)
+    loaders = data.loaders(256)
+    val, test = eelib.exit_outputs(model, loaders.val, device=device), eelib.exit_outputs(model, loaders.test, device=device)
+    costs = eelib.exit_costs(model)
+    cal = calibrate(val, costs.flops, costs.full_flops, measure="max_prob", max_accuracy_drop=0.005)
+    policy_test = evaluate_policy(cal.policy, test, costs.flops, costs.full_flops)
+    oracle = evaluate_oracle(test, costs.flops, costs.full_flops)
+    images = torch.stack([data.test[i][0] for i in range(len(data.test))])
+    dynamic = eelib.dynamic_inference(model, images, cal.policy)
+    simulated = eelib.apply_policy(cal.policy, test.logits)
+    start = time.perf_counter()
+    b256 = eelib.measure_speedup(model, images, cal.policy, batch_size=256, repeats=args.repeats)
+    b1 = eelib.measure_speedup(model, images[:300], cal.policy, batch_size=1, repeats=args.repeats)
+    results = {
+        "accuracy_full": test.accuracy_per_exit()[-1],
+        "accuracy_policy": policy_test.accuracy,
+        "flops_saved": policy_test.flops_saved,
+        "oracle_flops_saved": oracle.flops_saved,
+        "ideal_speedup": policy_test.ideal_speedup,
+        "speedup_batch1": b1.speedup,
+        "speedup_batch256": b256.speedup,
+        "details": {
+            "model": "ee_resnet20", "data": f"{data.name} test split ({len(images)} images)",
+            "exits": list(model.exit_names), "exit_mflops": [f / 1e6 for f in costs.flops],
+            "full_mflops": costs.full_flops / 1e6,
+            "policy": {"measure": cal.policy.measure, "thresholds": list(cal.policy.thresholds),
+                       "calibrated_on": "validation split", "target": cal.target},
+            "val_accuracy_policy": cal.val.accuracy, "val_flops_saved": cal.val.flops_saved,
+            "test_exit_fractions": list(policy_test.exit_fractions),
+            "oracle_accuracy": oracle.accuracy,
+            "dynamic_equals_simulated": bool(torch.equal(dynamic.exits, simulated.exits)
+                                             and torch.equal(dynamic.predictions, simulated.predictions)),
+            "batch256": {"full_s": b256.full_seconds, "dynamic_s": b256.dynamic_seconds, "ideal": b256.ideal_speedup},
+            "batch1": {"images": b1.n_images, "full_s": b1.full_seconds, "dynamic_s": b1.dynamic_seconds,
+                       "ideal": b1.ideal_speedup},
+            "timing_seconds": time.perf_counter() - start,
+            "machine": f"{platform.processor() or platform.machine()}, {args.threads} thread(s), torch {torch.__version__}",
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"{'accuracy, final exit':38s} {results['accuracy_full']:.4f}")
+    print(f"{'accuracy, policy (<= 0.5 pp drop on val)':38s} {results['accuracy_policy']:.4f}")
+    print(f"{'FLOPs saved, policy':38s} {results['flops_saved']:.3f}")
+    print(f"{'FLOPs saved, oracle':38s} {results['oracle_flops_saved']:.3f}")
+    print(f"{'ideal speedup':38s} {results['ideal_speedup']:.2f}x")
+    print(f"{'measured speedup, batch 1':38s} {results['speedup_batch1']:.2f}x (ideal on those images "
+          f"{b1.ideal_speedup:.2f}x)")
+    print(f"{'measured speedup, batch 256':38s} {results['speedup_batch256']:.2f}x")
+    print(f"dynamic inference = simulated policy on every test image: {results['details']['dynamic_equals_simulated']}")
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
