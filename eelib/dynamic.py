@@ -36,6 +36,8 @@ def route(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) -> tuple[tor
     a block): one device-to-host sync per exit (how many samples leave), no bookkeeping while
     every sample is still in the batch, and the results assembled once at the end.
     """
+    if model.training:
+        raise ValueError("model is in training mode: call model.eval() first (batch norm must use its running statistics)")
     model.check_input(x)
     policy.check(model.num_exits, model.num_classes)
     measure = get_measure(policy.measure)
@@ -87,7 +89,8 @@ def dynamic_inference(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) 
     """Classify a batch with early exits, really skipping the blocks after each sample's exit.
 
     Args:
-        model: the early-exit network (put in eval mode here: batch norm uses its running statistics).
+        model: the early-exit network (run in eval mode: batch norm uses its running statistics;
+            its training flag is restored afterwards).
         x: images ``(B, C, H, W)`` on the model's device.
         policy: the measure and thresholds; must fit the model's number of exits.
 
@@ -97,9 +100,13 @@ def dynamic_inference(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) 
         while the routing runs (tested).
     """
     model.check_input(x)
+    was_training = model.training
     model.eval()
-    costs = exit_costs(model, tuple(x.shape[1:]))
-    predictions, exits = route(model, x, policy)
+    try:
+        costs = exit_costs(model, tuple(x.shape[1:]))
+        predictions, exits = route(model, x, policy)
+    finally:
+        model.train(was_training)
     flops = int(torch.as_tensor(costs.flops, dtype=torch.float64)[exits.cpu()].sum().item())
     return DynamicResult(predictions, exits, flops)
 
@@ -112,11 +119,17 @@ class Speedup:
     n_images: int
     full_seconds: float  # the backbone alone (no exit heads), every image through every block
     dynamic_seconds: float  # route(): heads, decisions and routing included
+    never_exit_seconds: float  # route() with a policy that never exits: every head and decision, no saving
     ideal_speedup: float  # full FLOPs / FLOPs spent by the policy on these images
 
     @property
     def speedup(self) -> float:
         return self.full_seconds / self.dynamic_seconds
+
+    @property
+    def overhead(self) -> float:
+        """Measured cost of the heads and decisions: time of never-exit routing / full network - 1."""
+        return self.never_exit_seconds / self.full_seconds - 1
 
 
 def measure_speedup(model: EarlyExitNet, images: torch.Tensor, policy: ExitPolicy, *, batch_size: int,
@@ -126,7 +139,9 @@ def measure_speedup(model: EarlyExitNet, images: torch.Tensor, policy: ExitPolic
     Both run in inference mode on ``images``' device (CUDA is synchronised), over the same
     batches; each is timed ``repeats`` times after one warm-up pass and the fastest pass counts
     (the least disturbed by other work on the machine). The ideal speedup comes from the FLOPs
-    the policy spends on exactly these images.
+    the policy spends on exactly these images. ``never_exit_seconds`` times the same routing
+    with a policy that lets no image leave early: every head and decision is paid, nothing is
+    skipped — what the heads and decisions cost in time.
     """
     import time
 
@@ -135,6 +150,7 @@ def measure_speedup(model: EarlyExitNet, images: torch.Tensor, policy: ExitPolic
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats!r}")
     model.check_input(images)
+    was_training = model.training
     model.eval()
     batches = list(torch.split(images, batch_size))
     sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
@@ -153,8 +169,13 @@ def measure_speedup(model: EarlyExitNet, images: torch.Tensor, policy: ExitPolic
                 best = min(best, time.perf_counter() - start)
         return best
 
-    full = timed(model.backbone)
-    dynamic = timed(lambda b: route(model, b, policy))
-    costs = exit_costs(model, tuple(images.shape[1:]))
-    spent = sum(dynamic_inference(model, b, policy).flops for b in batches)
-    return Speedup(batch_size, len(images), full, dynamic, costs.full_flops * len(images) / spent)
+    never = ExitPolicy.never_exit(model.num_exits, policy.measure)
+    try:
+        full = timed(model.backbone)
+        dynamic = timed(lambda b: route(model, b, policy))
+        never_exit = timed(lambda b: route(model, b, never))
+        costs = exit_costs(model, tuple(images.shape[1:]))
+        spent = sum(dynamic_inference(model, b, policy).flops for b in batches)
+    finally:
+        model.train(was_training)
+    return Speedup(batch_size, len(images), full, dynamic, never_exit, costs.full_flops * len(images) / spent)

@@ -79,7 +79,8 @@ class _TorchvisionStem(nn.Module):
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
-        self.parts = [backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool]  # a list: not re-registered
+        # the backbone's own modules (this wrapper is not registered in EarlyExitNet, so nothing is saved twice)
+        self.parts = nn.ModuleList([backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for part in self.parts:

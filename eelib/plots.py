@@ -176,8 +176,8 @@ def plot_cost_per_head(costs: "ExitCosts", *, title: str = "Computation cost per
     ax_cum.bar(x, backbone, color="tab:blue", label="backbone up to the exit")
     ax_cum.bar(x, heads, bottom=backbone, color="tab:orange", label="exit heads evaluated on the way")
     ax_cum.axhline(full, color="black", linestyle="--", linewidth=1, label=f"network without exits: {full:.1f} MFLOPs")
-    for xi, t in zip(x, total):
-        ax_cum.text(xi, t, f"{100 * t / full:.0f}%", ha="center", va="bottom", fontsize=9)
+    for xi, t in zip(x, total):  # each exit's share of the network without exits, inside its bar
+        ax_cum.text(xi, t / 2, f"{100 * t / full:.0f}%", ha="center", va="center", fontsize=9, color="white")
     ax_cum.set(title=f"{title}: cumulative", xlabel="exit (attach point)", ylabel="MFLOPs per image")
     diff = np.diff(np.concatenate([[0.0], total]))
     ax_diff.bar(x, diff, color="tab:green")
@@ -214,8 +214,8 @@ def plot_accuracy_per_exit(accuracies: Mapping[str, Sequence[float]], exit_names
         ax.set_xlabel("exit (attach point)")
     else:
         ax.set_xlabel("cost of the exit (% of the FLOPs of the network without exits)")
-        for xi, name in zip(x, exit_names):
-            ax.annotate(name, (xi, ax.get_ylim()[0]), fontsize=8, rotation=90, va="bottom", ha="right")
+        top = ax.secondary_xaxis("top")  # the exits' names above the plot, where they hide no point
+        top.set_xticks(x, list(exit_names), rotation=30, fontsize=8)
     ax.set(title=title, ylabel="test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -225,7 +225,8 @@ def plot_accuracy_per_exit(accuracies: Mapping[str, Sequence[float]], exit_names
 
 def plot_tradeoff(curve: Sequence[tuple[float, "PolicyEval"]], *, static: Sequence["PolicyEval"] = (),
                   exit_names: Sequence[str] = (), oracle: "PolicyEval | None" = None,
-                  chosen: "PolicyEval | None" = None, title: str = "Accuracy vs computation") -> Figure:
+                  chosen: "PolicyEval | None" = None, label: str = "early exit, one threshold for every exit",
+                  title: str = "Accuracy vs computation") -> Figure:
     """Accuracy against average FLOPs (% of the network without exits) over thresholds.
 
     Args:
@@ -234,18 +235,20 @@ def plot_tradeoff(curve: Sequence[tuple[float, "PolicyEval"]], *, static: Sequen
         exit_names: labels of the static points.
         oracle: the oracle's PolicyEval (the lower bound of cost).
         chosen: a calibrated policy to mark.
+        label: the curve's legend entry (name the measure).
     """
     if not curve:
         raise ValueError("curve is empty: pass [(threshold, PolicyEval), ...]")
     fig, ax = plt.subplots(figsize=(8, 5))
     cost = [100 * e.avg_flops / e.full_flops for _, e in curve]
     acc = [100 * e.accuracy for _, e in curve]
-    ax.plot(cost, acc, marker=".", label="early exit, one threshold for every exit")
+    ax.plot(cost, acc, marker=".", label=label)
     if static:
         sc = [100 * e.avg_flops / e.full_flops for e in static]
         ax.plot(sc, [100 * e.accuracy for e in static], "s--", color="grey", label="every sample takes one exit")
         for name, c, e in zip(exit_names, sc, static):
-            ax.annotate(name, (c, 100 * e.accuracy), textcoords="offset points", xytext=(4, -10), fontsize=8)
+            ax.annotate(name, (c, 100 * e.accuracy), textcoords="offset points", xytext=(6, -14), fontsize=8,
+                        color="grey")
     if oracle is not None:
         ax.plot([100 * oracle.avg_flops / oracle.full_flops], [100 * oracle.accuracy], "*", markersize=14,
                 color="tab:red", label="oracle: earliest exit that is right")
@@ -294,7 +297,7 @@ def plot_easy_and_hard(data: "DataSplits", easy: Sequence[int], hard: Sequence[i
         raise ValueError("easy and hard must each hold at least one index")
     dataset = getattr(data, split)
     cols = max(len(easy), len(hard))
-    fig, axes = plt.subplots(2, cols, figsize=(1.5 * cols, 4.0), squeeze=False)
+    fig, axes = plt.subplots(2, cols, figsize=(1.5 * cols, 4.5), squeeze=False)
     preds = outputs.predictions
     for row, (indices, label) in enumerate(((easy, "easy"), (hard, "hard"))):
         for c, ax in enumerate(axes[row]):
@@ -346,8 +349,8 @@ def plot_latency(costs: "ExitCosts", seconds: Sequence[float], *, batch_size: in
     ax.set(title=f"{title} (batch of {batch_size})", xlabel="exit (attach point)", ylabel="milliseconds per batch")
     ax2 = ax.twinx()
     ax2.plot(x, 100 * ms / ms[-1], "o-", color="tab:orange", label="time, % of the full network")
-    ax2.plot(x, [100 * r for r in costs.relative_flops[:-1]] + [100.0], "s--", color="tab:green",
-             label="FLOPs, % of the full network")
+    alone = [(b + h) / costs.full_flops for b, h in zip(costs.backbone_flops, costs.head_flops)]  # what was timed
+    ax2.plot(x, [100 * r for r in alone], "s--", color="tab:green", label="FLOPs, % of the full network")
     ax2.set(ylabel="% of the full network", ylim=(0, 110))
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()

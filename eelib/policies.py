@@ -14,9 +14,10 @@ takes every sample still left, so it has no threshold. :func:`apply_policy` appl
 logits that were all computed (the *simulation*); :mod:`eelib.dynamic` applies the same policy
 while really skipping the later blocks, with the same decisions.
 
-:func:`oracle_exits` is the lower bound of cost: every sample leaves at the earliest exit that
-is right; a sample that no exit gets right leaves at the first exit (computing more cannot make
-it right). :func:`calibrate` chooses thresholds on the validation split (algorithm in its
+:func:`oracle_exits` is the limit of any policy on these exits: every sample leaves at the
+earliest exit that is right, and a sample that no exit gets right leaves at the first exit
+(computing more cannot make it right). No policy is more accurate, and no policy reaching its
+accuracy is cheaper (a policy can be cheaper than the oracle only by being less accurate). :func:`calibrate` chooses thresholds on the validation split (algorithm in its
 docstring).
 """
 
@@ -164,7 +165,10 @@ def apply_policy(policy: ExitPolicy, logits: torch.Tensor) -> PolicyResult:
 
 
 def oracle_exits(outputs: ExitOutputs) -> PolicyResult:
-    """The oracle: each sample leaves at the earliest exit that is right (first exit if none is)."""
+    """The oracle: each sample leaves at the earliest exit that is right (first exit if none is).
+
+    It has the best accuracy any policy on these exits can have, at the lowest cost that reaches it.
+    """
     correct = outputs.correct
     any_right = correct.any(0)
     exits = torch.where(any_right, correct.float().argmax(0), torch.zeros_like(outputs.labels))
@@ -206,7 +210,9 @@ def evaluate_result(result: PolicyResult, labels: torch.Tensor, exit_flops: Sequ
         exit_flops: cost of a sample that leaves at each exit (see :func:`eelib.cost.exit_costs`).
         full_flops: cost of the backbone without exits, the reference for savings.
     """
-    costs = _check_costs(exit_flops, len(exit_flops))
+    costs = torch.as_tensor(list(exit_flops), dtype=torch.float64)
+    if len(result.exits) and int(result.exits.max()) >= len(costs):
+        raise ValueError(f"exit_flops has {len(costs)} values but a sample left at exit {int(result.exits.max())}")
     counts = torch.bincount(result.exits, minlength=len(costs)).double()
     return PolicyEval(accuracy=(result.predictions == labels).double().mean().item(),
                       avg_flops=costs[result.exits].mean().item(), full_flops=float(full_flops),
@@ -221,7 +227,7 @@ def evaluate_policy(policy: ExitPolicy, outputs: ExitOutputs, exit_flops: Sequen
 
 
 def evaluate_oracle(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: float) -> PolicyEval:
-    """The oracle's accuracy and cost (the lower bound of cost of any policy on these exits)."""
+    """The oracle's accuracy and cost: the best accuracy on these exits, at the least cost that reaches it."""
     _check_costs(exit_flops, outputs.num_exits)
     return evaluate_result(oracle_exits(outputs), outputs.labels, exit_flops, full_flops)
 
@@ -230,6 +236,7 @@ def static_exit(outputs: ExitOutputs, k: int, exit_flops: Sequence[float], full_
     """Every sample leaves at exit ``k`` (a smaller network with no choice)."""
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < outputs.num_exits:
         raise ValueError(f"exit {k!r} does not exist: there are {outputs.num_exits} exits (0..{outputs.num_exits - 1})")
+    _check_costs(exit_flops, outputs.num_exits)
     exits = torch.full_like(outputs.labels, k)
     return evaluate_result(PolicyResult(exits, outputs.predictions[k]), outputs.labels, exit_flops, full_flops)
 
@@ -353,9 +360,10 @@ def easy_and_hard(outputs: ExitOutputs, result: PolicyResult, *, n: int = 8,
                   measure: str = "max_prob") -> tuple[list[int], list[int]]:
     """Indices of the easiest and the hardest samples under a policy's decisions.
 
-    Easiest: samples that left at the first exit, most confident first. Hardest: samples that
-    stayed wrong at the exit they took, then those that needed the final exit, least confident
-    (at the final exit) first.
+    Easiest: samples that left at the first exit, most confident first. Hardest: half (rounded
+    up) are samples still wrong at the exit they took, the least confident first; the rest are
+    samples that were right but needed the final exit, the least confident first (either part
+    fills in for the other when it has too few).
     """
     if n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -363,15 +371,19 @@ def easy_and_hard(outputs: ExitOutputs, result: PolicyResult, *, n: int = 8,
     sign = 1 if get_measure(measure).higher_is_confident else -1
     first = (result.exits == 0).nonzero().flatten()
     easy = first[torch.argsort(-sign * scores[0, first])][:n].tolist()
+    taken = scores.gather(0, result.exits[None]).squeeze(0)  # each sample's score at the exit it took
     wrong = (result.predictions != outputs.labels).nonzero().flatten()
+    wrong = wrong[torch.argsort(sign * taken[wrong])].tolist()
     final = ((result.exits == outputs.num_exits - 1) & (result.predictions == outputs.labels)).nonzero().flatten()
-    final = final[torch.argsort(sign * scores[-1, final])]
-    hard = torch.cat([wrong, final])[:n].tolist()
+    final = final[torch.argsort(sign * scores[-1, final])].tolist()
+    n_wrong = max((n + 1) // 2, n - len(final))
+    hard = wrong[:n_wrong]
+    hard += final[:n - len(hard)]
     return easy, hard
 
 
 def overthinking(outputs: ExitOutputs) -> list[float]:
-    """For each early exit, the fraction of samples it gets right that the final exit gets wrong.
+    """For each early exit, the fraction of *all* samples that it gets right and the final exit gets wrong.
 
     Kaya et al. (2019) call this *overthinking*: computing more made the answer worse.
     """

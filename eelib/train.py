@@ -271,6 +271,10 @@ def exit_loss(logits: list[torch.Tensor], y: torch.Tensor, *, mode: str = "joint
       "Be Your Own Teacher"): ``alpha * CE(logits_k, y) + (1 - alpha) * T^2 * KL(p_final^T || p_k^T)``,
       the final exit's logits detached (the teacher is not pulled towards its students).
     """
+    if mode not in EXIT_MODES:
+        raise ValueError(f"mode={mode!r} is not a training mode; allowed: {', '.join(EXIT_MODES)}")
+    if exit_weights is not None and len(exit_weights) != len(logits):
+        raise ValueError(f"exit_weights has {len(exit_weights)} values but there are {len(logits)} exits")
     ces = [F.cross_entropy(z, y) for z in logits]
     weights = exit_weights or (1.0,) * len(logits)
     if mode == "frozen":
@@ -346,8 +350,9 @@ def train_exits(model: nn.Module, train_loader: DataLoader, *, mode: str = "join
     device = torch.device(device) if device is not None else get_device()
     model.to(device)
     frozen = mode == "frozen"
+    trainable = [p.requires_grad for p in model.backbone.parameters()]
     for p in model.backbone.parameters():
-        p.requires_grad_(not frozen)
+        p.requires_grad_(not frozen and p.requires_grad)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch,
@@ -380,7 +385,7 @@ def train_exits(model: nn.Module, train_loader: DataLoader, *, mode: str = "join
                 val_accuracy=val, seconds=time.perf_counter() - start, step_losses=tuple(losses)))
     finally:
         bar.close()
-        for p in model.backbone.parameters():
-            p.requires_grad_(True)
+        for p, flag in zip(model.backbone.parameters(), trainable):
+            p.requires_grad_(flag)  # as the caller left them
     model.eval()
     return ExitHistory(tuple(records), mode)

@@ -76,7 +76,8 @@ class Recipe:
         if self.exit_mode not in EXIT_MODES:
             raise ValueError(f"exit_mode={self.exit_mode!r} is not a training mode; allowed: {', '.join(EXIT_MODES)}")
         if self.exits is not None:
-            self.build()  # unknown attach points fail here, not after training
+            with torch.random.fork_rng(devices=[]):  # building draws random weights: keep the caller's RNG
+                self.build()  # unknown attach points fail here, not after training
 
     def build(self) -> ResNet | EarlyExitNet:
         """The untrained network of this recipe."""

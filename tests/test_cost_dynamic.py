@@ -120,3 +120,33 @@ def test_latency_and_energy(model):
     assert energy_estimate(1e9) == pytest.approx(2.3e-3)
     with pytest.raises(ValueError, match="flops must be >= 0"):
         energy_estimate(-1)
+
+
+def test_torchvision_stem_parameters_are_counted():
+    tv = torchvision_early_exit("resnet18", points=("layer1",), num_classes=10)
+    c = exit_costs(tv, (3, 32, 32))
+    stem = sum(p.numel() for m in (tv.backbone.conv1, tv.backbone.bn1) for p in m.parameters())
+    layer1 = sum(p.numel() for p in tv.backbone.layer1.parameters())
+    assert c.params[0] == stem + layer1 + sum(p.numel() for p in tv.heads[0].parameters())
+    assert c.params[-1] == c.full_params + sum(p.numel() for p in tv.heads[0].parameters())
+    assert list(tv.state_dict()) == [f"backbone.{k}" for k in tv.backbone.state_dict()] + [
+        f"heads.{k}" for k in tv.heads.state_dict()]  # the stem's wrapper adds no key
+
+
+def test_routing_needs_eval_mode_and_speedup_is_measured(model):
+    from eelib.dynamic import measure_speedup
+
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="training mode"):
+            route(model, torch.randn(2, 1, 16, 16), ExitPolicy("max_prob", (0.5, 0.5, 0.5)))
+        result = dynamic_inference(model, torch.randn(2, 1, 16, 16), ExitPolicy("max_prob", (0.5, 0.5, 0.5)))
+        assert model.training and len(result.exits) == 2  # dynamic_inference switches to eval and back
+    finally:
+        model.eval()
+    s = measure_speedup(model, torch.randn(8, 1, 16, 16), ExitPolicy("max_prob", (0.1, 0.1, 0.1)), batch_size=4,
+                        repeats=1)
+    assert s.full_seconds > 0 and s.dynamic_seconds > 0 and s.never_exit_seconds > 0
+    assert s.ideal_speedup == pytest.approx(exit_costs(model, (1, 16, 16)).full_flops / exit_costs(model, (1, 16, 16)).flops[0])
+    with pytest.raises(ValueError, match="batch_size"):
+        measure_speedup(model, torch.randn(8, 1, 16, 16), ExitPolicy("max_prob", (0.1, 0.1, 0.1)), batch_size=0)

@@ -144,3 +144,29 @@ def test_exit_outputs_collects_every_exit():
     assert len(out.accuracy_per_exit()) == 4 and out.correct.dtype == torch.bool
     with pytest.raises(ValueError, match="empty"):
         exit_outputs(model, DataLoader(TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0)), batch_size=4))
+
+
+def test_exit_loss_refuses_bad_arguments():
+    logits, y = [torch.randn(4, 10)] * 3, torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="mode='distil'"):
+        exit_loss(logits, y, mode="distil")
+    with pytest.raises(ValueError, match="exit_weights has 1 values but there are 3 exits"):
+        exit_loss(logits, y, exit_weights=(1.0,))
+
+
+def test_training_restores_the_callers_frozen_parameters():
+    model = small()
+    model.backbone.stem.requires_grad_(False)  # the caller froze the stem
+    train_exits(model, loader(16), mode="joint", epochs=1, progress=False)
+    assert not any(p.requires_grad for p in model.backbone.stem.parameters())
+    assert all(p.requires_grad for p in model.backbone.layer1.parameters())
+
+
+def test_importing_and_building_recipes_leaves_the_random_state_alone():
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.manual_seed(0); a = torch.rand(1); torch.manual_seed(0); import eelib; "
+            "eelib.zoo.Recipe(eelib.ResNetConfig(8, 4), exits=eelib.ExitConfig(('layer1',))); "
+            "assert torch.equal(torch.rand(1), a)")
+    subprocess.run([sys.executable, "-c", code], check=True)
