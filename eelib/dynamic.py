@@ -49,11 +49,11 @@ def route(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) -> tuple[tor
     for k in range(model.num_exits):
         h = model.segment(k, h)  # (b, C, H, W) for the b samples still in the batch
         logits = model.head(k, h)
-        pred = logits.argmax(1)
         if k == last:
-            done.append((active, pred, k))
+            done.append((active, logits.argmax(1), k))
             break
-        if measure.per_exit:
+        pred = None if measure.per_exit else logits.argmax(1)  # computed only when needed
+        if pred is None:
             score = measure.fn(logits)
         else:  # patience: consecutive exits that agree, this one included
             run = torch.ones_like(pred, dtype=torch.float32) if run is None else torch.where(pred == previous, run + 1, 1.0)
@@ -63,6 +63,8 @@ def route(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) -> tuple[tor
         if n_leave == 0:
             previous = pred
             continue
+        if pred is None:
+            pred = logits.argmax(1)
         if n_leave == len(pred):
             done.append((active, pred, k))  # everyone left: the rest of the network is skipped
             break
