@@ -34,23 +34,31 @@ class EpochRecord:
     step_losses: tuple[float, ...] = field(default=(), repr=False)  # every batch's loss
 
 
-@dataclass(frozen=True)
-class History:
-    """The per-epoch records of a training run."""
+class _Epochs:
+    """What :class:`History` and :class:`ExitHistory` share: columns and the step losses."""
 
-    epochs: tuple[EpochRecord, ...]
+    epochs: tuple
+    _record: type
 
     def column(self, name: str) -> list:
         """One field of every epoch, e.g. ``history.column("val_accuracy")``."""
-        if name not in EpochRecord.__dataclass_fields__:
-            raise ValueError(f"name={name!r} is not a field of EpochRecord; allowed: "
-                             f"{', '.join(EpochRecord.__dataclass_fields__)}")
+        fields = self._record.__dataclass_fields__
+        if name not in fields:
+            raise ValueError(f"name={name!r} is not a field of {self._record.__name__}; allowed: {', '.join(fields)}")
         return [getattr(r, name) for r in self.epochs]
 
     @property
     def step_losses(self) -> list[float]:
         """Every batch's training loss, in order."""
         return [loss for r in self.epochs for loss in r.step_losses]
+
+
+@dataclass(frozen=True)
+class History(_Epochs):
+    """The per-epoch records of a training run."""
+
+    epochs: tuple[EpochRecord, ...]
+    _record = EpochRecord
 
     def to_dict(self) -> dict:
         return {"epochs": [asdict(r) for r in self.epochs]}
@@ -74,6 +82,16 @@ def _check_positive(name: str, value, kind: type = int) -> None:
     kinds = (int, float) if kind is float else (int,)
     if not isinstance(value, kinds) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{name} must be a positive {'number' if kind is float else 'integer'}, got {value!r}")
+
+
+def _check_run(train_loader: DataLoader, epochs: int, lr: float,
+               device: torch.device | str | None) -> tuple[int, torch.device]:
+    """Check a training run's arguments; return the steps per epoch and the device."""
+    _check_positive("epochs", epochs)
+    _check_positive("lr", lr, float)
+    if len(train_loader) == 0:
+        raise ValueError("train_loader is empty: nothing to train on")
+    return len(train_loader), torch.device(device) if device is not None else get_device()
 
 
 @torch.no_grad()
@@ -131,12 +149,7 @@ def train(model: nn.Module, train_loader: DataLoader, *, epochs: int = 5, lr: fl
         A :class:`History` with one record per epoch. The model is trained in place and left
         in eval mode on ``device``.
     """
-    _check_positive("epochs", epochs)
-    _check_positive("lr", lr, float)
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise ValueError("train_loader is empty: nothing to train on")
-    device = torch.device(device) if device is not None else get_device()
+    steps_per_epoch, device = _check_run(train_loader, epochs, lr, device)
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs,
@@ -229,22 +242,12 @@ class ExitEpochRecord:
 
 
 @dataclass(frozen=True)
-class ExitHistory:
+class ExitHistory(_Epochs):
     """The per-epoch records of training an early-exit network."""
 
     epochs: tuple[ExitEpochRecord, ...]
     mode: str
-
-    def column(self, name: str) -> list:
-        """One field of every epoch, e.g. ``history.column("val_accuracy")``."""
-        if name not in ExitEpochRecord.__dataclass_fields__:
-            raise ValueError(f"name={name!r} is not a field of ExitEpochRecord; allowed: "
-                             f"{', '.join(ExitEpochRecord.__dataclass_fields__)}")
-        return [getattr(r, name) for r in self.epochs]
-
-    @property
-    def step_losses(self) -> list[float]:
-        return [loss for r in self.epochs for loss in r.step_losses]
+    _record = ExitEpochRecord
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "epochs": [asdict(r) for r in self.epochs]}
@@ -342,12 +345,7 @@ def train_exits(model: nn.Module, train_loader: DataLoader, *, mode: str = "join
     if not 0 <= distill_alpha <= 1:
         raise ValueError(f"distill_alpha must be in [0, 1], got {distill_alpha!r}")
     _check_positive("temperature", temperature, float)
-    _check_positive("epochs", epochs)
-    _check_positive("lr", lr, float)
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise ValueError("train_loader is empty: nothing to train on")
-    device = torch.device(device) if device is not None else get_device()
+    steps_per_epoch, device = _check_run(train_loader, epochs, lr, device)
     model.to(device)
     frozen = mode == "frozen"
     trainable = [p.requires_grad for p in model.backbone.parameters()]
