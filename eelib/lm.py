@@ -101,8 +101,8 @@ def _unavailable(name: str, err: Exception) -> ModelUnavailableError:
         f"the Hugging Face Hub could not provide it (this machine is offline, or no such model "
         f"exists there; {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
         f"Offline, use the course model shipped with eelib: load_lm({COURSE_MODEL!r}). For a Hub "
-        f"model such as 'gpt2', download it once while online, e.g. `huggingface-cli download gpt2` "
-        f"(the Hugging Face cache then serves it offline), or load it online and call "
+        f"model such as 'gpt2', download it once while online, e.g. `hf download gpt2` (older "
+        f"huggingface_hub: `huggingface-cli download gpt2`; the Hugging Face cache then serves it offline), or load it online and call "
         f"model.save_pretrained(folder) and tokenizer.save_pretrained(folder), then load_lm(folder)."
     )
 
@@ -183,15 +183,16 @@ def token_losses(lm: LanguageModel, text: str, *, stride: int | None = None) -> 
 
     The text is preceded by ``<|endoftext|>`` (GPT-2's beginning of text), so that its first
     token is scored too. A text longer than the context window is scored with a **sliding
-    window**: windows of ``context_length`` tokens start every ``stride`` tokens, and each window
-    scores only the tokens that the previous one did not, so every token is scored exactly once,
-    with at least ``context_length - stride`` tokens of left context (or all of them, near the
-    start).
+    window**: the first window scores its ``context_length - 1`` tokens, then each next window
+    moves ``stride`` tokens on and scores only the ``stride`` new tokens at its end. So every
+    token is scored exactly once, with at least ``context_length - stride`` tokens of left
+    context (all of them, near the start).
 
     Args:
         lm: the model.
         text: a non-empty text.
-        stride: tokens between window starts, 1 to ``context_length``; default half the context.
+        stride: how far each window moves on, 1 to ``context_length - 1``; default half the
+            context.
             Smaller is more accurate (more context per token) and slower.
 
     Returns:
@@ -203,27 +204,23 @@ def token_losses(lm: LanguageModel, text: str, *, stride: int | None = None) -> 
     ids = encode(lm, text)
     window = lm.context_length
     stride = window // 2 if stride is None else stride
-    if not isinstance(stride, int) or not 1 <= stride <= window:
-        raise ValueError(f"stride must be an integer from 1 to the context length {window}, got {stride!r}")
+    if not isinstance(stride, int) or isinstance(stride, bool) or not 1 <= stride < window:
+        raise ValueError(f"stride must be an integer from 1 to the context length minus one ({window - 1}), "
+                         f"got {stride!r}")
     bos = lm.tokenizer.convert_tokens_to_ids(END_OF_TEXT)
     if bos is None or bos == lm.tokenizer.unk_token_id and lm.tokenizer.unk_token != END_OF_TEXT:
         bos = lm.tokenizer.eos_token_id
     full = torch.cat([torch.tensor([bos]), ids])  # position 0 is context only
     losses = torch.empty(len(ids))
-    scored = 0  # tokens of `ids` scored so far; token i of ids sits at position i + 1 of full
-    start = 0
-    while scored < len(ids):
-        end = min(start + window, len(full))
+    pos = 1  # next position of `full` to score; token i of ids sits at position i + 1
+    while pos < len(full):
+        end = min(window if pos == 1 else pos + stride, len(full))  # score positions pos .. end - 1
+        start = max(0, end - window)  # with as much left context as fits
         chunk = full[start:end].to(lm.device).unsqueeze(0)  # (1, T)
-        logits = lm.model(chunk).logits[0].float()  # (T, vocab)
-        logp = torch.log_softmax(logits[:-1], dim=-1)
-        targets = chunk[0, 1:]
-        nll = -logp.gather(1, targets.unsqueeze(1)).squeeze(1).cpu()  # nll[j]: position start + j + 1
-        first_new = scored + 1 - (start + 1)  # index in nll of the first unscored position
-        new = nll[first_new:]
-        losses[scored:scored + len(new)] = new
-        scored += len(new)
-        start += stride
+        logits = lm.model(chunk).logits[0, :-1].float()  # (T - 1, vocab): predicts positions start + 1 ..
+        nll = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="none").cpu()
+        losses[pos - 1:end - 1] = nll[pos - start - 1:]
+        pos = end
     return losses
 
 
