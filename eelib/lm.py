@@ -29,13 +29,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from .cache import DownloadError, atomic_path, data_dir, download, file_digest
 from .device import get_device, seed_everything
+
+if TYPE_CHECKING:  # transformers is imported when a model is loaded, not with eelib
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 
 COURSE_MODEL = "course"
 CORPUS_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -61,14 +64,15 @@ class LanguageModel:
         context_length: the most tokens the model sees at once (``n_positions``).
     """
 
-    model: torch.nn.Module
-    tokenizer: object
+    model: GPT2LMHeadModel
+    tokenizer: PreTrainedTokenizerBase
     name: str
     n_layers: int
     context_length: int
 
     @property
     def device(self) -> torch.device:
+        """Where the model's parameters are."""
         return next(self.model.parameters()).device
 
 
@@ -276,7 +280,7 @@ def split_corpus(text: str) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def train_tokenizer(text: str, vocab_size: int):
+def train_tokenizer(text: str, vocab_size: int) -> PreTrainedTokenizerBase:
     """A byte-level BPE tokenizer (GPT-2 style) trained on ``text``, as a transformers tokenizer.
 
     ``<|endoftext|>`` is its only special token (bos, eos and unk, as in GPT-2).
@@ -307,14 +311,14 @@ class LMTrainConfig:
     """
 
     n_layer: int = 8
-    n_embd: int = 192
-    n_head: int = 6
+    n_embd: int = 160
+    n_head: int = 5
     vocab_size: int = 4096  # byte-level BPE: 256 bytes + merges + <|endoftext|>
     context_length: int = 256  # n_positions
     dropout: float = 0.1  # residual, embedding and attention dropout while training
     batch_size: int = 16  # windows per step
     steps: int = 2400
-    lr: float = 1.5e-3
+    lr: float = 2e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
     weight_decay: float = 0.1  # on matrices only, not on biases, LayerNorms, embeddings
@@ -331,6 +335,15 @@ class LMTrainConfig:
                 raise ValueError(f"{field} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
+        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"lr must be positive and min_lr between 0 and lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be positive or None (no time limit), got {self.max_minutes}")
+        if self.warmup_steps < 0 or self.eval_every < 1:
+            raise ValueError(f"warmup_steps must be >= 0 and eval_every >= 1, got {self.warmup_steps} and "
+                             f"{self.eval_every}")
         if self.vocab_size < 257:
             raise ValueError(f"vocab_size must be at least 257 (256 bytes and <|endoftext|>), got {self.vocab_size}")
 
@@ -544,7 +557,7 @@ def _hardware(device: torch.device) -> str:
         pass
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (GPU); torch {torch.__version__}"
-    return (f"{cpu}, {torch.get_num_threads()} torch threads ({os.cpu_count()} logical CPUs), no GPU; "
+    return (f"{cpu}, torch threads: {torch.get_num_threads()} ({os.cpu_count()} logical CPUs), no GPU; "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}")
 
 
@@ -646,7 +659,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{result.seconds / 60:.1f} min: validation {result.validation.loss_per_token:.4f} nats/token, "
               f"{result.validation.bits_per_character:.4f} bits/character")
     else:
-        lm = load_lm(args.model)
+        try:
+            lm = load_lm(args.model)
+        except (OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         figures = evaluate_text(lm, split_corpus(text)[1])
         print(f"{args.model}: {figures.loss_per_token:.4f} nats/token, {figures.bits_per_character:.4f} "
               f"bits/character on the last 10% ({figures.n_tokens:,} tokens, {figures.n_characters:,} characters)")

@@ -183,6 +183,12 @@ def test_corpus_with_the_wrong_sha256(tmp_path, capsys):
     assert "has sha256" in capsys.readouterr().err and not (tmp_path / "model").exists()
 
 
+@pytest.mark.skipif(not SHARED_CORPUS.is_file(), reason=f"no copy of the corpus at {SHARED_CORPUS}")
+def test_eval_command_offline(offline, capsys):
+    assert lmlib.main(["eval", "--corpus", str(SHARED_CORPUS), "--model", "eelib-test/no-such-model"]) == 2
+    assert "load_lm('course')" in capsys.readouterr().err
+
+
 def test_corpus_download_offline(tmp_cache, offline):
     with pytest.raises(DownloadError, match="could not download .*--corpus PATH"):
         lmlib.load_corpus(timeout=2)
@@ -202,6 +208,10 @@ def test_config_errors():
         lmlib.LMTrainConfig(n_layer=0)
     with pytest.raises(ValueError, match="vocab_size must be at least 257"):
         lmlib.LMTrainConfig(vocab_size=100)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        lmlib.LMTrainConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="max_minutes must be positive or None"):
+        lmlib.LMTrainConfig(max_minutes=0)
 
 
 def test_training_end_to_end(tmp_path):
