@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .cache import DownloadError, atomic_path, data_dir, download, file_digest
+from .cache import DownloadError, _check_host_resolves, atomic_path, data_dir, download, file_digest
 from .device import get_device, seed_everything
 
 if TYPE_CHECKING:  # transformers is imported when a model is loaded, not with eelib
@@ -111,6 +111,32 @@ def _unavailable(name: str, err: Exception) -> ModelUnavailableError:
     )
 
 
+def _in_hf_cache(source: str) -> bool:
+    """True when ``source`` is a folder, or a Hub id whose config the local Hugging Face cache has."""
+    if Path(source).is_dir():
+        return False  # a folder: from_pretrained reads it, no Hub involved
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _check_hub_reachable(name: str, timeout: float = 5.0) -> None:
+    """Raise `ModelUnavailableError` at once when the Hub is off (``HF_HUB_OFFLINE``) or its host
+    does not resolve; otherwise the Hub client retries for half a minute before failing."""
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE:
+        raise _unavailable(name, OSError("HF_HUB_OFFLINE is set and the Hugging Face cache does not have it"))
+    try:
+        _check_host_resolves(hub.ENDPOINT, timeout)
+    except DownloadError as err:
+        raise _unavailable(name, err) from err
+
+
 def load_lm(name: str | os.PathLike = COURSE_MODEL, *, device: str | torch.device | None = None,
             dtype: torch.dtype | None = torch.float32) -> LanguageModel:
     """Load a GPT-2-family language model and its tokenizer.
@@ -148,16 +174,20 @@ def load_lm(name: str | os.PathLike = COURSE_MODEL, *, device: str | torch.devic
                              f"save_pretrained, a Hub id such as 'gpt2', or {COURSE_MODEL!r}")
     else:
         source = label
+    cached = _in_hf_cache(source)
+    if not cached and not Path(source).is_dir():
+        _check_hub_reachable(label)  # fail in seconds, not after the Hub client's retries
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=cached)
     except (OSError, ValueError) as err:  # offline, unknown id (OSError), malformed id (ValueError)
         raise _unavailable(label, err) from err
     if config.model_type != "gpt2":
         raise ValueError(f"name={label!r} is a {config.model_type!r} model; load_lm loads GPT-2-family "
                          f"models only (model_type 'gpt2': gpt2, distilgpt2, gpt2-medium, ...)")
     try:
-        model = GPT2LMHeadModel.from_pretrained(source, use_safetensors=True, trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        model = GPT2LMHeadModel.from_pretrained(source, use_safetensors=True, trust_remote_code=False,
+                                                local_files_only=cached)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=cached)
     except OSError as err:
         raise _unavailable(label, err) from err
     model.to(device=get_device(device) if not isinstance(device, torch.device) else device)

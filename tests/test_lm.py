@@ -106,7 +106,12 @@ def test_a_saved_folder_loads_with_the_same_logits(tiny_folder, tiny):
         torch.testing.assert_close(tiny.model(ids).logits, model(ids).logits)
 
 
-def test_unknown_model_offline_says_what_to_do(offline):
+@pytest.mark.parametrize("hub_offline_flag", [True, False])
+def test_unknown_model_offline_says_what_to_do(offline, monkeypatch, hub_offline_flag):
+    import huggingface_hub.constants
+
+    # HF_HUB_OFFLINE set, or not set on a machine without network (names do not resolve)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", hub_offline_flag)
     for name in ["eelib-test/no-such-model", "not a/valid//name"]:
         with pytest.raises(lmlib.ModelUnavailableError) as err:
             lmlib.load_lm(name, device="cpu")
