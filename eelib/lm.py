@@ -241,9 +241,9 @@ def token_losses(lm: LanguageModel, text: str, *, stride: int | None = None) -> 
     if not isinstance(stride, int) or isinstance(stride, bool) or not 1 <= stride < window:
         raise ValueError(f"stride must be an integer from 1 to the context length minus one ({window - 1}), "
                          f"got {stride!r}")
-    bos = lm.tokenizer.convert_tokens_to_ids(END_OF_TEXT)
-    if bos is None or bos == lm.tokenizer.unk_token_id and lm.tokenizer.unk_token != END_OF_TEXT:
-        bos = lm.tokenizer.eos_token_id
+    bos = lm.tokenizer.bos_token_id if lm.tokenizer.bos_token_id is not None else lm.tokenizer.eos_token_id
+    if bos is None:
+        raise ValueError(f"the tokenizer of {lm.name!r} has neither a bos nor an eos token to start the text with")
     full = torch.cat([torch.tensor([bos]), ids])  # position 0 is context only
     losses = torch.empty(len(ids))
     pos = 1  # next position of `full` to score; token i of ids sits at position i + 1
