@@ -7,7 +7,8 @@ with fixed splits), :mod:`eelib.resnet` (residual and plain networks), :mod:`eel
 :mod:`eelib.exits` (exit heads and early-exit networks), :mod:`eelib.policies` (confidence
 measures, exit policies, calibration, the oracle), :mod:`eelib.cost` (FLOPs, parameters,
 latency and energy per exit), :mod:`eelib.dynamic` (inference that skips the blocks after each
-sample's exit), :mod:`eelib.plots` (figures), :mod:`eelib.widgets` (lecture sliders),
+sample's exit), :mod:`eelib.lm` (the course language model: GPT-2 loading, scoring,
+training), :mod:`eelib.plots` (figures), :mod:`eelib.widgets` (lecture sliders),
 :mod:`eelib.checks` (exercise checks), :mod:`eelib.course` (exercise generation, headless
 notebook runs).
 """
@@ -18,6 +19,7 @@ from .data import DATASETS, OFFLINE_DEFAULT, DataSplits, load_data
 from .device import get_device, seed_everything
 from .dynamic import DynamicResult, Speedup, dynamic_inference, measure_speedup
 from .exits import EarlyExitNet, ExitConfig, ExitHead, ExitOutputs, exit_outputs, torchvision_early_exit
+from .lm import COURSE_MODEL, LanguageModel, LMEval, ModelUnavailableError, evaluate_text, load_lm, token_losses
 from .policies import (MEASURES, Calibration, ExitPolicy, PolicyEval, PolicyResult, apply_policy, calibrate,
                        confidence, evaluate_oracle, evaluate_policy, oracle_exits, static_exit, tradeoff_curve)
 from .resnet import BasicBlock, ResNet, ResNetConfig, count_parameters, plain_net, resnet
@@ -28,13 +30,14 @@ from .zoo import RECIPES, Recipe, TrainedModel, load_trained
 __version__ = "0.1.0"
 
 __all__ = [
-    "DATASETS", "MEASURES", "OFFLINE_DEFAULT", "RECIPES", "BasicBlock", "Calibration", "DataSplits",
-    "DownloadError", "DynamicResult", "EarlyExitNet", "EvalResult", "ExitConfig", "ExitCosts", "ExitHead",
-    "ExitHistory", "ExitOutputs", "ExitPolicy", "History", "PolicyEval", "PolicyResult", "Recipe", "ResNet",
-    "ResNetConfig", "Speedup", "TrainedModel", "apply_policy", "calibrate", "confidence", "count_flops",
-    "count_parameters", "dynamic_inference", "energy_estimate", "evaluate", "evaluate_oracle",
-    "evaluate_policy", "exit_costs", "exit_loss", "exit_outputs", "get_device", "gradient_norms",
-    "latency_per_exit", "load_data", "load_trained", "measure_speedup", "oracle_exits", "plain_net", "predict",
-    "resnet", "seed_everything", "static_exit", "torchvision_early_exit", "tradeoff_curve", "train",
+    "COURSE_MODEL", "DATASETS", "MEASURES", "OFFLINE_DEFAULT", "RECIPES", "BasicBlock", "Calibration",
+    "DataSplits", "DownloadError", "DynamicResult", "EarlyExitNet", "EvalResult", "ExitConfig", "ExitCosts",
+    "ExitHead", "ExitHistory", "ExitOutputs", "ExitPolicy", "History", "LMEval", "LanguageModel",
+    "ModelUnavailableError", "PolicyEval", "PolicyResult", "Recipe", "ResNet", "ResNetConfig", "Speedup",
+    "TrainedModel", "apply_policy", "calibrate", "confidence", "count_flops", "count_parameters",
+    "dynamic_inference", "energy_estimate", "evaluate", "evaluate_oracle", "evaluate_policy", "evaluate_text",
+    "exit_costs", "exit_loss", "exit_outputs", "get_device", "gradient_norms", "latency_per_exit", "load_data",
+    "load_lm", "load_trained", "measure_speedup", "oracle_exits", "plain_net", "predict", "resnet",
+    "seed_everything", "static_exit", "token_losses", "torchvision_early_exit", "tradeoff_curve", "train",
     "train_exits",
 ]

@@ -1,0 +1,704 @@
+"""The course language model: GPT-2 through Hugging Face, and a small one shipped with eelib.
+
+`load_lm(name)` loads any GPT-2-family checkpoint (``GPT2LMHeadModel`` and its tokenizer) with
+the same code: ``"course"`` — a small 8-layer GPT-2 trained on Tiny Shakespeare and shipped
+inside the package, so it works offline —, a Hugging Face Hub id (``gpt2``, ``distilgpt2``,
+``gpt2-medium``, ...; from the Hub or the local Hugging Face cache), or any folder written by
+``save_pretrained``. Weights are read as safetensors, never with ``trust_remote_code``.
+
+`evaluate_text` measures a model on a text: loss per token and bits per character, with a
+sliding window for texts longer than the context. `train_course_model` (or
+``python -m eelib.lm train``) retrains the shipped model from the corpus:
+
+* corpus: Tiny Shakespeare, 1,115,394 characters (public domain), read from a path or downloaded
+  from ``CORPUS_URL``; its sha256 is checked either way;
+* split by characters: ``text[:len(text) * 9 // 10]`` trains (tokenizer and model),
+  ``text[len(text) * 9 // 10:]`` validates — the last 10%, on which the model card reports;
+* a byte-level BPE tokenizer (``tokenizers``) and a ``GPT2LMHeadModel`` trained with AdamW,
+  linear warm-up and cosine decay, from a fixed seed; saved in fp16 with a model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .cache import DownloadError, _check_host_resolves, atomic_path, data_dir, download, file_digest
+from .device import get_device, seed_everything
+
+if TYPE_CHECKING:  # transformers is imported when a model is loaded, not with eelib
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
+
+COURSE_MODEL = "course"
+CORPUS_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+CORPUS_FILE = "tinyshakespeare.txt"
+END_OF_TEXT = "<|endoftext|>"  # GPT-2's only special token: begins and ends a text
+_COURSE_FOLDER = Path(__file__).resolve().parent / "models" / "shakespeare-gpt2"
+
+
+class ModelUnavailableError(OSError):
+    """A model name that is neither the course model, a local folder, nor reachable on the Hub."""
+
+
+@dataclass(frozen=True)
+class LanguageModel:
+    """A loaded GPT-2-family model and its tokenizer.
+
+    Attributes:
+        model: the ``GPT2LMHeadModel``, in eval mode.
+        tokenizer: its tokenizer (byte-level BPE).
+        name: the name it was loaded by (``"course"``, a Hub id, or a folder).
+        n_layers: number of transformer blocks.
+        context_length: the most tokens the model sees at once (``n_positions``).
+    """
+
+    model: GPT2LMHeadModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    n_layers: int
+    context_length: int
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are."""
+        return next(self.model.parameters()).device
+
+
+@dataclass(frozen=True)
+class LMEval:
+    """How well a model predicts a text.
+
+    Attributes:
+        loss_per_token: mean negative log-likelihood per token, in nats.
+        bits_per_character: total negative log-likelihood in bits divided by the number of
+            characters — comparable across tokenizers.
+        n_tokens: tokens scored.
+        n_characters: characters in the text.
+    """
+
+    loss_per_token: float
+    bits_per_character: float
+    n_tokens: int
+    n_characters: int
+
+
+def course_model_path() -> Path:
+    """The folder of the course model shipped inside the package."""
+    return _COURSE_FOLDER
+
+
+def _unavailable(name: str, err: Exception) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"cannot load the language model {name!r}: it is not a local folder with a config.json, and "
+        f"the Hugging Face Hub could not provide it (this machine is offline, or no such model "
+        f"exists there; {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+        f"Offline, use the course model shipped with eelib: load_lm({COURSE_MODEL!r}). For a Hub "
+        f"model such as 'gpt2', download it once while online, e.g. `hf download gpt2` (older "
+        f"huggingface_hub: `huggingface-cli download gpt2`; the Hugging Face cache then serves it offline), or load it online and call "
+        f"model.save_pretrained(folder) and tokenizer.save_pretrained(folder), then load_lm(folder)."
+    )
+
+
+def _in_hf_cache(source: str) -> bool:
+    """True when ``source`` is a folder, or a Hub id whose config the local Hugging Face cache has."""
+    if Path(source).is_dir():
+        return False  # a folder: from_pretrained reads it, no Hub involved
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _check_hub_reachable(name: str, timeout: float = 5.0) -> None:
+    """Raise `ModelUnavailableError` at once when the Hub is off (``HF_HUB_OFFLINE``) or its host
+    does not resolve; otherwise the Hub client retries for half a minute before failing."""
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE:
+        raise _unavailable(name, OSError("HF_HUB_OFFLINE is set and the Hugging Face cache does not have it"))
+    try:
+        _check_host_resolves(hub.ENDPOINT, timeout)
+    except DownloadError as err:
+        raise _unavailable(name, err) from err
+
+
+def load_lm(name: str | os.PathLike = COURSE_MODEL, *, device: str | torch.device | None = None,
+            dtype: torch.dtype | None = torch.float32) -> LanguageModel:
+    """Load a GPT-2-family language model and its tokenizer.
+
+    Args:
+        name: ``"course"`` (the model shipped with eelib, offline), a Hugging Face Hub id
+            (``"gpt2"``, ``"distilgpt2"``, ``"gpt2-medium"``, ...: downloaded, or taken from the
+            local Hugging Face cache), or a folder written by ``save_pretrained``.
+        device: where to put the model; default ``eelib.get_device()``.
+        dtype: the parameters' dtype. Default float32: the course model is stored in float16 to
+            keep the package small, and is converted, because CPUs compute float32 faster and
+            more accurately. None keeps the stored dtype.
+
+    Returns:
+        A `LanguageModel` in eval mode.
+
+    Raises:
+        ModelUnavailableError: (an ``OSError``) the name is not a folder and the Hub cannot
+            provide it — offline, or unknown; the message says how to use the course model or
+            pre-download the checkpoint.
+        ValueError: the checkpoint is not a GPT-2 model (``model_type`` other than ``"gpt2"``).
+    """
+    from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel
+
+    label = str(name)
+    if label == COURSE_MODEL:
+        source = str(course_model_path())
+        if not (course_model_path() / "config.json").is_file():
+            raise ModelUnavailableError(f"the course model is missing from {source!r}; reinstall eelib, "
+                                        f"or retrain it with `python -m eelib.lm train`")
+    elif Path(name).expanduser().is_dir():
+        source = str(Path(name).expanduser())
+        if not (Path(source) / "config.json").is_file():
+            raise ValueError(f"name={label!r} is a folder without config.json; give a folder written by "
+                             f"save_pretrained, a Hub id such as 'gpt2', or {COURSE_MODEL!r}")
+    else:
+        source = label
+    cached = _in_hf_cache(source)
+    if not cached and not Path(source).is_dir():
+        _check_hub_reachable(label)  # fail in seconds, not after the Hub client's retries
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=cached)
+    except (OSError, ValueError) as err:  # offline, unknown id (OSError), malformed id (ValueError)
+        raise _unavailable(label, err) from err
+    if config.model_type != "gpt2":
+        raise ValueError(f"name={label!r} is a {config.model_type!r} model; load_lm loads GPT-2-family "
+                         f"models only (model_type 'gpt2': gpt2, distilgpt2, gpt2-medium, ...)")
+    try:
+        model = GPT2LMHeadModel.from_pretrained(source, use_safetensors=True, trust_remote_code=False,
+                                                local_files_only=cached)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=cached)
+    except OSError as err:
+        raise _unavailable(label, err) from err
+    model.to(device=get_device(device) if not isinstance(device, torch.device) else device)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    model.eval()
+    return LanguageModel(model=model, tokenizer=tokenizer, name=label, n_layers=config.n_layer,
+                         context_length=config.n_positions)
+
+
+def encode(lm: LanguageModel, text: str) -> torch.Tensor:
+    """The token ids of ``text`` (no special tokens added), as a 1-D LongTensor on the CPU.
+
+    Raises:
+        ValueError: ``text`` is empty.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if not text:
+        raise ValueError("text is empty: give at least one character to encode or score")
+    return torch.tensor(lm.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
+
+
+@torch.no_grad()
+def token_losses(lm: LanguageModel, text: str, *, stride: int | None = None) -> torch.Tensor:
+    """Negative log-likelihood (nats) of each token of ``text``, given the tokens before it.
+
+    The text is preceded by ``<|endoftext|>`` (GPT-2's beginning of text), so that its first
+    token is scored too. A text longer than the context window is scored with a **sliding
+    window**: the first window scores its ``context_length - 1`` tokens, then each next window
+    moves ``stride`` tokens on and scores only the ``stride`` new tokens at its end. So every
+    token is scored exactly once, with at least ``context_length - stride`` tokens of left
+    context (all of them, near the start).
+
+    Args:
+        lm: the model.
+        text: a non-empty text.
+        stride: how far each window moves on, 1 to ``context_length - 1``; default half the
+            context.
+            Smaller is more accurate (more context per token) and slower.
+
+    Returns:
+        A float32 CPU tensor with one loss per token of ``encode(lm, text)``.
+
+    Raises:
+        ValueError: empty text, or a stride outside 1..context_length.
+    """
+    ids = encode(lm, text)
+    window = lm.context_length
+    stride = window // 2 if stride is None else stride
+    if not isinstance(stride, int) or isinstance(stride, bool) or not 1 <= stride < window:
+        raise ValueError(f"stride must be an integer from 1 to the context length minus one ({window - 1}), "
+                         f"got {stride!r}")
+    bos = lm.tokenizer.bos_token_id if lm.tokenizer.bos_token_id is not None else lm.tokenizer.eos_token_id
+    if bos is None:
+        raise ValueError(f"the tokenizer of {lm.name!r} has neither a bos nor an eos token to start the text with")
+    full = torch.cat([torch.tensor([bos]), ids])  # position 0 is context only
+    losses = torch.empty(len(ids))
+    pos = 1  # next position of `full` to score; token i of ids sits at position i + 1
+    while pos < len(full):
+        end = min(window if pos == 1 else pos + stride, len(full))  # score positions pos .. end - 1
+        start = max(0, end - window)  # with as much left context as fits
+        chunk = full[start:end].to(lm.device).unsqueeze(0)  # (1, T)
+        logits = lm.model(chunk).logits[0, :-1].float()  # (T - 1, vocab): predicts positions start + 1 ..
+        nll = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="none").cpu()
+        losses[pos - 1:end - 1] = nll[pos - start - 1:]
+        pos = end
+    return losses
+
+
+def evaluate_text(lm: LanguageModel, text: str, *, stride: int | None = None) -> LMEval:
+    """Loss per token and bits per character of ``lm`` on ``text`` (see `token_losses`).
+
+    Bits per character = total negative log-likelihood in nats / ln 2 / ``len(text)``.
+    """
+    losses = token_losses(lm, text, stride=stride)
+    total = float(losses.double().sum())
+    return LMEval(loss_per_token=total / len(losses), bits_per_character=total / math.log(2) / len(text),
+                  n_tokens=len(losses), n_characters=len(text))
+
+
+# --- the corpus ------------------------------------------------------------------------------
+
+def load_corpus(path: str | os.PathLike | None = None, *, sha256: str = CORPUS_SHA256,
+                timeout: float = 30.0) -> str:
+    """The Tiny Shakespeare corpus as text, its sha256 checked.
+
+    Args:
+        path: a copy of the file. None: download it from ``CORPUS_URL`` into the eelib data
+            cache (kept for next time; see `eelib.cache`).
+        sha256: the expected digest.
+        timeout: seconds before an unreachable download gives up.
+
+    Raises:
+        ValueError: the file at ``path`` has another sha256 (another or a damaged file).
+        FileNotFoundError: no file at ``path``.
+        DownloadError: the download failed or did not match the checksum.
+    """
+    if path is None:
+        try:
+            file = download(CORPUS_URL, data_dir() / CORPUS_FILE, checksum=sha256, algorithm="sha256",
+                            timeout=timeout)
+        except DownloadError as err:
+            raise DownloadError(f"{err}. Offline, give a copy of the corpus: --corpus PATH") from err
+    else:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise FileNotFoundError(f"corpus={str(file)!r} is not a file; give the Tiny Shakespeare text "
+                                    f"({CORPUS_URL}) or leave it out to download it")
+        actual = file_digest(file, "sha256")
+        if actual != sha256.lower():
+            raise ValueError(f"corpus={str(file)!r} has sha256 {actual}, not {sha256.lower()}: it is not the "
+                             f"Tiny Shakespeare text from {CORPUS_URL} (or it is damaged)")
+    return file.read_text(encoding="utf-8")
+
+
+def split_corpus(text: str) -> tuple[str, str]:
+    """Split by characters: ``text[:len(text) * 9 // 10]`` trains, the rest (last 10%) validates."""
+    cut = len(text) * 9 // 10
+    return text[:cut], text[cut:]
+
+
+def train_tokenizer(text: str, vocab_size: int) -> PreTrainedTokenizerBase:
+    """A byte-level BPE tokenizer (GPT-2 style) trained on ``text``, as a transformers tokenizer.
+
+    ``<|endoftext|>`` is its only special token (bos, eos and unk, as in GPT-2).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT,
+                                   unk_token=END_OF_TEXT, model_max_length=None)
+
+
+# --- training --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LMTrainConfig:
+    """How the course model is built and trained (the defaults made the shipped model).
+
+    Model: GPT-2 with tied input/output embeddings; ``n_layer`` blocks of width ``n_embd``.
+    Training: random windows of ``context_length + 1`` tokens from the training text, AdamW,
+    linear warm-up for ``warmup_steps`` then cosine decay to ``min_lr`` at ``steps``.
+    """
+
+    n_layer: int = 8
+    n_embd: int = 160
+    n_head: int = 5
+    vocab_size: int = 4096  # byte-level BPE: 256 bytes + merges + <|endoftext|>
+    context_length: int = 256  # n_positions
+    dropout: float = 0.1  # residual, embedding and attention dropout while training
+    batch_size: int = 16  # windows per step
+    steps: int = 2400
+    lr: float = 2e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # on matrices only, not on biases, LayerNorms, embeddings
+    grad_clip: float = 1.0
+    max_minutes: float | None = None  # stop early (schedule compressed to fit) past this time
+    eval_every: int = 100  # steps between validation-loss estimates in the log
+    bf16: bool = True  # bfloat16 autocast: fast on GPUs and on CPUs with AMX / AVX-512 BF16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for field in ("n_layer", "n_embd", "n_head", "vocab_size", "context_length", "batch_size", "steps"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{field} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
+        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"lr must be positive and min_lr between 0 and lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be positive or None (no time limit), got {self.max_minutes}")
+        if self.warmup_steps < 0 or self.eval_every < 1:
+            raise ValueError(f"warmup_steps must be >= 0 and eval_every >= 1, got {self.warmup_steps} and "
+                             f"{self.eval_every}")
+        if self.vocab_size < 257:
+            raise ValueError(f"vocab_size must be at least 257 (256 bytes and <|endoftext|>), got {self.vocab_size}")
+
+
+@dataclass(frozen=True)
+class LMTrainResult:
+    """What `train_course_model` produced.
+
+    Attributes:
+        path: the saved model folder.
+        validation: the saved (fp16) model on the last 10% of the corpus.
+        train_losses: ``(step, training loss)`` pairs, as logged.
+        val_losses: ``(step, validation loss estimate)`` pairs, as logged.
+        seconds: training wall-clock time (tokenizer and model, without the final evaluation).
+        n_parameters: parameters of the model (tied embeddings counted once).
+        folder_bytes: size of the saved folder.
+    """
+
+    path: Path
+    validation: LMEval
+    train_losses: list[tuple[int, float]]
+    val_losses: list[tuple[int, float]]
+    seconds: float
+    n_parameters: int
+    folder_bytes: int
+
+
+def _lr_at(progress: float, config: LMTrainConfig) -> float:
+    warm = config.warmup_steps / config.steps
+    if progress < warm:
+        return config.lr * progress / warm
+    t = min(1.0, (progress - warm) / max(1e-9, 1 - warm))
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * t))
+
+
+def _batch(tokens: torch.Tensor, config: LMTrainConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    starts = torch.randint(0, len(tokens) - config.context_length - 1, (config.batch_size,), generator=generator)
+    rows = torch.stack([tokens[s:s + config.context_length + 1] for s in starts.tolist()])  # (B, T+1)
+    return rows[:, :-1], rows[:, 1:]
+
+
+@torch.no_grad()
+def _val_loss(model, tokens: torch.Tensor, context: int, max_windows: int = 24) -> float:
+    """Mean loss over up to ``max_windows`` non-overlapping windows spread over the validation text."""
+    n = (len(tokens) - 1) // context
+    picks = torch.linspace(0, n - 1, min(n, max_windows)).long().tolist()
+    device = next(model.parameters()).device
+    x = torch.stack([tokens[i * context:(i + 1) * context] for i in picks]).to(device)
+    y = torch.stack([tokens[i * context + 1:(i + 1) * context + 1] for i in picks]).to(device)
+    model.eval()
+    loss = float(model(x).logits.float().flatten(0, 1).log_softmax(-1)
+                 .gather(1, y.flatten().unsqueeze(1)).neg().mean())
+    model.train()
+    return loss
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def train_course_model(text: str, out: str | os.PathLike, *, config: LMTrainConfig = LMTrainConfig(),
+                       device: str | torch.device | None = None, progress: bool = True,
+                       log: Callable[[str], None] | None = None, sample_prompt: str = "ROMEO:") -> LMTrainResult:
+    """Train the course model on ``text`` and save it, with its model card, to ``out``.
+
+    The first 90% of the characters train the tokenizer and the model, the last 10% validate
+    (`split_corpus`). The same seed on the same hardware gives the same model, unless
+    ``config.max_minutes`` cuts the schedule short.
+    The folder is written atomically: nothing is left at ``out`` if training fails.
+
+    Args:
+        text: the corpus (normally `load_corpus()`).
+        out: the model folder to write (replaced if it exists).
+        config: model size and training schedule.
+        device: where to train; default ``eelib.get_device()``.
+        progress: show a progress bar.
+        log: called with each log line (losses, timing); the lines also go to the model card.
+        sample_prompt: the prompt of the sample in the model card.
+
+    Returns:
+        An `LMTrainResult` with the measured figures.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if len(text) < 20 * config.context_length:
+        raise ValueError(f"text has {len(text)} characters; training needs at least "
+                         f"{20 * config.context_length} (20 context lengths)")
+    log = log or (lambda line: None)
+    started = time.perf_counter()
+    generator = seed_everything(config.seed)
+    train_text, val_text = split_corpus(text)
+    tokenizer = train_tokenizer(train_text, config.vocab_size)
+    tokenizer.model_max_length = config.context_length
+    eot = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+    train_ids = torch.tensor([eot] + tokenizer(train_text, add_special_tokens=False, verbose=False)["input_ids"])
+    val_ids = torch.tensor([eot] + tokenizer(val_text, add_special_tokens=False, verbose=False)["input_ids"])
+    log(f"corpus: {len(text):,} characters; train {len(train_text):,} characters = {len(train_ids):,} tokens, "
+        f"validation {len(val_text):,} characters = {len(val_ids):,} tokens "
+        f"({len(train_text) / len(train_ids):.2f} characters per token)")
+    if len(train_ids) <= config.context_length + 1 or len(val_ids) <= config.context_length + 1:
+        raise ValueError(f"text is too short for context_length={config.context_length}: the train or "
+                         f"validation part has fewer tokens than one window")
+
+    model_config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=config.context_length, n_embd=config.n_embd,
+        n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout, bos_token_id=eot, eos_token_id=eot, tie_word_embeddings=True)
+    model = GPT2LMHeadModel(model_config)
+    device = get_device(device) if not isinstance(device, torch.device) else device
+    model.to(device).train()
+    n_params = sum(p.numel() for p in model.parameters())  # tied weights appear once
+    log(f"model: GPT-2, {config.n_layer} layers, width {config.n_embd}, {config.n_head} heads, vocabulary "
+        f"{len(tokenizer)}, context {config.context_length}: {n_params:,} parameters")
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n and "wpe" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n and "wpe" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
+    budget = None if config.max_minutes is None else config.max_minutes * 60
+    train_losses: list[tuple[int, float]] = []
+    val_losses: list[tuple[int, float]] = []
+    train_start = time.perf_counter()
+    running, seen = 0.0, 0
+    bar = tqdm(total=config.steps, desc="training", disable=not progress, unit="step")
+    step = 0
+    while step < config.steps:
+        elapsed = time.perf_counter() - train_start
+        frac = step / config.steps if budget is None else max(step / config.steps, elapsed / budget)
+        if frac >= 1:
+            log(f"step {step}: time budget of {config.max_minutes:g} min reached")
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(frac, config)
+        x, y = (t.to(device) for t in _batch(train_ids, config, generator))  # (B, T) each
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            logits = model(x).logits  # (B, T, vocab)
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        step += 1
+        running += loss.item()
+        seen += 1
+        bar.update(1)
+        if step % config.eval_every == 0 or step == config.steps:
+            train_losses.append((step, running / seen))
+            val_losses.append((step, _val_loss(model, val_ids, config.context_length)))
+            log(f"step {step}: train loss {running / seen:.3f}, validation loss {val_losses[-1][1]:.3f} "
+                f"(nats/token), lr {optimizer.param_groups[0]['lr']:.2e}, "
+                f"{time.perf_counter() - train_start:.0f} s")
+            bar.set_postfix(train=f"{running / seen:.3f}", val=f"{val_losses[-1][1]:.3f}")
+            running, seen = 0.0, 0
+    bar.close()
+    if seen:
+        train_losses.append((step, running / seen))
+        log(f"step {step}: train loss {running / seen:.3f}")
+    seconds = time.perf_counter() - started
+    model.eval()
+
+    out = Path(out).expanduser()
+    with atomic_path(out) as tmp:
+        model.to("cpu", torch.float16).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        lm = load_lm(tmp, device=device)
+        validation = evaluate_text(lm, val_text)
+        log(f"validation (last 10%, fp16 weights): {validation.loss_per_token:.4f} nats/token, "
+            f"{validation.bits_per_character:.4f} bits/character over {validation.n_tokens:,} tokens")
+        sample = generate_sample(lm, sample_prompt, seed=config.seed)
+        facts = dict(config=config, n_params=n_params, seconds=seconds, steps=step,
+                     train_losses=train_losses, val_losses=val_losses, validation=validation, sample=sample,
+                     prompt=sample_prompt, n_train=(len(train_text), len(train_ids)),
+                     n_val=(len(val_text), len(val_ids)), corpus_chars=len(text),
+                     corpus_sha256=_sha256_text(text), device=device)
+        size = 0
+        for _ in range(4):  # the card states the folder's size, which includes the card
+            (tmp / "README.md").write_text(_model_card(**facts, folder_bytes=size), encoding="utf-8")
+            if _folder_bytes(tmp) == size:
+                break
+            size = _folder_bytes(tmp)
+    return LMTrainResult(path=out, validation=validation, train_losses=train_losses, val_losses=val_losses,
+                         seconds=seconds, n_parameters=n_params, folder_bytes=_folder_bytes(out))
+
+
+def _sha256_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@torch.no_grad()
+def generate_sample(lm: LanguageModel, prompt: str, *, max_new_tokens: int = 60, seed: int = 0,
+                    temperature: float = 0.8, top_k: int = 40) -> str:
+    """A sampled continuation of ``prompt`` (temperature and top-k sampling, seeded), prompt included."""
+    ids = encode(lm, prompt).unsqueeze(0).to(lm.device)
+    max_new_tokens = min(max_new_tokens, lm.context_length - ids.shape[1])  # no position past the context
+    torch.manual_seed(seed)
+    out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=temperature,
+                            top_k=top_k, max_new_tokens=max_new_tokens,
+                            pad_token_id=lm.tokenizer.eos_token_id)
+    return lm.tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+def _hardware(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (GPU); torch {torch.__version__}"
+    return (f"{cpu}, torch threads: {torch.get_num_threads()} ({os.cpu_count()} logical CPUs), no GPU; "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def _model_card(*, config: LMTrainConfig, n_params: int, seconds: float, steps: int, train_losses, val_losses,
+                validation: LMEval, sample: str, prompt: str, n_train, n_val, corpus_chars: int,
+                corpus_sha256: str, folder_bytes: int, device: torch.device) -> str:
+    import transformers
+
+    rows = "\n".join(f"| {s} | {t:.3f} | {v:.3f} |" for (s, t), (_, v) in zip(train_losses, val_losses))
+    fields = "\n".join(f"| `{f.name}` | {getattr(config, f.name)} |" for f in dataclasses.fields(config))
+    sample_lines = "\n".join("    " + line for line in sample.splitlines())
+    return f"""# shakespeare-gpt2: the eelib course language model
+
+A small GPT-2 (`GPT2LMHeadModel`, `model_type` "gpt2") trained on Tiny Shakespeare, shipped inside
+eelib so that the language-model chapters run offline. Load it with `eelib.lm.load_lm("course")`,
+or with `transformers.GPT2LMHeadModel.from_pretrained(<this folder>)` and
+`transformers.AutoTokenizer.from_pretrained(<this folder>)`.
+
+## Data and split
+- Corpus: Tiny Shakespeare (public domain), {corpus_chars:,} characters, sha256 `{corpus_sha256}`
+  (of the text as UTF-8), from {CORPUS_URL}.
+- Split by characters: `text[:len(text) * 9 // 10]` ({n_train[0]:,} characters, {n_train[1]:,} tokens)
+  trains the tokenizer and the model; `text[len(text) * 9 // 10:]` ({n_val[0]:,} characters,
+  {n_val[1]:,} tokens), the last 10%, validates. `<|endoftext|>` is put before each part.
+
+## Model
+- {config.n_layer} layers, width {config.n_embd}, {config.n_head} heads, context {config.context_length} tokens,
+  vocabulary {config.vocab_size} (byte-level BPE trained with `tokenizers` on the training part;
+  `<|endoftext|>` is bos, eos and unk), tied input/output embeddings: {n_params:,} parameters.
+- Stored as fp16 safetensors; this folder is {folder_bytes:,} bytes.
+
+## Training
+`python -m eelib.lm train` with these settings (`eelib.lm.LMTrainConfig`):
+
+| setting | value |
+|---|---|
+{fields}
+
+AdamW (betas 0.9, 0.95), linear warm-up then cosine decay, random windows of the training tokens.
+{steps} steps in {seconds / 60:.1f} minutes (tokenizer included) on {_hardware(device)}; transformers
+{transformers.__version__}.
+
+| step | training loss | validation loss (estimate on 24 windows) |
+|---|---|---|
+{rows}
+
+Losses in nats per token.
+
+## Validation (last 10% of the corpus, the fp16 weights of this folder)
+- **{validation.loss_per_token:.4f} nats per token** over {validation.n_tokens:,} tokens
+- **{validation.bits_per_character:.4f} bits per character** over {validation.n_characters:,} characters
+
+Measured with `eelib.lm.evaluate_text`: `<|endoftext|>` first, then a sliding window of
+{config.context_length} tokens with stride {config.context_length // 2}, each token scored once.
+
+## Sample
+Prompt `{prompt!r}`, sampled (temperature 0.8, top-k 40, seed {config.seed}):
+
+{sample_lines}
+"""
+
+
+# --- command line ----------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m eelib.lm train|eval``: retrain the course model, or measure a model."""
+    parser = argparse.ArgumentParser(prog="python -m eelib.lm", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train_p = sub.add_parser("train", help="train the course model from Tiny Shakespeare")
+    train_p.add_argument("--corpus", type=Path, help="the Tiny Shakespeare text (default: download it)")
+    train_p.add_argument("--out", type=Path, default=course_model_path(),
+                         help="model folder to write (default: the course model inside the package)")
+    defaults = LMTrainConfig()
+    for field in ("steps", "max_minutes", "seed", "n_layer", "n_embd", "n_head", "vocab_size",
+                  "context_length", "batch_size", "lr", "warmup_steps", "dropout", "eval_every"):
+        kind = float if field in ("lr", "dropout", "max_minutes") else int
+        train_p.add_argument("--" + field.replace("_", "-"), dest=field, type=kind,
+                             default=getattr(defaults, field), help=f"default {getattr(defaults, field)}")
+    train_p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    train_p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 only")
+    train_p.add_argument("--device", default=None, help="cpu, cuda, mps (default: eelib.get_device())")
+    eval_p = sub.add_parser("eval", help="loss and bits per character on the last 10%% of the corpus")
+    eval_p.add_argument("--model", default=COURSE_MODEL, help="'course', a Hub id or a folder")
+    eval_p.add_argument("--corpus", type=Path, help="the Tiny Shakespeare text (default: download it)")
+    args = parser.parse_args(argv)
+    try:
+        text = load_corpus(args.corpus)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.command == "train":
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        config = LMTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LMTrainConfig)
+                                  if hasattr(args, f.name)})
+        result = train_course_model(text, args.out, config=config, device=args.device,
+                                    log=lambda line: print(line, flush=True))
+        print(f"saved {result.path} ({result.folder_bytes:,} bytes, {result.n_parameters:,} parameters) in "
+              f"{result.seconds / 60:.1f} min: validation {result.validation.loss_per_token:.4f} nats/token, "
+              f"{result.validation.bits_per_character:.4f} bits/character")
+    else:
+        try:
+            lm = load_lm(args.model)
+        except (OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        figures = evaluate_text(lm, split_corpus(text)[1])
+        print(f"{args.model}: {figures.loss_per_token:.4f} nats/token, {figures.bits_per_character:.4f} "
+              f"bits/character on the last 10% ({figures.n_tokens:,} tokens, {figures.n_characters:,} characters)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
