@@ -10,7 +10,9 @@ against the final exit, and measures on the test split, on the CPU:
 * ``ideal_speedup``: full FLOPs / policy FLOPs;
 * ``speedup_batch1``, ``speedup_batch256``: measured wall-clock time of the full network divided
   by that of dynamic inference (:func:`eelib.dynamic.route`, which really skips the blocks after
-  each sample's exit), over the test images in batches of 1 (the first 300 images) and of 256.
+  each sample's exit), over the test images in batches of 1 (the first 300 images) and of 256;
+  the details also give the time of routing with a policy that never exits (every head and
+  decision paid, nothing skipped), which measures what the heads and decisions cost.
 
 Run: ``python benchmarks/resnet_exits.py`` (about a minute once the model is cached). Writes
 ``benchmarks/results/resnet_exits.json`` and prints a table.
@@ -74,9 +76,11 @@ def main(argv: list[str] | None = None) -> dict:
             "oracle_accuracy": oracle.accuracy,
             "dynamic_equals_simulated": bool(torch.equal(dynamic.exits, simulated.exits)
                                              and torch.equal(dynamic.predictions, simulated.predictions)),
-            "batch256": {"full_s": b256.full_seconds, "dynamic_s": b256.dynamic_seconds, "ideal": b256.ideal_speedup},
+            "batch256": {"full_s": b256.full_seconds, "dynamic_s": b256.dynamic_seconds, "ideal": b256.ideal_speedup,
+                         "never_exit_s": b256.never_exit_seconds, "heads_and_decisions_overhead": b256.overhead},
             "batch1": {"images": b1.n_images, "full_s": b1.full_seconds, "dynamic_s": b1.dynamic_seconds,
-                       "ideal": b1.ideal_speedup},
+                       "ideal": b1.ideal_speedup, "never_exit_s": b1.never_exit_seconds,
+                       "heads_and_decisions_overhead": b1.overhead},
             "timing_seconds": time.perf_counter() - start,
             "machine": f"{platform.processor() or platform.machine()}, {args.threads} thread(s), torch {torch.__version__}",
         },
@@ -91,6 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'measured speedup, batch 1':38s} {results['speedup_batch1']:.2f}x (ideal on those images "
           f"{b1.ideal_speedup:.2f}x)")
     print(f"{'measured speedup, batch 256':38s} {results['speedup_batch256']:.2f}x")
+    for s in (b1, b256):
+        print(f"heads and decisions alone (never-exit routing), batch {s.batch_size}: {100 * s.overhead:+.0f}% "
+              f"of the full network's time")
     print(f"dynamic inference = simulated policy on every test image: {results['details']['dynamic_equals_simulated']}")
     print(f"wrote {args.out}")
     return results

@@ -139,7 +139,7 @@ def measure_speedup(model: EarlyExitNet, images: torch.Tensor, policy: ExitPolic
     """Time the full network and dynamic inference over ``images`` in batches of ``batch_size``.
 
     Both run in inference mode on ``images``' device (CUDA is synchronised), over the same
-    batches; each is timed ``repeats`` times after one warm-up pass and the fastest pass counts
+    batches; each is timed ``repeats`` times (interleaved) after a warm-up and the fastest pass counts
     (the least disturbed by other work on the machine). The ideal speedup comes from the FLOPs
     the policy spends on exactly these images. ``never_exit_seconds`` times the same routing
     with a policy that lets no image leave early: every head and decision is paid, nothing is
@@ -157,25 +157,27 @@ def measure_speedup(model: EarlyExitNet, images: torch.Tensor, policy: ExitPolic
     batches = list(torch.split(images, batch_size))
     sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
 
-    def timed(fn) -> float:
-        best = float("inf")
-        with torch.inference_mode():
-            for b in batches[:2]:
-                fn(b)  # warm-up
-            for _ in range(repeats):
-                sync()
-                start = time.perf_counter()
-                for b in batches:
-                    fn(b)
-                sync()
-                best = min(best, time.perf_counter() - start)
-        return best
+    def one_pass(fn) -> float:
+        sync()
+        start = time.perf_counter()
+        for b in batches:
+            fn(b)
+        sync()
+        return time.perf_counter() - start
 
     never = ExitPolicy.never_exit(model.num_exits, policy.measure)
+    runs = {"full": model.backbone, "dynamic": lambda b: route(model, b, policy),
+            "never": lambda b: route(model, b, never)}
+    best = dict.fromkeys(runs, float("inf"))
     try:
-        full = timed(model.backbone)
-        dynamic = timed(lambda b: route(model, b, policy))
-        never_exit = timed(lambda b: route(model, b, never))
+        with torch.inference_mode():
+            for fn in runs.values():
+                for b in batches[:2]:
+                    fn(b)  # warm-up
+            for _ in range(repeats):  # interleaved, so that a slow spell of the machine hits all three alike
+                for name, fn in runs.items():
+                    best[name] = min(best[name], one_pass(fn))
+        full, dynamic, never_exit = best["full"], best["dynamic"], best["never"]
         costs = exit_costs(model, tuple(images.shape[1:]))
         spent = sum(dynamic_inference(model, b, policy).flops for b in batches)
     finally:
