@@ -37,7 +37,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "resnet_exits.json"
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: steadier timings)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed passes per measurement (the fastest counts)")
+    parser.add_argument("--repeats", type=int, default=9, help="timed passes per measurement (the fastest counts)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -46,9 +46,10 @@ def route(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) -> tuple[tor
     done: list[tuple[torch.Tensor | None, torch.Tensor, int]] = []  # (batch indices or None = all, predictions, exit)
     active: torch.Tensor | None = None  # batch indices of the samples still running; None: all of them, in order
     h, run, previous = x, None, None
-    for k in range(model.num_exits):
-        h = model.segment(k, h)  # (b, C, H, W) for the b samples still in the batch
-        logits = model.head(k, h)
+    for k, (units, head) in enumerate(model.plan()):
+        for unit in units:
+            h = unit(h)  # (b, C, H, W) for the b samples still in the batch
+        logits = head(h)
         if k == last:
             done.append((active, logits.argmax(1), k))
             break

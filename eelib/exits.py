@@ -19,9 +19,10 @@ as in :attr:`eelib.resnet.ResNet.attach_points`; torchvision's ResNets have ``la
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -50,19 +51,20 @@ class ExitHead(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if hidden_channels is not None and (not isinstance(hidden_channels, int) or hidden_channels < 1):
             raise ValueError(f"hidden_channels must be None or a positive integer, got {hidden_channels!r}")
+        self.conv: nn.Module | None = None
         if hidden_channels:
-            self.conv: nn.Module = nn.Sequential(
+            self.conv = nn.Sequential(
                 nn.Conv2d(in_channels, hidden_channels, 3, padding=1, bias=False),
                 nn.BatchNorm2d(hidden_channels), nn.ReLU(inplace=True))
             in_channels = hidden_channels
-        else:
-            self.conv = nn.Identity()
-        self.pool = nn.AdaptiveAvgPool2d(pool_size)
+        self.pool_size = pool_size
         self.fc = nn.Linear(in_channels * pool_size * pool_size, num_classes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.conv(features))  # (B, C, pool_size, pool_size)
-        return self.fc(torch.flatten(x, 1))  # (B, num_classes)
+        # functional calls, not modules: at batch size 1 a head's time is mostly per-call overhead
+        x = features if self.conv is None else self.conv(features)
+        x = F.adaptive_avg_pool2d(x, self.pool_size)  # (B, C, pool_size, pool_size)
+        return F.linear(torch.flatten(x, 1), self.fc.weight, self.fc.bias)  # (B, num_classes)
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,19 @@ class EarlyExitNet(nn.Module):
         if isinstance(self.backbone, ResNet):
             return self.backbone.forward_head(features)
         return self.backbone.fc(torch.flatten(self.backbone.avgpool(features), 1))
+
+    def plan(self) -> list[tuple[list[nn.Module], Callable[[torch.Tensor], torch.Tensor]]]:
+        """For every exit, the units of its segment and its head: what routing runs, without the
+        per-call checks of :meth:`segment` and :meth:`head`. Built once (the modules do not change
+        when the model moves between devices)."""
+        if "_plan" not in self.__dict__:
+            steps, start = [], 0
+            for k, end in enumerate(self._ends):
+                head = self.heads[k] if k < self.num_exits - 1 else self.final_head
+                steps.append(([unit for _, unit in self._units[start:end]], head))
+                start = end
+            self.__dict__["_plan"] = steps
+        return self.__dict__["_plan"]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits ``(B, num_classes)`` of every exit, first to last (the last is the backbone's own)."""
