@@ -223,26 +223,30 @@ def plot_accuracy_per_exit(accuracies: Mapping[str, Sequence[float]], exit_names
     return fig
 
 
-def plot_tradeoff(curve: Sequence[tuple[float, "PolicyEval"]], *, static: Sequence["PolicyEval"] = (),
+def plot_tradeoff(curve: Sequence[tuple[float, "PolicyEval"]] | Mapping[str, Sequence[tuple[float, "PolicyEval"]]],
+                  *, static: Sequence["PolicyEval"] = (),
                   exit_names: Sequence[str] = (), oracle: "PolicyEval | None" = None,
                   chosen: "PolicyEval | None" = None, label: str = "early exit, one threshold for every exit",
                   title: str = "Accuracy vs computation") -> Figure:
     """Accuracy against average FLOPs (% of the network without exits) over thresholds.
 
     Args:
-        curve: ``[(threshold, PolicyEval), ...]``, e.g. from :func:`eelib.policies.tradeoff_curve`.
+        curve: ``[(threshold, PolicyEval), ...]``, e.g. from :func:`eelib.policies.tradeoff_curve`;
+            or ``{label: curve}`` for several (one per measure).
         static: one PolicyEval per exit where every sample takes that exit (smaller networks).
         exit_names: labels of the static points.
-        oracle: the oracle's PolicyEval (the lower bound of cost).
+        oracle: the oracle's PolicyEval (the best accuracy, at the least cost that reaches it).
         chosen: a calibrated policy to mark.
-        label: the curve's legend entry (name the measure).
+        label: the legend entry of a single curve (name the measure).
     """
-    if not curve:
-        raise ValueError("curve is empty: pass [(threshold, PolicyEval), ...]")
+    curves = dict(curve) if isinstance(curve, Mapping) else {label: curve}
+    if not curves or not all(curves.values()):
+        raise ValueError("curve is empty: pass [(threshold, PolicyEval), ...] or {label: [...]}")
     fig, ax = plt.subplots(figsize=(8, 5))
-    cost = [100 * e.avg_flops / e.full_flops for _, e in curve]
-    acc = [100 * e.accuracy for _, e in curve]
-    ax.plot(cost, acc, marker=".", label=label)
+    for i, (name, points) in enumerate(curves.items()):
+        cost = [100 * e.avg_flops / e.full_flops for _, e in points]
+        acc = [100 * e.accuracy for _, e in points]
+        ax.plot(cost, acc, marker=".", label=name, alpha=1.0 if i == 0 else 0.6)
     if static:
         sc = [100 * e.avg_flops / e.full_flops for e in static]
         ax.plot(sc, [100 * e.accuracy for e in static], "s--", color="grey", label="every sample takes one exit")

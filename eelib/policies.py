@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -147,6 +146,19 @@ class PolicyResult:
     predictions: torch.Tensor  # (N,) the class predicted at that exit
 
 
+def first_exits(scores: torch.Tensor, thresholds: Sequence[float], measure: Measure) -> torch.Tensor:
+    """The exit each sample leaves at: the first whose score passes its threshold, else the last.
+
+    Args:
+        scores: the measure at every exit, ``(E, N)``.
+        thresholds: one per early exit (``E - 1``).
+    """
+    leave = torch.ones(scores.shape, dtype=torch.bool)
+    for k, t in enumerate(thresholds):
+        leave[k] = measure.passes(scores[k], t)
+    return leave.to(torch.uint8).argmax(0)  # argmax returns the first of equal maxima
+
+
 def apply_policy(policy: ExitPolicy, logits: torch.Tensor) -> PolicyResult:
     """Simulate a policy on the logits of every exit ``(E, N, C)`` (all computed beforehand)."""
     if logits.ndim != 3:
@@ -154,12 +166,7 @@ def apply_policy(policy: ExitPolicy, logits: torch.Tensor) -> PolicyResult:
     num_exits, n, num_classes = logits.shape
     policy.check(num_exits, num_classes)
     measure = get_measure(policy.measure)
-    scores = measure.fn(logits)  # (E, N)
-    leave = torch.zeros(num_exits, n, dtype=torch.bool)
-    for k, t in enumerate(policy.thresholds):
-        leave[k] = measure.passes(scores[k], t)
-    leave[-1] = True
-    exits = leave.float().argmax(0)  # the first exit that lets the sample leave
+    exits = first_exits(measure.fn(logits), policy.thresholds, measure)
     predictions = logits.argmax(-1).gather(0, exits[None]).squeeze(0)
     return PolicyResult(exits, predictions)
 
@@ -324,17 +331,13 @@ def calibrate(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: flo
     n_early = outputs.num_exits - 1
     m = get_measure(measure)
     ExitPolicy(measure, (candidates[0],) * n_early).check(outputs.num_exits, outputs.logits.shape[-1])
-    scores = m.fn(outputs.logits).double().numpy()  # (E, N), computed once
-    correct = outputs.correct.numpy()
-    costs = np.asarray(exit_flops, dtype=np.float64)
-    n = scores.shape[1]
+    scores = m.fn(outputs.logits)  # (E, N), computed once for every candidate
+    correct = outputs.correct.double()
+    costs = torch.as_tensor(list(exit_flops), dtype=torch.float64)
 
-    def quick(thresholds) -> PolicyEval:  # the same decisions as apply_policy, on precomputed scores
-        leave = np.ones_like(correct)
-        for k, t in enumerate(thresholds):
-            leave[k] = scores[k] >= t if m.higher_is_confident else scores[k] <= t
-        exits = leave.argmax(0)
-        return PolicyEval(accuracy=float(correct[exits, np.arange(n)].mean()), avg_flops=float(costs[exits].mean()),
+    def quick(thresholds) -> PolicyEval:  # apply_policy's decisions on the precomputed scores
+        exits = first_exits(scores, thresholds, m)
+        return PolicyEval(accuracy=correct.gather(0, exits[None]).mean().item(), avg_flops=costs[exits].mean().item(),
                           full_flops=float(full_flops), exit_fractions=())
 
     best: tuple[tuple[float, ...], PolicyEval] | None = None

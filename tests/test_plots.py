@@ -86,3 +86,6 @@ def test_early_exit_figures_are_labelled():
         plots.plot_accuracy_per_exit({"a": [0.5]}, model.exit_names)
     with pytest.raises(ValueError, match="curve is empty"):
         plots.plot_tradeoff([])
+    two = plots.plot_tradeoff({"max_prob": curve, "entropy": tradeoff_curve(outputs, costs.flops, costs.full_flops,
+                                                                              measure="entropy")}, oracle=None)
+    assert [t.get_text() for t in two.axes[0].get_legend().get_texts()] == ["max_prob", "entropy"]
