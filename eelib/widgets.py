@@ -76,3 +76,79 @@ def threshold_widget(outputs: ExitOutputs, exit_flops: Sequence[float], full_flo
         s.observe(update, names="value")
     update()
     return widgets.VBox([*sliders, text, plot])
+
+
+def generation_summary(ee, prompt: str, calibration, *, target_agreement: float = 0.95, measure: str = "max_prob",
+                       max_new_tokens: int = 40, context: int = 128):
+    """Calibrate ``ee`` for ``target_agreement``, generate from ``prompt`` with and without early exit, and
+    describe the result: the coloured text (HTML), the layers saved and the measured speedup.
+
+    Args:
+        ee: an :class:`~eelib.lm_exits.EarlyExitLM`.
+        calibration: ``ExitOutputs`` of ``ee`` on held-out text (``token_exit_outputs(...).outputs``).
+        target_agreement: the fraction of calibration tokens whose early prediction must equal the
+            full model's top-1 (0 < target <= 1).
+        context: the context length at which exits are costed for the calibration.
+
+    Returns:
+        ``(early, full, html)``: the early-exit :class:`~eelib.lm_generate.Generation`, the one
+        without exits, and an HTML report.
+    """
+    import html as _html
+
+    from .lm_generate import early_exit_generate, token_exit_costs
+    from .policies import calibrate
+    from .tokens import token_html, token_strings
+
+    if not 0 < target_agreement <= 1:
+        raise ValueError(f"target_agreement must be in (0, 1], got {target_agreement!r}")
+    costs = token_exit_costs(ee, context)
+    policy = calibrate(calibration, costs.flops, costs.full_flops, measure=measure,
+                       max_accuracy_drop=1 - target_agreement).policy
+    runs = []
+    for _ in range(2):  # the faster of two runs each, interleaved
+        runs.append((early_exit_generate(ee, prompt, policy, max_new_tokens=max_new_tokens),
+                     early_exit_generate(ee, prompt, None, max_new_tokens=max_new_tokens)))
+    early = min((r[0] for r in runs), key=lambda g: g.seconds)
+    full = min((r[1] for r in runs), key=lambda g: g.seconds)
+    same = sum(a == b for a, b in zip(early.tokens, full.tokens))
+    n = ee.lm.n_layers
+    body = token_html(token_strings(ee.lm, list(early.prompt_ids) + early.tokens),
+                      [None] * len(early.prompt_ids) + [s.layers for s in early.steps], n,
+                      confidences=[float("nan")] * len(early.prompt_ids) + [s.confidence for s in early.steps],
+                      measure=measure, legend=ee.layers)
+    thresholds = ", ".join(f"{t:.3f}" for t in policy.thresholds)
+    report = (f"<p><b>{measure} thresholds</b> ({thresholds}) calibrated for {target_agreement:.0%} agreement | "
+              f"{early.avg_layers:.2f} of {n} layers per token ({1 - early.avg_layers / n:.0%} saved) | "
+              f"measured speedup {full.seconds / early.seconds:.2f}x ({early.tokens_per_second:.0f} vs "
+              f"{full.tokens_per_second:.0f} tokens/s) | {same} of {len(full.tokens)} tokens equal the full model's "
+              f"at the same position</p>")
+    plain = _html.escape(full.text).replace("\n", "<br>")
+    return early, full, f"{report}{body}<p><b>without early exit:</b><br>{plain}</p>"
+
+
+def generation_widget(ee, calibration, *, prompt: str = "ROMEO:\n", measure: str = "max_prob",
+                      max_new_tokens: int = 40):
+    """A prompt box and an agreement slider -> generated text coloured by exit layer, layers saved, speedup.
+
+    A thin wrapper around :func:`generation_summary` (see it for the arguments).
+    """
+    import ipywidgets as widgets
+
+    box = widgets.Textarea(value=prompt, description="prompt", layout=widgets.Layout(width="95%", height="70px"))
+    slider = widgets.FloatSlider(value=0.95, min=0.5, max=1.0, step=0.01, description="target agreement",
+                                 continuous_update=False, style={"description_width": "initial"})
+    button = widgets.Button(description="generate")
+    out = widgets.HTML()
+
+    def update(_=None) -> None:
+        try:
+            out.value = generation_summary(ee, box.value, calibration, target_agreement=slider.value,
+                                           measure=measure, max_new_tokens=max_new_tokens)[2]
+        except ValueError as err:  # an empty or too long prompt: say so in the widget
+            out.value = f"<p style='color:#b00'>{err}</p>"
+
+    button.on_click(update)
+    slider.observe(update, names="value")
+    update()
+    return widgets.VBox([box, widgets.HBox([slider, button]), out])

@@ -1,0 +1,380 @@
+"""Early exits in GPT-2: an exit after any layer, the logit lens and trained exit heads, per token.
+
+A GPT-2 model is a stack of ``n_layers`` transformer blocks on a residual stream; after the last
+block comes the final layer norm ``ln_f`` and the language-model head ``lm_head`` (tied to the
+token embedding). An **exit** after layer ``l`` turns the residual stream there into
+next-token logits:
+
+* the **logit lens** (nostalgebraist, 2020) reuses the model's own ``ln_f`` and ``lm_head`` —
+  no training; exit ``l`` gives ``lm_head(ln_f(h_l))``;
+* a **trained exit head** puts a small adapter before them, ``lm_head(ln(h_l + A h_l + b))``
+  (the "tuned lens", Belrose et al. 2023): a d x d linear map ``A`` initialised at zero and a
+  layer norm initialised from ``ln_f``. It is trained self-supervised on the frozen model to
+  match the final layer's next-token distribution (KL divergence, :func:`train_exit_heads`).
+
+Careful with Hugging Face: ``output_hidden_states=True`` returns ``n_layers + 1`` states, and
+the **last one already has ln_f applied**, so the final exit is ``lm_head(h_n)``; it equals the
+model's own logits exactly (tested). The others are the raw residual stream.
+
+The exit decisions reuse the image chapters' machinery (:mod:`eelib.policies`): a token's
+"label" is the full model's top-1 token, so an exit's "accuracy" is its **agreement** with the
+full model, ``calibrate(..., max_accuracy_drop=0.05)`` finds thresholds for 95% agreement, and
+the patience measure with threshold 2 is "agreement between consecutive exits".
+
+Costs count what the exit-generation loop (:mod:`eelib.lm_generate`) really computes, with
+``FlopCounterMode``: the layers run, every exit head evaluated on the way (a head is a
+``d x vocab`` product: **twice a layer of the course model**, 5 layers of GPT-2 small), and the
+keys and values that the skipped layers still need (see :func:`token_exit_costs`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .exits import ExitOutputs
+from .lm import COURSE_MODEL, LanguageModel, course_model_path, encode
+
+HEADS_FOLDER = "exit_heads"  # beside the course model: eelib/models/shakespeare-gpt2/exit_heads/
+HELDOUT_FILE = "heldout.txt"  # the last 10% of Tiny Shakespeare, which the course model never trained on
+
+
+def heldout_text(part: str = "all") -> str:
+    """The held-out text shipped with the course model: the last 10% of Tiny Shakespeare.
+
+    The model never saw it (it trained on the first 90%). The chapters split it in two halves:
+    ``"calibration"`` (the first half: thresholds are chosen on it) and ``"test"`` (the second
+    half: prompts and measurements).
+
+    Args:
+        part: ``"all"``, ``"calibration"`` or ``"test"``.
+    """
+    text = (course_model_path() / HELDOUT_FILE).read_text(encoding="utf-8")
+    half = len(text) // 2
+    parts = {"all": text, "calibration": text[:half], "test": text[half:]}
+    if part not in parts:
+        raise ValueError(f"part must be one of {', '.join(parts)}, got {part!r}")
+    return parts[part]
+
+
+class ExitAdapter(nn.Module):
+    """The trainable part of an exit head: ``ln(h + A h + b)``, before the model's shared ``lm_head``.
+
+    ``A`` and ``b`` start at zero and ``ln`` as a copy of the model's ``ln_f``, so an untrained
+    adapter is exactly the logit lens.
+    """
+
+    def __init__(self, ln_f: nn.LayerNorm):
+        super().__init__()
+        d = ln_f.normalized_shape[0]
+        self.proj = nn.Linear(d, d)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        self.ln = nn.LayerNorm(d, eps=ln_f.eps)
+        self.ln.load_state_dict(ln_f.state_dict())
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (..., d) -> (..., d)
+        return self.ln(h + self.proj(h))
+
+
+class EarlyExitLM(nn.Module):
+    """A GPT-2 language model with exits after chosen layers; the model itself is unchanged.
+
+    Args:
+        lm: the language model (from :func:`eelib.load_lm`); it is not modified.
+        exit_layers: the layers (1 .. n_layers - 1) after which an early exit sits, e.g.
+            ``(2, 4, 6)``. The final exit, after the last layer, is always there: it is the
+            model's own head.
+        adapters: ``None`` for logit-lens exits, or one :class:`ExitAdapter` per layer
+            ``1 .. n_layers - 1`` (as trained by :func:`train_exit_heads`; only those of
+            ``exit_layers`` are used).
+
+    Exit ``k`` (0-based) sits after layer ``layers[k]``; ``layers[-1] == n_layers``.
+    """
+
+    def __init__(self, lm: LanguageModel, exit_layers: Sequence[int], *,
+                 adapters: Sequence[ExitAdapter] | nn.ModuleList | None = None):
+        super().__init__()
+        n = lm.n_layers
+        layers = list(exit_layers)
+        bad = [l for l in layers if isinstance(l, bool) or not isinstance(l, int) or not 1 <= l < n]
+        if bad or not layers:
+            raise ValueError(f"exit_layers must be a non-empty list of layers from 1 to {n - 1} (the model has "
+                             f"{n} layers; the final exit after layer {n} is always there), got {list(exit_layers)}")
+        if layers != sorted(set(layers)):
+            raise ValueError(f"exit_layers must be increasing without repeats, got {layers}")
+        if adapters is not None and len(adapters) != n - 1:
+            raise ValueError(f"adapters must hold one ExitAdapter per layer 1..{n - 1} ({n - 1}), got {len(adapters)}")
+        self.lm = lm
+        self.model = lm.model
+        self.exit_layers = tuple(layers)
+        self.adapters = None if adapters is None else nn.ModuleList(adapters)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The layer of every exit, the final one included."""
+        return self.exit_layers + (self.lm.n_layers,)
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.layers)
+
+    @property
+    def exit_names(self) -> tuple[str, ...]:
+        return tuple(f"layer {l}" for l in self.exit_layers) + (f"final (layer {self.lm.n_layers})",)
+
+    @property
+    def kind(self) -> str:
+        """``"logit lens"`` or ``"trained heads"``."""
+        return "logit lens" if self.adapters is None else "trained heads"
+
+    def check_exit(self, k: int) -> int:
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_exits:
+            raise ValueError(f"exit {k!r} does not exist: there are {self.num_exits} exits (0..{self.num_exits - 1}), "
+                             f"after layers {list(self.layers)}")
+        return k
+
+    def head(self, k: int, h: torch.Tensor) -> torch.Tensor:
+        """Exit ``k``'s logits from the **raw** residual stream after its layer (before ``ln_f``)."""
+        tf = self.model.transformer
+        if k == self.num_exits - 1 or self.adapters is None:
+            return self.model.lm_head(tf.ln_f(h))
+        return self.model.lm_head(self.adapters[self.layers[k] - 1](h))
+
+    @torch.no_grad()
+    def exit_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits of every exit at every position: ``(T,)`` or ``(1, T)`` ids -> ``(num_exits, T, vocab)``.
+
+        One forward pass of the model with ``output_hidden_states=True``. The last hidden state
+        already has ``ln_f`` applied, so the final exit is ``lm_head`` of it: exactly the
+        model's logits.
+        """
+        ids = _as_batch(input_ids, self.lm)
+        out = self.model(ids.to(self.lm.device), output_hidden_states=True)
+        hs = out.hidden_states  # n_layers + 1: the embeddings, then after each block
+        logits = [self.head(k, hs[l]) for k, l in enumerate(self.exit_layers)]
+        logits.append(self.model.lm_head(hs[-1]))  # already normalised by ln_f
+        return torch.stack(logits)[:, 0]
+
+    def save_heads(self, folder: str | Path) -> Path:
+        """Write the adapters (safetensors) and their layer count to ``folder``."""
+        from safetensors.torch import save_file
+
+        from .cache import atomic_path
+
+        if self.adapters is None:
+            raise ValueError("this EarlyExitLM uses the logit lens: there are no trained heads to save")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in self.adapters.state_dict().items()}
+        with atomic_path(folder / "adapters.safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"n_layers": str(self.lm.n_layers),
+                                                   "hidden_size": str(self.model.config.n_embd)})
+        return folder
+
+
+def _as_batch(input_ids: torch.Tensor, lm: LanguageModel) -> torch.Tensor:
+    ids = torch.as_tensor(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be a non-empty (T,) or (1, T) tensor of token ids, got {tuple(ids.shape)}")
+    if ids.shape[1] > lm.context_length:
+        raise ValueError(f"input_ids has {ids.shape[1]} tokens, more than the context window of "
+                         f"{lm.context_length}; score long texts in windows (see token_exit_outputs)")
+    return ids
+
+
+def new_adapters(lm: LanguageModel) -> nn.ModuleList:
+    """Untrained adapters (= the logit lens) for every layer 1 .. n_layers - 1."""
+    return nn.ModuleList(ExitAdapter(lm.model.transformer.ln_f) for _ in range(lm.n_layers - 1)).to(lm.device)
+
+
+def load_exit_heads(lm: LanguageModel, exit_layers: Sequence[int], folder: str | Path | None = None) -> EarlyExitLM:
+    """An :class:`EarlyExitLM` with trained exit heads read from ``folder``.
+
+    Args:
+        folder: written by :meth:`EarlyExitLM.save_heads`; default: the heads shipped beside the
+            course model (``lm`` must then be the course model).
+    """
+    from safetensors.torch import load_file
+
+    if folder is None:
+        if lm.name != COURSE_MODEL:
+            raise ValueError(f"the shipped exit heads belong to the course model, not {lm.name!r}: train heads "
+                             f"for it with train_exit_heads, or give folder=")
+        folder = course_model_path() / HEADS_FOLDER
+    path = Path(folder) / "adapters.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained exit heads in {str(folder)!r} (adapters.safetensors is missing)")
+    adapters = new_adapters(lm)
+    state = load_file(str(path), device="cpu")
+    try:
+        adapters.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as err:
+        raise ValueError(f"the exit heads in {str(folder)!r} do not fit {lm.name!r} ({lm.n_layers} layers, width "
+                         f"{lm.model.config.n_embd}): {err}") from None
+    return EarlyExitLM(lm, exit_layers, adapters=adapters.to(lm.device))
+
+
+def course_exits(lm: LanguageModel | None = None, exit_layers: Sequence[int] = (2, 4, 6), *,
+                 trained: bool = True) -> EarlyExitLM:
+    """The course model with exits after ``exit_layers``: trained heads (shipped) or the logit lens."""
+    from .lm import load_lm
+
+    lm = load_lm(COURSE_MODEL) if lm is None else lm
+    return load_exit_heads(lm, exit_layers) if trained else EarlyExitLM(lm, exit_layers)
+
+
+# --- per-token analysis ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TokenExits:
+    """Every exit's logits on a text, one row per predicted position.
+
+    Attributes:
+        outputs: an :class:`~eelib.exits.ExitOutputs` whose "labels" are the **full model's
+            top-1 tokens**: an exit's accuracy is its agreement with the full model, and every
+            function of :mod:`eelib.policies` applies (policies, calibration, oracle, trade-off).
+        input_ids: ``(T,)`` the tokens of the text; row ``i`` predicts the token after ``input_ids[i]``.
+        targets: ``(T,)`` the true next token of each row (the text's own), for perplexity;
+            the last row's is the token after the text, or -1 where the text ends.
+    """
+
+    outputs: ExitOutputs
+    input_ids: torch.Tensor
+    targets: torch.Tensor
+
+
+@torch.no_grad()
+def token_exit_outputs(ee: EarlyExitLM, text: str, *, max_tokens: int = 2048, dtype=torch.float16) -> TokenExits:
+    """Run ``ee`` over ``text`` (in non-overlapping windows of the context length) and keep every exit's logits.
+
+    Args:
+        text: the text; its first ``max_tokens`` tokens are used.
+        max_tokens: the most tokens to keep (logits take ``num_exits x tokens x vocab`` values).
+        dtype: the stored logits' dtype (float16 halves the memory; argmax and the measures
+            are computed in float32).
+    """
+    ids = encode(ee.lm, text)[: max_tokens + 1]
+    if len(ids) < 2:
+        raise ValueError("text must have at least 2 tokens: one to read and one to predict")
+    window = ee.lm.context_length
+    chunks = []
+    for start in range(0, len(ids) - 1, window):
+        chunk = ids[start:start + window]
+        chunks.append(ee.exit_logits(chunk).to(dtype).cpu())
+    logits = torch.cat(chunks, 1)[:, : len(ids) - 1]
+    inputs, targets = ids[: len(ids) - 1], ids[1:]
+    outputs = ExitOutputs(logits, logits[-1].float().argmax(-1), ee.exit_names)
+    return TokenExits(outputs, inputs, targets)
+
+
+def oracle_layers(outputs: ExitOutputs) -> torch.Tensor:
+    """Each token's oracle exit: the earliest exit from which **every later exit** agrees with the final one.
+
+    The final exit always agrees with itself, so every token has one. Returns exit indices ``(N,)``.
+    """
+    correct = outputs.correct  # (E, N): agrees with the final exit
+    stays = correct.flip(0).to(torch.int64).cumprod(0).flip(0)  # 1 where this exit and all later agree
+    return outputs.num_exits - stays.sum(0)
+
+
+def perplexity(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """exp(mean cross-entropy) of ``(N, vocab)`` logits against ``(N,)`` targets (rows with target -1 skipped)."""
+    keep = targets >= 0
+    return math.exp(F.cross_entropy(logits[keep].float(), targets[keep]).item())
+
+
+# --- training the exit heads -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HeadTraining:
+    """What :func:`train_exit_heads` did: the mean KL per layer before and after, the loss per step."""
+
+    steps: int
+    kl_before: tuple[float, ...]  # nats per token, one per layer 1 .. n_layers - 1, on held-out windows
+    kl_after: tuple[float, ...]
+    losses: tuple[float, ...]  # training loss (mean KL over layers) per step
+    seconds: float
+
+
+def _layer_kl(lm: LanguageModel, adapters: nn.ModuleList, ids: torch.Tensor) -> torch.Tensor:
+    """KL(final || exit) per layer 1 .. n-1, mean over the tokens of ``ids`` ``(B, T)``: ``(n - 1,)``."""
+    model = lm.model
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+        target = F.log_softmax(out.logits.float(), -1)
+    kls = []
+    for l in range(1, lm.n_layers):
+        logp = F.log_softmax(model.lm_head(adapters[l - 1](out.hidden_states[l])).float(), -1)
+        kls.append(F.kl_div(logp, target, log_target=True, reduction="none").sum(-1).mean())
+    return torch.stack(kls)
+
+
+def train_exit_heads(lm: LanguageModel, text: str, *, steps: int = 300, batch_size: int = 8,
+                     context: int | None = None, lr: float = 3e-3, seed: int = 0, eval_text: str | None = None,
+                     progress: bool = True) -> tuple[nn.ModuleList, HeadTraining]:
+    """Train one exit adapter per layer on the frozen model to match its final distribution.
+
+    Self-supervised: the loss is ``KL(p_final || p_exit)`` per token, averaged over the layers
+    ``1 .. n_layers - 1`` and the tokens of random windows of ``text``; only the adapters learn
+    (AdamW, cosine schedule), the model and its ``lm_head`` stay frozen.
+
+    Args:
+        text: training text (the course trains on the first 90% of Tiny Shakespeare, the model's
+            own training text).
+        steps, batch_size, context: optimisation steps, windows per step, tokens per window
+            (default the model's context length).
+        eval_text: text for the KL before / after (default the last windows of ``text``).
+
+    Returns:
+        The adapters (use them with ``EarlyExitLM(lm, exit_layers, adapters=...)``) and a
+        :class:`HeadTraining` summary.
+    """
+    import time
+
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    context = lm.context_length if context is None else context
+    if not 2 <= context <= lm.context_length:
+        raise ValueError(f"context must be from 2 to {lm.context_length}, got {context}")
+    tokens = encode(lm, text)
+    if len(tokens) <= context:
+        raise ValueError(f"text has {len(tokens)} tokens; training needs more than context={context}")
+    eval_ids = encode(lm, eval_text)[: 4 * context] if eval_text else tokens[-4 * context:]
+    eval_ids = eval_ids[: len(eval_ids) // context * context].view(-1, context).to(lm.device)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    adapters = new_adapters(lm)
+    with torch.no_grad():
+        before = _layer_kl(lm, adapters, eval_ids).tolist()
+    opt = torch.optim.AdamW(adapters.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    start = time.perf_counter()
+    bar = tqdm(range(steps), desc="exit heads", disable=not progress)
+    for _ in bar:
+        starts = torch.randint(0, len(tokens) - context, (batch_size,), generator=gen)
+        batch = torch.stack([tokens[s:s + context] for s in starts.tolist()]).to(lm.device)
+        loss = _layer_kl(lm, adapters, batch).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(kl=f"{losses[-1]:.3f}")
+    with torch.no_grad():
+        after = _layer_kl(lm, adapters, eval_ids).tolist()
+    adapters.eval()
+    return adapters, HeadTraining(steps, tuple(before), tuple(after), tuple(losses), time.perf_counter() - start)

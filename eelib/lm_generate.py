@@ -1,0 +1,328 @@
+"""Early-exit generation in GPT-2: greedy decoding that really skips the layers above each token's exit.
+
+:class:`Decoder` runs a ``GPT2LMHeadModel``'s own blocks one token at a time, with its own
+key/value cache (batch size 1), so that the loop can stop after any layer. Each new token
+goes up the stack; at each exit (:class:`~eelib.lm_exits.EarlyExitLM`) the policy's confidence
+measure decides whether it leaves there.
+
+**The key/value cache of the skipped layers** (the choice, as in CALM, Schuster et al. 2022):
+a token that leaves after layer ``l`` has no hidden state in the layers above, but later tokens
+attend to its keys and values there. We *copy its exited hidden state up*: the keys and values
+of every skipped layer ``j > l`` are computed from it, ``k, v = c_attn_j(ln_1_j(h_l))`` (the
+key and value thirds of the projection only). That costs a quarter of a layer of the course
+model's FLOPs per skipped layer, and it is counted. (The alternative, filling the missing
+entries lazily by running the skipped layers when a later token needs them, pays most of the
+skipped compute back.) With a policy that never exits, nothing is copied and the loop is
+exactly the model's greedy decoding (tested against ``generate``).
+
+Attention is written out as two matrix products (not ``scaled_dot_product_attention``), so
+``FlopCounterMode`` counts it on every device: with torch 2.14 it counts **0 FLOPs** for
+``scaled_dot_product_attention`` on the CPU, which transformers' GPT-2 uses by default.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from .lm import encode
+from .lm_exits import EarlyExitLM
+from .policies import ExitPolicy, get_measure
+
+
+class Decoder:
+    """A GPT-2 model's blocks run by hand, one step at a time, with a preallocated key/value cache.
+
+    Args:
+        ee: the model and its exits; the model's weights are used as they are.
+        max_length: the most positions the cache holds (default the context length).
+    """
+
+    def __init__(self, ee: EarlyExitLM, max_length: int | None = None):
+        cfg = ee.model.config
+        if getattr(cfg, "add_cross_attention", False):
+            raise ValueError("Decoder supports decoder-only GPT-2 models, not ones with cross-attention")
+        self.ee = ee
+        self.tf = ee.model.transformer
+        self.n_layers = ee.lm.n_layers
+        self.d = cfg.n_embd
+        self.n_heads = cfg.n_head
+        self.head_dim = self.d // self.n_heads
+        self.max_length = ee.lm.context_length if max_length is None else max_length
+        dev, dtype = ee.lm.device, self.tf.wte.weight.dtype
+        shape = (self.n_layers, self.n_heads, self.max_length, self.head_dim)
+        self.keys = torch.zeros(shape, device=dev, dtype=dtype)
+        self.values = torch.zeros(shape, device=dev, dtype=dtype)
+        self.length = 0  # positions filled
+        base = 1 / math.sqrt(self.head_dim) if cfg.scale_attn_weights else 1.0
+        self.scales = [base / (l + 1) if cfg.scale_attn_by_inverse_layer_idx else base for l in range(self.n_layers)]
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def embed(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Token + position embeddings of ``ids`` ``(T,)`` at positions ``start ..``: ``(T, d)``."""
+        pos = torch.arange(start, start + len(ids), device=ids.device)
+        return self.tf.wte(ids) + self.tf.wpe(pos)
+
+    def block(self, l: int, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Block ``l`` (0-based) on the hidden states ``x`` ``(T, d)`` of positions ``start ..``; caches their keys/values."""
+        blk = self.tf.h[l]
+        T = x.shape[0]
+        end = start + T
+        q, k, v = blk.attn.c_attn(blk.ln_1(x)).split(self.d, dim=-1)  # (T, d) each
+        q = q.view(T, self.n_heads, self.head_dim).transpose(0, 1)  # (nh, T, hd)
+        self.keys[l, :, start:end] = k.view(T, self.n_heads, self.head_dim).transpose(0, 1)
+        self.values[l, :, start:end] = v.view(T, self.n_heads, self.head_dim).transpose(0, 1)
+        keys, values = self.keys[l, :, :end], self.values[l, :, :end]  # (nh, end, hd)
+        att = (q @ keys.transpose(1, 2)) * self.scales[l]  # (nh, T, end)
+        if T > 1:  # causal: position start + i sees keys 0 .. start + i
+            allowed = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(start)
+            att = att.masked_fill(~allowed, float("-inf"))
+        y = (F.softmax(att, dim=-1) @ values).transpose(0, 1).reshape(T, self.d)  # (T, d)
+        x = x + blk.attn.c_proj(y)
+        return x + blk.mlp(blk.ln_2(x))
+
+    def fill_kv(self, l: int, h: torch.Tensor, pos: int) -> None:
+        """Keys and values of skipped layer ``l`` at ``pos`` from the exited hidden state ``h`` ``(1, d)`` (copy-up)."""
+        blk = self.tf.h[l]
+        w, b = blk.attn.c_attn.weight, blk.attn.c_attn.bias  # Conv1D: (d, 3d), (3d,)
+        kv = blk.ln_1(h) @ w[:, self.d:] + b[self.d:]  # (1, 2d): only the key and value thirds
+        k, v = kv.split(self.d, dim=-1)
+        self.keys[l, :, pos] = k.view(self.n_heads, self.head_dim)
+        self.values[l, :, pos] = v.view(self.n_heads, self.head_dim)
+
+    def prefill(self, ids: torch.Tensor) -> None:
+        """Run every layer on ``ids`` ``(T,)`` from position 0 and cache their keys/values."""
+        self.reset()
+        x = self.embed(ids, 0)
+        for l in range(self.n_layers):
+            x = self.block(l, x, 0)
+        self.length = len(ids)
+
+
+@dataclass(frozen=True)
+class TokenStep:
+    """What happened to one generated (or teacher-forced) token."""
+
+    token: int  # the token predicted (greedy) at its exit
+    exit: int  # the exit it left at (index into EarlyExitLM.layers)
+    layers: int  # transformer layers run for it
+    confidence: float  # the policy's measure at that exit (nan without a policy)
+    seconds: float  # wall-clock time of the step
+    target_logprob: float  # log-probability of the forced token (teacher forcing), else nan
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The result of :func:`early_exit_generate`.
+
+    Attributes:
+        prompt_ids: the prompt's tokens.
+        steps: one :class:`TokenStep` per generated token.
+        text: prompt + generated text, decoded.
+        n_layers: layers of the model.
+        flops: FLOPs of the decoding loop counted by ``FlopCounterMode`` (0 unless ``count_flops``).
+    """
+
+    prompt_ids: tuple[int, ...]
+    steps: tuple[TokenStep, ...]
+    text: str
+    n_layers: int
+    flops: int
+
+    @property
+    def tokens(self) -> list[int]:
+        return [s.token for s in self.steps]
+
+    @property
+    def avg_layers(self) -> float:
+        """Mean transformer layers run per generated token."""
+        return sum(s.layers for s in self.steps) / max(len(self.steps), 1)
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.steps)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.steps) / self.seconds if self.steps else 0.0
+
+
+def _prompt_ids(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Tensor) -> torch.Tensor:
+    if isinstance(prompt, str):
+        if not prompt:
+            raise ValueError("prompt is empty: give at least one character (or token) to continue")
+        ids = encode(ee.lm, prompt)
+    else:
+        ids = torch.as_tensor(list(prompt) if not isinstance(prompt, torch.Tensor) else prompt, dtype=torch.long)
+        ids = ids.flatten()
+    if len(ids) == 0:
+        raise ValueError("prompt is empty: give at least one character (or token) to continue")
+    if len(ids) >= ee.lm.context_length:
+        raise ValueError(f"prompt has {len(ids)} tokens but the context window holds {ee.lm.context_length}: "
+                         f"shorten it to at most {ee.lm.context_length - 1} tokens, leaving room to generate")
+    return ids
+
+
+@torch.inference_mode()
+def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Tensor,
+                        policy: ExitPolicy | None = None, *, max_new_tokens: int = 40,
+                        force: Sequence[int] | torch.Tensor | None = None, count_flops: bool = False,
+                        decoder: Decoder | None = None) -> Generation:
+    """Greedy decoding at batch size 1 in which each token leaves at its policy's first confident exit.
+
+    Each new token runs the layers up to an exit, evaluates that exit's head and the policy's
+    measure (``policy.thresholds`` holds one threshold per early exit, as in
+    :class:`~eelib.policies.ExitPolicy`; ``patience`` with threshold 2 means "two consecutive
+    exits agree"), and leaves at the first exit that passes, the final one otherwise. The
+    layers above are not run: their keys and values for this position are copied up from the
+    exited hidden state (see the module docstring). The prompt (but its last token) is run
+    through every layer first.
+
+    Args:
+        policy: ``None`` runs the same loop **without exits** (every layer, the final head
+            only): the baseline for speedups.
+        max_new_tokens: tokens to generate; fewer if the context window fills up.
+        force: teacher forcing: feed these tokens instead of the model's own predictions (the
+            predictions are still recorded, with the log-probability of each forced token).
+        count_flops: count the loop's FLOPs with ``FlopCounterMode`` (slower; do not time it).
+
+    Raises:
+        ValueError: an empty prompt, a prompt that fills the context window, thresholds of
+            the wrong length or range.
+    """
+    ids = _prompt_ids(ee, prompt).to(ee.lm.device)
+    vocab = ee.model.config.vocab_size
+    if policy is not None:
+        policy.check(ee.num_exits, vocab)
+        measure = get_measure(policy.measure)
+    if force is not None:
+        force = [int(t) for t in torch.as_tensor(force).flatten().tolist()]
+        max_new_tokens = len(force)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    n_new = min(max_new_tokens, ee.lm.context_length - len(ids) + 1)
+    dec = decoder if decoder is not None else Decoder(ee)
+    layers = ee.layers
+    # without a policy only the final exit is visited: the plain decoding loop
+    plan = list(enumerate(layers)) if policy is not None else [(len(layers) - 1, layers[-1])]
+    counter = FlopCounterMode(display=False) if count_flops else None
+    steps = []
+    if counter is not None:
+        counter.__enter__()
+    try:
+        if len(ids) > 1:
+            dec.prefill(ids[:-1])
+        else:
+            dec.reset()
+        token = ids[-1:]
+        for i in range(n_new):
+            t0 = time.perf_counter()
+            pos = dec.length
+            x = dec.embed(token, pos)
+            done, prev_pred, run, score = 0, -1, 0, float("nan")
+            for k, layer in plan:
+                for l in range(done, layer):
+                    x = dec.block(l, x, pos)
+                done = layer
+                if policy is None or k == len(layers) - 1:
+                    if policy is None:
+                        logits = ee.model.lm_head(dec.tf.ln_f(x))
+                    else:
+                        logits = ee.head(k, x)
+                        if measure.per_exit:
+                            score = float(measure.fn(logits))
+                    break
+                logits = ee.head(k, x)
+                if measure.per_exit:
+                    score = float(measure.fn(logits))
+                else:  # patience: how many exits in a row predict the same token
+                    pred = int(logits.argmax())
+                    run = run + 1 if pred == prev_pred else 1
+                    prev_pred, score = pred, float(run)
+                t = policy.thresholds[k]
+                if (score >= t) if measure.higher_is_confident else (score <= t):
+                    for l in range(layer, dec.n_layers):  # copy the exited state up into the skipped layers' cache
+                        dec.fill_kv(l, x, pos)
+                    break
+            dec.length = pos + 1
+            pred = int(logits.argmax())
+            logprob = float("nan")
+            if force is not None:
+                logprob = float(F.log_softmax(logits.float(), -1)[0, force[i]])
+                token = torch.tensor([force[i]], device=ids.device)
+            else:
+                token = logits.argmax(-1)
+            steps.append(TokenStep(pred, k, layer, score, time.perf_counter() - t0, logprob))
+    finally:
+        if counter is not None:
+            counter.__exit__(None, None, None)
+    new = [s.token for s in steps] if force is None else force[:len(steps)]
+    text = ee.lm.tokenizer.decode(ids.tolist() + new)
+    flops = int(counter.get_total_flops()) if counter is not None else 0
+    return Generation(tuple(ids.tolist()), tuple(steps), text, ee.lm.n_layers, flops)
+
+
+# --- costs -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TokenCosts:
+    """FLOPs of one generated token by where it leaves, at a given context length (``FlopCounterMode``).
+
+    Attributes:
+        exit_names: one per exit.
+        layer_flops: one transformer layer for one token attending to ``context`` positions
+            (attention included: ``4 x context x d``).
+        head_flops: one exit head (adapter if any + ``d x vocab`` product).
+        kv_flops: the keys and values of one skipped layer (copy-up).
+        flops: a token that leaves at exit ``k``: its layers, heads ``0..k``, and the skipped
+            layers' keys and values.
+        full_flops: the model without exits: every layer and the final head.
+        context: the context length the counts are for.
+    """
+
+    exit_names: tuple[str, ...]
+    layer_flops: int
+    head_flops: int
+    kv_flops: int
+    flops: tuple[int, ...]
+    full_flops: int
+    context: int
+
+    @property
+    def relative_flops(self) -> tuple[float, ...]:
+        return tuple(f / self.full_flops for f in self.flops)
+
+
+def _count(fn) -> int:
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def token_exit_costs(ee: EarlyExitLM, context: int = 128) -> TokenCosts:
+    """Count what a token costs at each exit of ``ee``, by running the decoder's own pieces.
+
+    Args:
+        context: the position of the token (it attends to ``context`` positions, itself included).
+    """
+    if not isinstance(context, int) or not 1 <= context <= ee.lm.context_length:
+        raise ValueError(f"context must be an integer from 1 to {ee.lm.context_length}, got {context!r}")
+    dec = Decoder(ee)
+    dev = ee.lm.device
+    x = torch.zeros(1, dec.d, device=dev)
+    layer = _count(lambda: dec.block(0, x, context - 1))
+    head = _count(lambda: ee.head(0, x)) if ee.num_exits > 1 else 0
+    final_head = _count(lambda: ee.head(ee.num_exits - 1, x))
+    kv = _count(lambda: dec.fill_kv(0, x, context - 1))
+    n = ee.lm.n_layers
+    flops = [l * layer + (k + 1) * head + (n - l) * kv for k, l in enumerate(ee.exit_layers)]
+    flops.append(n * layer + len(ee.exit_layers) * head + final_head)
+    return TokenCosts(ee.exit_names, layer, head, kv, tuple(flops), n * layer + final_head, context)

@@ -1,0 +1,142 @@
+"""Token difficulty: the exit layer of each token, coloured text, and which kinds of token are easy.
+
+A token's **exit layer** — where an early-exit policy (or the oracle) lets its prediction leave —
+measures how hard the token is to predict. :func:`token_html` colours a text by it;
+:func:`token_kinds` sorts tokens into kinds (newlines, punctuation, names in capitals,
+frequent words, other word starts, and continuations of a word split into several tokens) and
+:func:`difficulty_by_kind` compares their exit layers.
+
+Convention: row ``i`` of a text's exits predicts token ``i + 1``, so a token is coloured by the
+layer at which **it was predicted**, and its kind is the kind of the predicted token.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Sequence
+
+import matplotlib
+import torch
+
+from .lm import LanguageModel
+
+TOKEN_KINDS = ("newline", "punctuation", "name (capitals)", "frequent word", "word start", "word continuation")
+# The most frequent words of Early Modern English plays (function words), lower case.
+FREQUENT_WORDS = frozenset(
+    "the and i to of a you my that in is not me it with be his your this for he but have thou as so will what "
+    "thy all her no by do shall if are we our on him thee or now from at good well lord o let how".split())
+
+
+def token_strings(lm: LanguageModel, ids: Sequence[int] | torch.Tensor) -> list[str]:
+    """Each token's text (decoded one by one: byte-level tokens that split a character show a replacement mark)."""
+    return [lm.tokenizer.decode([int(i)]) for i in torch.as_tensor(ids).flatten().tolist()]
+
+
+def token_kind(token: str, previous: str = "") -> str:
+    """The kind of ``token`` (one of :data:`TOKEN_KINDS`), given the token before it.
+
+    * ``newline``: only white space;
+    * ``punctuation``: no letter or digit;
+    * ``name (capitals)``: a word in capitals of 2 letters or more (the speakers: ``ROMEO``);
+    * ``word continuation``: starts with a letter right after a letter (no space): the second or
+      later piece of a word the tokenizer split;
+    * ``frequent word``: a word start that is one of :data:`FREQUENT_WORDS`;
+    * ``word start``: any other token that begins a word.
+    """
+    core = token.strip()
+    if not core:
+        return "newline"
+    letters = [c for c in core if c.isalpha()]
+    if not letters and not any(c.isdigit() for c in core):
+        return "punctuation"
+    word = "".join(c for c in core if c.isalpha())
+    if len(word) >= 2 and word.isupper():
+        return "name (capitals)"
+    if token[0].isalpha() and previous[-1:].isalpha():
+        return "word continuation"
+    return "frequent word" if word.lower() in FREQUENT_WORDS else "word start"
+
+
+def token_kinds(lm: LanguageModel, ids: Sequence[int] | torch.Tensor, *, previous: int | None = None) -> list[str]:
+    """The kind of every token of ``ids`` (see :func:`token_kind`).
+
+    Args:
+        previous: the token before ``ids[0]``, if any (it decides whether ``ids[0]`` continues a word).
+    """
+    strings = token_strings(lm, ids)
+    before = [token_strings(lm, [previous])[0] if previous is not None else ""] + strings[:-1]
+    return [token_kind(s, p) for s, p in zip(strings, before)]
+
+
+@dataclass(frozen=True)
+class KindDifficulty:
+    """How early the tokens of one kind leave."""
+
+    kind: str
+    count: int
+    mean_layers: float  # mean exit layer
+    first_exit_share: float  # fraction that left at the first exit
+
+
+def difficulty_by_kind(kinds: Sequence[str], layers: Sequence[int] | torch.Tensor) -> list[KindDifficulty]:
+    """Mean exit layer and share leaving at the earliest exit, per kind of token (kinds with no token omitted)."""
+    layers = [int(l) for l in torch.as_tensor(layers).flatten().tolist()]
+    if len(kinds) != len(layers):
+        raise ValueError(f"kinds has {len(kinds)} entries but layers has {len(layers)}: give one of each per token")
+    if not layers:
+        raise ValueError("no tokens: kinds and layers are empty")
+    first = min(layers)
+    rows = []
+    for kind in TOKEN_KINDS:
+        mine = [l for k, l in zip(kinds, layers) if k == kind]
+        if mine:
+            rows.append(KindDifficulty(kind, len(mine), sum(mine) / len(mine), sum(l == first for l in mine) / len(mine)))
+    return rows
+
+
+def layer_colours(n_layers: int, cmap: str = "RdYlGn_r") -> list[str]:
+    """A hex colour for each layer 1..n_layers: green (early) to red (late)."""
+    colours = matplotlib.colormaps[cmap]
+    return [matplotlib.colors.to_hex(colours(0.1 + 0.8 * (l - 1) / max(n_layers - 1, 1))) for l in range(1, n_layers + 1)]
+
+
+def token_html(tokens: Sequence[str], layers: Sequence[int | None], n_layers: int, *,
+               confidences: Sequence[float] | None = None, measure: str = "max_prob",
+               legend: Sequence[int] | None = None) -> str:
+    """A text as HTML, each token's background coloured by its exit layer; hovering shows layer and confidence.
+
+    Args:
+        tokens: the tokens' texts (:func:`token_strings`).
+        layers: the layer each token was predicted at (1..n_layers), or None for tokens that were
+            not predicted (the prompt): shown uncoloured.
+        confidences: the policy's measure at the exit, per token (shown on hover).
+        legend: the layers to show in the legend (default: those that occur).
+
+    Returns:
+        A ``<div>`` to show with ``IPython.display.HTML``.
+    """
+    if len(tokens) != len(layers):
+        raise ValueError(f"tokens has {len(tokens)} entries but layers has {len(layers)}")
+    if confidences is not None and len(confidences) != len(tokens):
+        raise ValueError(f"confidences has {len(confidences)} entries for {len(tokens)} tokens")
+    bad = [l for l in layers if l is not None and not 1 <= int(l) <= n_layers]
+    if bad:
+        raise ValueError(f"layers must be from 1 to n_layers={n_layers} (or None), got {bad[:5]}")
+    colours = layer_colours(n_layers)
+    spans = []
+    for i, (tok, layer) in enumerate(zip(tokens, layers)):
+        text = html.escape(tok).replace("\n", "&#8629;<br>")
+        if layer is None:
+            spans.append(f'<span title="prompt" style="color:#555">{text}</span>')
+            continue
+        tip = f"layer {int(layer)} of {n_layers}"
+        if confidences is not None:
+            tip += f" | {measure} {float(confidences[i]):.3f}"
+        spans.append(f'<span title="{html.escape(tip)}" style="background:{colours[int(layer) - 1]};'
+                     f'border-radius:3px">{text}</span>')
+    shown = sorted({int(l) for l in layers if l is not None}) if legend is None else list(legend)
+    keys = " ".join(f'<span style="background:{colours[l - 1]};padding:0 6px;border-radius:3px">layer {l}</span>'
+                    for l in shown)
+    return (f'<div style="font-family:monospace;line-height:1.9;white-space:pre-wrap">{"".join(spans)}</div>'
+            f'<div style="margin-top:6px;font-size:90%">exit layer: {keys} (hover over a token for details)</div>')

@@ -1,0 +1,282 @@
+"""Early exits in GPT-2: exit logits, trained heads, per-token decisions, early-exit generation, costs."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from eelib import lm as lmlib
+from eelib.lm_exits import (EarlyExitLM, ExitAdapter, course_exits, heldout_text, load_exit_heads, new_adapters,
+                            oracle_layers, perplexity, token_exit_outputs, train_exit_heads)
+from eelib.lm_generate import Decoder, early_exit_generate, token_exit_costs
+from eelib.exits import ExitOutputs
+from eelib.policies import ExitPolicy, calibrate, evaluate_policy
+
+PROMPTS = ("ROMEO:", "First Citizen:\nWe are accounted poor", "KING RICHARD III:\nNow is the winter")
+
+
+def _tiny_text(n_lines: int = 400, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    words = ["the", "king", "and", "queen", "of", "Verona", "shall", "love", "thee", "my", "lord", "ROMEO:"]
+    return "\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + rng.choice(".,!?")
+                     for _ in range(n_lines)) + "\n"
+
+
+@pytest.fixture(scope="module")
+def course():
+    return lmlib.load_lm(lmlib.COURSE_MODEL, device="cpu")
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["gpt2", "inverse-layer-scaling"])
+def tiny(request, tmp_path_factory):
+    """A random 4-layer GPT-2 saved with save_pretrained and loaded by eelib (the path `gpt2` takes)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    tokenizer = lmlib.train_tokenizer(_tiny_text(), vocab_size=300)
+    eot = tokenizer.convert_tokens_to_ids(lmlib.END_OF_TEXT)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=32, n_layer=4, n_head=2,
+                                       bos_token_id=eot, eos_token_id=eot,
+                                       scale_attn_by_inverse_layer_idx=request.param))
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return lmlib.load_lm(folder, device="cpu")
+
+
+def _greedy(lm, prompt, n):
+    ids = lmlib.encode(lm, prompt)[None]
+    out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
+                            pad_token_id=lm.tokenizer.eos_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
+# --- exits -------------------------------------------------------------------------------------
+
+def test_final_exit_is_exactly_the_models_logits(course):
+    ids = lmlib.encode(course, heldout_text("test")[:600])[:200]
+    for ee in (EarlyExitLM(course, [2, 4, 6]), course_exits(course, (3,))):
+        logits = ee.exit_logits(ids)
+        assert logits.shape == (ee.num_exits, len(ids), course.model.config.vocab_size)
+        assert torch.equal(logits[-1], course.model(ids[None]).logits[0])
+
+
+def test_logit_lens_applies_ln_f_once(course):
+    ids = lmlib.encode(course, "ROMEO:\nWhat say you?")
+    ee = EarlyExitLM(course, [3])
+    hs = course.model(ids[None], output_hidden_states=True).hidden_states
+    tf, head = course.model.transformer, course.model.lm_head
+    assert torch.allclose(ee.exit_logits(ids)[0], head(tf.ln_f(hs[3]))[0])
+    assert not torch.allclose(head(tf.ln_f(hs[-1])), head(hs[-1]), atol=1e-2)  # the last state is normalised already
+
+
+def test_an_untrained_adapter_is_the_logit_lens(tiny):
+    ids = lmlib.encode(tiny, "the king and the queen")
+    lens = EarlyExitLM(tiny, [1, 2, 3]).exit_logits(ids)
+    adapted = EarlyExitLM(tiny, [1, 2, 3], adapters=new_adapters(tiny)).exit_logits(ids)
+    assert torch.allclose(lens, adapted, atol=1e-6)
+
+
+def test_bad_exit_layers(tiny):
+    for bad in ([0], [4], [5], [], [2, 1], [1, 1], [1.5]):
+        with pytest.raises(ValueError, match="exit_layers"):
+            EarlyExitLM(tiny, bad)
+    with pytest.raises(ValueError, match="adapters"):
+        EarlyExitLM(tiny, [1], adapters=new_adapters(tiny)[:2])
+    with pytest.raises(ValueError, match="exit 4 does not exist"):
+        EarlyExitLM(tiny, [1, 2]).check_exit(4)
+
+
+def test_trained_heads_train_save_and_load(tiny, tmp_path):
+    text = _tiny_text(seed=1)
+    adapters, info = train_exit_heads(tiny, text, steps=25, batch_size=4, lr=1e-2, progress=False)
+    assert len(info.losses) == 25 and len(info.kl_before) == tiny.n_layers - 1
+    assert sum(info.kl_after) < sum(info.kl_before)  # closer to the final distribution than the logit lens
+    assert all(not p.requires_grad for p in tiny.model.parameters())  # the model stayed frozen
+    ee = EarlyExitLM(tiny, [1, 3], adapters=adapters)
+    ee.save_heads(tmp_path / "heads")
+    again = load_exit_heads(tiny, [1, 3], tmp_path / "heads")
+    ids = lmlib.encode(tiny, "my lord of Verona")
+    assert torch.allclose(ee.exit_logits(ids), again.exit_logits(ids), atol=2e-2)  # stored in fp16
+    with pytest.raises(ValueError, match="course model"):
+        load_exit_heads(tiny, [1])
+    with pytest.raises(FileNotFoundError, match="adapters.safetensors"):
+        load_exit_heads(tiny, [1], tmp_path)
+    with pytest.raises(ValueError, match="no trained heads"):
+        EarlyExitLM(tiny, [1]).save_heads(tmp_path / "none")
+
+
+def test_shipped_heads_beat_the_logit_lens(course):
+    cal = heldout_text("calibration")[:8000]
+    lens = token_exit_outputs(course_exits(course, (2, 4, 6), trained=False), cal).outputs.accuracy_per_exit()
+    heads = token_exit_outputs(course_exits(course, (2, 4, 6)), cal).outputs.accuracy_per_exit()
+    assert heads[-1] == lens[-1] == 1.0
+    assert all(h > l + 0.05 for h, l in zip(heads[:-1], lens[:-1])), (heads, lens)
+
+
+def test_heldout_text_is_the_last_tenth():
+    text = heldout_text()
+    assert len(text) == 1_115_394 - 1_115_394 * 9 // 10
+    assert heldout_text("calibration") + heldout_text("test") == text
+    with pytest.raises(ValueError, match="part must be"):
+        heldout_text("train")
+
+
+# --- per-token analysis -------------------------------------------------------------------------
+
+def test_token_exit_outputs(course):
+    ee = course_exits(course, (2, 4))
+    text = heldout_text("test")[:3000]
+    te = token_exit_outputs(ee, text, max_tokens=300)  # more than one context window of 256
+    ids = lmlib.encode(course, text)
+    assert torch.equal(te.input_ids, ids[:300]) and torch.equal(te.targets, ids[1:301])
+    assert te.outputs.logits.shape == (3, 300, course.model.config.vocab_size)
+    assert te.outputs.accuracy_per_exit()[-1] == 1.0  # labels are the full model's own top-1
+    direct = ee.exit_logits(ids[256:300])[-1].argmax(-1)
+    assert torch.equal(te.outputs.labels[256:], direct)  # the second window starts afresh
+    assert perplexity(te.outputs.logits[-1], te.targets) < perplexity(te.outputs.logits[0], te.targets)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        token_exit_outputs(ee, "a")
+
+
+def test_oracle_layer_is_the_first_from_which_all_later_agree():
+    # 4 exits, 5 tokens; labels = the final exit's prediction
+    preds = torch.tensor([[7, 1, 2, 3, 9],
+                          [7, 5, 2, 3, 9],
+                          [1, 5, 2, 4, 9],
+                          [7, 5, 2, 4, 8]])
+    logits = torch.nn.functional.one_hot(preds, 10).float()
+    out = ExitOutputs(logits, preds[-1], ("a", "b", "c", "final"))
+    assert oracle_layers(out).tolist() == [3, 1, 0, 2, 3]  # token 0 agrees at exit 0 but not at exit 2
+
+
+def test_calibrated_policy_reaches_its_agreement_on_calibration_text(course):
+    ee = course_exits(course, (2, 4))
+    te = token_exit_outputs(ee, heldout_text("calibration"), max_tokens=1500)
+    costs = token_exit_costs(ee, 128)
+    cal = calibrate(te.outputs, costs.flops, costs.full_flops, measure="max_prob", max_accuracy_drop=0.05)
+    assert cal.val.accuracy >= 0.95
+    assert cal.val.exit_fractions[0] > 0  # some tokens do leave early
+    assert evaluate_policy(cal.policy, te.outputs, costs.flops, costs.full_flops) == cal.val
+
+
+# --- generation ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_no_early_exit_is_the_models_greedy_decoding(course, prompt):
+    ee = course_exits(course, (2, 4, 6))
+    want = _greedy(course, prompt, 30)
+    assert early_exit_generate(ee, prompt, None, max_new_tokens=30).tokens == want
+    never = early_exit_generate(ee, prompt, ExitPolicy.never_exit(ee.num_exits), max_new_tokens=30)
+    assert never.tokens == want and {s.exit for s in never.steps} == {3}
+
+
+def test_no_early_exit_on_any_gpt2_config(tiny):
+    ee = EarlyExitLM(tiny, [1, 2])
+    for prompt in ("the king", "ROMEO: my lord"):
+        n = 12
+        assert early_exit_generate(ee, prompt, ExitPolicy.never_exit(3, "entropy"), max_new_tokens=n).tokens == \
+            _greedy(tiny, prompt, n)
+
+
+def test_decoder_prefill_matches_the_model(tiny):
+    ids = lmlib.encode(tiny, "the king and the queen of Verona shall love thee")
+    dec = Decoder(EarlyExitLM(tiny, [1]))
+    x = dec.embed(ids, 0)
+    hs = tiny.model(ids[None], output_hidden_states=True).hidden_states
+    with torch.no_grad():
+        for l in range(tiny.n_layers):
+            x = dec.block(l, x, 0)
+            if l < tiny.n_layers - 1:
+                assert torch.allclose(x, hs[l + 1][0], atol=1e-5)
+
+
+def test_early_exit_skips_the_layers_above_and_copies_the_state_up(course):
+    ee = course_exits(course, (2, 4))
+    calls = [0] * course.n_layers
+    hooks = [blk.mlp.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
+             for i, blk in enumerate(course.model.transformer.h)]
+    try:
+        always = ExitPolicy("max_prob", (-math.inf, -math.inf))  # every token leaves at the first exit
+        dec = Decoder(ee)
+        gen = early_exit_generate(ee, "ROMEO:", always, max_new_tokens=5, decoder=dec)
+    finally:
+        for h in hooks:
+            h.remove()
+    prefill = len(lmlib.encode(course, "ROMEO:")) - 1
+    assert [s.layers for s in gen.steps] == [2] * 5 and gen.avg_layers == 2
+    assert calls[:2] == [1 + 5] * 2 and calls[2:] == [1] * 6  # layers 3.. ran only in the prefill
+    # the skipped layers' keys at the last position come from the state that left after layer 2
+    pos = dec.length - 1
+    assert dec.keys[2:, :, pos].abs().sum() > 0
+    x = dec.embed(torch.tensor([gen.tokens[-2]]), pos)
+    with torch.no_grad():
+        for l in range(2):
+            x = dec.block(l, x, pos)
+        blk = course.model.transformer.h[5]
+        k = blk.attn.c_attn(blk.ln_1(x))[:, 160:320].view(5, 32)
+    assert torch.allclose(dec.keys[5, :, pos], k, atol=1e-5)
+
+
+def test_teacher_forcing_and_per_token_report(course):
+    ee = course_exits(course, (2, 4))
+    target = _greedy(course, "ROMEO:", 20)
+    policy = ExitPolicy("max_prob", (0.6, 0.6))
+    forced = early_exit_generate(ee, "ROMEO:", policy, force=target)
+    assert len(forced.steps) == 20 and all(s.seconds > 0 for s in forced.steps)
+    assert all(s.layers in (2, 4, 8) and 0 <= s.confidence <= 1 for s in forced.steps)
+    assert all(s.target_logprob <= 0 for s in forced.steps)
+    agree = sum(a == b for a, b in zip(forced.tokens, target)) / 20
+    assert agree >= 0.5
+    assert forced.text.startswith("ROMEO:")
+    free = early_exit_generate(ee, "ROMEO:", ExitPolicy("patience", (2, 2)), max_new_tokens=10)
+    assert all(s.confidence in (1.0, 2.0, 3.0) or s.exit == 2 for s in free.steps)
+
+
+def test_counted_flops_match_the_cost_table(course):
+    ee = course_exits(course, (2, 4))
+    prompt = lmlib.encode(course, "ROMEO:\nWhat")
+    policy = ExitPolicy("max_prob", (0.5, 0.5))
+    gen = early_exit_generate(ee, prompt, policy, max_new_tokens=12, count_flops=True)
+    dec = Decoder(ee)
+    with torch.inference_mode():
+        from torch.utils.flop_counter import FlopCounterMode
+        with FlopCounterMode(display=False) as c:
+            dec.prefill(prompt[:-1])
+    expected = c.get_total_flops()
+    for i, s in enumerate(gen.steps):
+        expected += token_exit_costs(ee, len(prompt) + i).flops[s.exit]
+    assert gen.flops == expected
+    assert len({s.exit for s in gen.steps}) > 1  # the check covers more than one exit
+    plain = early_exit_generate(ee, prompt, None, max_new_tokens=12, count_flops=True)
+    assert plain.flops == c.get_total_flops() + sum(token_exit_costs(ee, len(prompt) + i).full_flops
+                                                    for i in range(12))
+
+
+def test_attention_flops_are_counted(course):
+    ee = course_exits(course, (2,))
+    d = course.model.config.n_embd
+    short, long = token_exit_costs(ee, 10), token_exit_costs(ee, 200)
+    assert long.layer_flops - short.layer_flops == 2 * 2 * d * 190  # q.k and att.v, 2 FLOPs per MAC
+    assert short.head_flops >= 2 * d * course.model.config.vocab_size
+    assert short.kv_flops == 2 * d * 2 * d
+    assert short.flops[-1] > short.full_flops  # the final exit also paid for the early heads
+
+
+def test_bad_generation_input(course):
+    ee = course_exits(course, (2, 4))
+    with pytest.raises(ValueError, match="prompt is empty"):
+        early_exit_generate(ee, "", None)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        early_exit_generate(ee, [], None)
+    with pytest.raises(ValueError, match="context window holds 256"):
+        early_exit_generate(ee, list(range(256)), None)
+    with pytest.raises(ValueError, match="thresholds has 3 values but the model has 3 exits"):
+        early_exit_generate(ee, "ROMEO:", ExitPolicy("max_prob", (0.9, 0.9, 0.9)))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        early_exit_generate(ee, "ROMEO:", None, max_new_tokens=0)
+    with pytest.raises(ValueError, match="context must be"):
+        token_exit_costs(ee, 0)
+    gen = early_exit_generate(ee, list(range(250)), None, max_new_tokens=40)
+    assert len(gen.steps) == 256 - 250 + 1  # stops where the context window is full
