@@ -36,19 +36,28 @@ from .lm_exits import EarlyExitLM
 from .policies import ExitPolicy, get_measure
 
 
+KV_MODES = ("lazy", "copy")
+
+
 class Decoder:
     """A GPT-2 model's blocks run by hand, one step at a time, with a preallocated key/value cache.
 
     Args:
         ee: the model and its exits; the model's weights are used as they are.
+        kv: what the layers above a token's exit get in their key/value cache (module docstring):
+            ``"lazy"`` (run them for that token later, when a deeper token needs them: exact) or
+            ``"copy"`` (compute them from the exited hidden state at once: CALM's copy-up).
         max_length: the most positions the cache holds (default the context length).
     """
 
-    def __init__(self, ee: EarlyExitLM, max_length: int | None = None):
+    def __init__(self, ee: EarlyExitLM, kv: str = "lazy", max_length: int | None = None):
         cfg = ee.model.config
         if getattr(cfg, "add_cross_attention", False):
             raise ValueError("Decoder supports decoder-only GPT-2 models, not ones with cross-attention")
+        if kv not in KV_MODES:
+            raise ValueError(f"kv must be one of {', '.join(KV_MODES)}, got {kv!r}")
         self.ee = ee
+        self.kv = kv
         self.tf = ee.model.transformer
         self.n_layers = ee.lm.n_layers
         self.d = cfg.n_embd
@@ -59,44 +68,76 @@ class Decoder:
         shape = (self.n_layers, self.n_heads, self.max_length, self.head_dim)
         self.keys = torch.zeros(shape, device=dev, dtype=dtype)
         self.values = torch.zeros(shape, device=dev, dtype=dtype)
-        self.length = 0  # positions filled
         base = 1 / math.sqrt(self.head_dim) if cfg.scale_attn_weights else 1.0
         self.scales = [base / (l + 1) if cfg.scale_attn_by_inverse_layer_idx else base for l in range(self.n_layers)]
+        self.reset()
 
     def reset(self) -> None:
-        self.length = 0
+        self.length = 0  # positions with a token
+        # lazy mode: position -> [next block to run, its input hidden state (1, d)] for tokens that left early
+        self.pending: dict[int, list] = {}
+        self.filled_rows = 0  # block rows run for pending positions (lazy filling)
 
     def embed(self, ids: torch.Tensor, start: int) -> torch.Tensor:
         """Token + position embeddings of ``ids`` ``(T,)`` at positions ``start ..``: ``(T, d)``."""
         pos = torch.arange(start, start + len(ids), device=ids.device)
         return self.tf.wte(ids) + self.tf.wpe(pos)
 
-    def block(self, l: int, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Block ``l`` (0-based) on the hidden states ``x`` ``(T, d)`` of positions ``start ..``; caches their keys/values."""
+    def block(self, l: int, x: torch.Tensor, positions: int | torch.Tensor) -> torch.Tensor:
+        """Block ``l`` (0-based) on hidden states ``x`` ``(T, d)`` at ``positions`` (a start, or ``(T,)``
+        increasing positions); caches their keys and values at layer ``l``."""
         blk = self.tf.h[l]
         T = x.shape[0]
-        end = start + T
+        if isinstance(positions, int):
+            positions = torch.arange(positions, positions + T, device=x.device)
+        end = int(positions[-1]) + 1
         q, k, v = blk.attn.c_attn(blk.ln_1(x)).split(self.d, dim=-1)  # (T, d) each
         q = q.view(T, self.n_heads, self.head_dim).transpose(0, 1)  # (nh, T, hd)
-        self.keys[l, :, start:end] = k.view(T, self.n_heads, self.head_dim).transpose(0, 1)
-        self.values[l, :, start:end] = v.view(T, self.n_heads, self.head_dim).transpose(0, 1)
+        self.keys[l, :, positions] = k.view(T, self.n_heads, self.head_dim).transpose(0, 1)
+        self.values[l, :, positions] = v.view(T, self.n_heads, self.head_dim).transpose(0, 1)
         keys, values = self.keys[l, :, :end], self.values[l, :, :end]  # (nh, end, hd)
         att = (q @ keys.transpose(1, 2)) * self.scales[l]  # (nh, T, end)
-        if T > 1:  # causal: position start + i sees keys 0 .. start + i
-            allowed = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(start)
+        if T > 1:  # causal: the token at position p sees keys 0 .. p
+            allowed = torch.arange(end, device=x.device)[None, :] <= positions[:, None]  # (T, end)
             att = att.masked_fill(~allowed, float("-inf"))
         y = (F.softmax(att, dim=-1) @ values).transpose(0, 1).reshape(T, self.d)  # (T, d)
         x = x + blk.attn.c_proj(y)
         return x + blk.mlp(blk.ln_2(x))
 
+    def step_block(self, l: int, x: torch.Tensor, pos: int) -> torch.Tensor:
+        """Block ``l`` for the new token at ``pos`` ``(1, d)``; in lazy mode, earlier tokens that left
+        below layer ``l + 1`` run it too, in the same call, so that their keys and values exist."""
+        join = [p for p, (nxt, _) in self.pending.items() if nxt == l]
+        if not join:
+            return self.block(l, x, pos)
+        states = torch.cat([self.pending[p][1] for p in join] + [x])
+        out = self.block(l, states, torch.tensor(join + [pos], device=x.device))
+        self.filled_rows += len(join)
+        for i, p in enumerate(join):
+            if l + 1 == self.n_layers:
+                del self.pending[p]  # complete now
+            else:
+                self.pending[p] = [l + 1, out[i:i + 1]]
+        return out[-1:]
+
     def fill_kv(self, l: int, h: torch.Tensor, pos: int) -> None:
-        """Keys and values of skipped layer ``l`` at ``pos`` from the exited hidden state ``h`` ``(1, d)`` (copy-up)."""
+        """Copy-up: keys and values of skipped layer ``l`` at ``pos`` from the exited hidden state ``h`` ``(1, d)``."""
         blk = self.tf.h[l]
         w, b = blk.attn.c_attn.weight, blk.attn.c_attn.bias  # Conv1D: (d, 3d), (3d,)
         kv = blk.ln_1(h) @ w[:, self.d:] + b[self.d:]  # (1, 2d): only the key and value thirds
         k, v = kv.split(self.d, dim=-1)
         self.keys[l, :, pos] = k.view(self.n_heads, self.head_dim)
         self.values[l, :, pos] = v.view(self.n_heads, self.head_dim)
+
+    def leave(self, layer: int, h: torch.Tensor, pos: int) -> None:
+        """The token at ``pos`` left after ``layer`` with hidden state ``h``: fill or defer the layers above."""
+        if layer >= self.n_layers:
+            return
+        if self.kv == "copy":
+            for l in range(layer, self.n_layers):
+                self.fill_kv(l, h, pos)
+        else:
+            self.pending[pos] = [layer, h]
 
     def prefill(self, ids: torch.Tensor) -> None:
         """Run every layer on ``ids`` ``(T,)`` from position 0 and cache their keys/values."""
@@ -129,6 +170,9 @@ class Generation:
         text: prompt + generated text, decoded.
         n_layers: layers of the model.
         flops: FLOPs of the decoding loop counted by ``FlopCounterMode`` (0 unless ``count_flops``).
+        kv: the decoder's key/value mode (``"lazy"`` or ``"copy"``).
+        filled_layers: lazy mode: layers run later for tokens that had left early (to fill
+            their keys and values), in total.
     """
 
     prompt_ids: tuple[int, ...]
@@ -136,6 +180,8 @@ class Generation:
     text: str
     n_layers: int
     flops: int
+    kv: str = "lazy"
+    filled_layers: int = 0
 
     @property
     def tokens(self) -> list[int]:
@@ -145,6 +191,11 @@ class Generation:
     def avg_layers(self) -> float:
         """Mean transformer layers run per generated token."""
         return sum(s.layers for s in self.steps) / max(len(self.steps), 1)
+
+    @property
+    def layers_computed(self) -> float:
+        """Mean layers computed per generated token, the lazily filled ones included."""
+        return (sum(s.layers for s in self.steps) + self.filled_layers) / max(len(self.steps), 1)
 
     @property
     def seconds(self) -> float:
@@ -174,8 +225,8 @@ def _prompt_ids(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Tensor) -> 
 @torch.inference_mode()
 def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Tensor,
                         policy: ExitPolicy | None = None, *, max_new_tokens: int = 40,
-                        force: Sequence[int] | torch.Tensor | None = None, count_flops: bool = False,
-                        decoder: Decoder | None = None) -> Generation:
+                        force: Sequence[int] | torch.Tensor | None = None, kv: str = "lazy",
+                        count_flops: bool = False, decoder: Decoder | None = None) -> Generation:
     """Greedy decoding at batch size 1 in which each token leaves at its policy's first confident exit.
 
     Each new token runs the layers up to an exit, evaluates that exit's head and the policy's
@@ -192,7 +243,10 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
         max_new_tokens: tokens to generate; fewer if the context window fills up.
         force: teacher forcing: feed these tokens instead of the model's own predictions (the
             predictions are still recorded, with the log-probability of each forced token).
+        kv: ``"lazy"`` (default: the layers a token skipped run later, batched with the next token
+            that goes deeper; exact) or ``"copy"`` (CALM's copy-up; cheaper, changes later tokens).
         count_flops: count the loop's FLOPs with ``FlopCounterMode`` (slower; do not time it).
+        decoder: a :class:`Decoder` to use (and inspect afterwards); default a new one.
 
     Raises:
         ValueError: an empty prompt, a prompt that fills the context window, thresholds of
@@ -209,7 +263,7 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     n_new = min(max_new_tokens, ee.lm.context_length - len(ids) + 1)
-    dec = decoder if decoder is not None else Decoder(ee)
+    dec = decoder if decoder is not None else Decoder(ee, kv)
     layers = ee.layers
     # without a policy only the final exit is visited: the plain decoding loop
     plan = list(enumerate(layers)) if policy is not None else [(len(layers) - 1, layers[-1])]
@@ -230,7 +284,7 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
             done, prev_pred, run, score = 0, -1, 0, float("nan")
             for k, layer in plan:
                 for l in range(done, layer):
-                    x = dec.block(l, x, pos)
+                    x = dec.step_block(l, x, pos)
                 done = layer
                 if policy is None or k == len(layers) - 1:
                     if policy is None:
@@ -249,8 +303,7 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
                     prev_pred, score = pred, float(run)
                 t = policy.thresholds[k]
                 if (score >= t) if measure.higher_is_confident else (score <= t):
-                    for l in range(layer, dec.n_layers):  # copy the exited state up into the skipped layers' cache
-                        dec.fill_kv(l, x, pos)
+                    dec.leave(layer, x, pos)  # the layers above: copied up, or deferred (lazy)
                     break
             dec.length = pos + 1
             pred = int(logits.argmax())
@@ -267,7 +320,7 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
     new = [s.token for s in steps] if force is None else force[:len(steps)]
     text = ee.lm.tokenizer.decode(ids.tolist() + new)
     flops = int(counter.get_total_flops()) if counter is not None else 0
-    return Generation(tuple(ids.tolist()), tuple(steps), text, ee.lm.n_layers, flops)
+    return Generation(tuple(ids.tolist()), tuple(steps), text, ee.lm.n_layers, flops, dec.kv, dec.filled_rows)
 
 
 # --- costs -------------------------------------------------------------------------------------
@@ -282,10 +335,11 @@ class TokenCosts:
             (attention included: ``4 x context x d``).
         head_flops: one exit head (adapter if any + ``d x vocab`` product).
         kv_flops: the keys and values of one skipped layer (copy-up).
-        flops: a token that leaves at exit ``k``: its layers, heads ``0..k``, and the skipped
-            layers' keys and values.
+        flops: a token that leaves at exit ``k``: its layers, heads ``0..k``, and what its skipped
+            layers cost (``kv``: their keys and values copied up, or the layers run later).
         full_flops: the model without exits: every layer and the final head.
         context: the context length the counts are for.
+        kv: the key/value mode the costs are for.
     """
 
     exit_names: tuple[str, ...]
@@ -295,6 +349,7 @@ class TokenCosts:
     flops: tuple[int, ...]
     full_flops: int
     context: int
+    kv: str = "lazy"
 
     @property
     def relative_flops(self) -> tuple[float, ...]:
@@ -307,12 +362,17 @@ def _count(fn) -> int:
     return int(counter.get_total_flops())
 
 
-def token_exit_costs(ee: EarlyExitLM, context: int = 128) -> TokenCosts:
+def token_exit_costs(ee: EarlyExitLM, context: int = 128, kv: str = "lazy") -> TokenCosts:
     """Count what a token costs at each exit of ``ee``, by running the decoder's own pieces.
 
     Args:
         context: the position of the token (it attends to ``context`` positions, itself included).
+        kv: ``"copy"``: each skipped layer costs its keys and values (``kv_flops``); ``"lazy"``: each
+            skipped layer costs a whole layer, run later (if a later token goes deeper, which is
+            almost always; the last tokens' deferred layers may never run, so this is an upper bound).
     """
+    if kv not in KV_MODES:
+        raise ValueError(f"kv must be one of {', '.join(KV_MODES)}, got {kv!r}")
     if not isinstance(context, int) or not 1 <= context <= ee.lm.context_length:
         raise ValueError(f"context must be an integer from 1 to {ee.lm.context_length}, got {context!r}")
     dec = Decoder(ee)
@@ -321,8 +381,9 @@ def token_exit_costs(ee: EarlyExitLM, context: int = 128) -> TokenCosts:
     layer = _count(lambda: dec.block(0, x, context - 1))
     head = _count(lambda: ee.head(0, x)) if ee.num_exits > 1 else 0
     final_head = _count(lambda: ee.head(ee.num_exits - 1, x))
-    kv = _count(lambda: dec.fill_kv(0, x, context - 1))
+    kv_flops = _count(lambda: dec.fill_kv(0, x, context - 1))
     n = ee.lm.n_layers
-    flops = [l * layer + (k + 1) * head + (n - l) * kv for k, l in enumerate(ee.exit_layers)]
+    skipped = kv_flops if kv == "copy" else layer
+    flops = [l * layer + (k + 1) * head + (n - l) * skipped for k, l in enumerate(ee.exit_layers)]
     flops.append(n * layer + len(ee.exit_layers) * head + final_head)
-    return TokenCosts(ee.exit_names, layer, head, kv, tuple(flops), n * layer + final_head, context)
+    return TokenCosts(ee.exit_names, layer, head, kv_flops, tuple(flops), n * layer + final_head, context, kv)

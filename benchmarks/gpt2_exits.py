@@ -1,0 +1,175 @@
+"""Benchmark: early-exit generation with the course GPT-2, measured (agreement, layers, FLOPs, time).
+
+The course model (8 layers) with its shipped trained exit heads after ``--exits`` (default layers
+2, 4 and 6), on the CPU, batch size 1, greedy decoding:
+
+1. **Calibration.** The policy's thresholds (``--measure``, one shared threshold) are chosen with
+   :func:`eelib.policies.calibrate` on the first ``--calibration-tokens`` tokens of the
+   calibration half of the held-out text (the first half of Tiny Shakespeare's last 10%), for
+   ``--target`` agreement with the full model's top-1 token.
+2. **Prompts.** ``--prompts`` prompts of ``--prompt-tokens`` tokens, taken at evenly spaced
+   places of the *test* half (the second half of the last 10%). For each, the full model's
+   greedy continuation of ``--new-tokens`` tokens (our decoding loop without exits; checked equal
+   to Hugging Face ``generate``).
+3. Results (keys of ``benchmarks/results/gpt2_exits.json``):
+
+   * ``agreement``: fraction of positions where early-exit decoding, teacher-forced on the full
+     model's continuation, predicts the same token as the full model;
+   * ``avg_layers``: mean layers run per token in that teacher-forced run;
+     ``oracle_avg_layers``: the oracle on the same exits and tokens (each token's earliest exit
+     from which every later exit agrees with the final one);
+   * ``ideal_speedup``: FLOPs of generation without exits / FLOPs of early-exit generation
+     (``FlopCounterMode``, free-running, prompt processing, exit heads and the copied-up keys
+     and values included);
+   * ``speedup``: measured tokens per second of early-exit generation / the same loop without
+     exits (whole calls, prompt included; the fastest of ``--repeats`` interleaved runs per
+     prompt); ``speedup_vs_hf_generate``: the same against Hugging Face ``generate`` (greedy,
+     KV cache);
+   * details: thresholds, exit shares, calibration agreement, the never-exit loop's time
+     (every head and decision paid, nothing skipped), hardware.
+
+Run: ``python benchmarks/gpt2_exits.py`` (a few minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import eelib
+from eelib.lm import encode
+from eelib.lm_exits import course_exits, heldout_text, oracle_layers, token_exit_outputs
+from eelib.exits import ExitOutputs
+from eelib.lm_generate import early_exit_generate, token_exit_costs
+from eelib.policies import ExitPolicy, calibrate
+
+RESULTS = Path(__file__).resolve().parent / "results" / "gpt2_exits.json"
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--exits", default="2,4,6", help="layers carrying early exits (comma-separated)")
+    parser.add_argument("--measure", default="max_prob", choices=["max_prob", "entropy", "margin", "patience"])
+    parser.add_argument("--target", type=float, default=0.95, help="agreement to calibrate for")
+    parser.add_argument("--per-exit", action="store_true", help="calibrate one threshold per exit (default: shared)")
+    parser.add_argument("--calibration-tokens", type=int, default=8000)
+    parser.add_argument("--prompts", type=int, default=12)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per prompt and loop (the fastest counts)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    lm = eelib.load_lm("course", device="cpu")
+    ee = course_exits(lm, tuple(int(x) for x in args.exits.split(",")))
+    n = lm.n_layers
+
+    cal_out = token_exit_outputs(ee, heldout_text("calibration"), max_tokens=args.calibration_tokens).outputs
+    mean_context = args.prompt_tokens + args.new_tokens // 2
+    costs = token_exit_costs(ee, mean_context)
+    cal = calibrate(cal_out, costs.flops, costs.full_flops, measure=args.measure, max_accuracy_drop=1 - args.target,
+                    per_exit=args.per_exit)
+    policy: ExitPolicy = cal.policy
+    del cal_out
+
+    ids = encode(lm, heldout_text("test"))
+    starts = torch.linspace(0, len(ids) - args.prompt_tokens - 1, args.prompts).long().tolist()
+    prompts = [ids[s:s + args.prompt_tokens] for s in starts]
+
+    agree, layers, oracle, n_tok, equals_hf = 0, 0, 0.0, 0, True
+    exit_counts = torch.zeros(ee.num_exits)
+    flops_full = flops_early = 0
+    free_layers = free_agree = 0
+    t_early = t_full = t_hf = t_never = 0.0
+    never = ExitPolicy.never_exit(ee.num_exits, args.measure)
+    for p in prompts:
+        full = early_exit_generate(ee, p, None, max_new_tokens=args.new_tokens)
+        target = full.tokens
+        hf = lm.model.generate(p[None], attention_mask=torch.ones(1, len(p), dtype=torch.long), do_sample=False,
+                               max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                               pad_token_id=lm.tokenizer.eos_token_id)[0, len(p):].tolist()
+        equals_hf &= hf == target
+        forced = early_exit_generate(ee, p, policy, force=target)
+        agree += sum(a == b for a, b in zip(forced.tokens, target))
+        layers += sum(s.layers for s in forced.steps)
+        for s in forced.steps:
+            exit_counts[s.exit] += 1
+        n_tok += len(target)
+        # the oracle on the same tokens: every exit's prediction in one full forward pass
+        seq = torch.cat([p, torch.tensor(target[:-1])])
+        logits = ee.exit_logits(seq)[:, len(p) - 1:]
+        out = ExitOutputs(logits, torch.tensor(target), ee.exit_names)
+        oracle += torch.tensor(ee.layers)[oracle_layers(out)].sum().item()
+        # free-running: FLOPs and time
+        early = early_exit_generate(ee, p, policy, max_new_tokens=args.new_tokens)
+        free_layers += sum(s.layers for s in early.steps)
+        free_agree += sum(a == b for a, b in zip(early.tokens, target))
+        flops_full += early_exit_generate(ee, p, None, max_new_tokens=args.new_tokens, count_flops=True).flops
+        flops_early += early_exit_generate(ee, p, policy, max_new_tokens=args.new_tokens, count_flops=True).flops
+        best = {"early": float("inf"), "full": float("inf"), "hf": float("inf"), "never": float("inf")}
+        for _ in range(args.repeats):  # interleaved, so that a slow moment hits every loop alike
+            best["early"] = min(best["early"], _timed(lambda: early_exit_generate(ee, p, policy, max_new_tokens=args.new_tokens)))
+            best["full"] = min(best["full"], _timed(lambda: early_exit_generate(ee, p, None, max_new_tokens=args.new_tokens)))
+            best["never"] = min(best["never"], _timed(lambda: early_exit_generate(ee, p, never, max_new_tokens=args.new_tokens)))
+            best["hf"] = min(best["hf"], _timed(lambda: lm.model.generate(
+                p[None], attention_mask=torch.ones(1, len(p), dtype=torch.long), do_sample=False,
+                max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=lm.tokenizer.eos_token_id)))
+        t_early += best["early"]
+        t_full += best["full"]
+        t_hf += best["hf"]
+        t_never += best["never"]
+
+    results = {
+        "n_layers": n,
+        "exit_layers": list(ee.exit_layers),
+        "measure": args.measure,
+        "thresholds": list(policy.thresholds),
+        "target_agreement": args.target,
+        "calibration_agreement": cal.val.accuracy,
+        "calibration_tokens": args.calibration_tokens,
+        "per_exit_thresholds": args.per_exit,
+        "agreement": agree / n_tok,
+        "avg_layers": layers / n_tok,
+        "oracle_avg_layers": oracle / n_tok,
+        "exit_shares": (exit_counts / n_tok).tolist(),
+        "free_running_avg_layers": free_layers / n_tok,
+        "free_running_same_token_share": free_agree / n_tok,
+        "ideal_speedup": flops_full / flops_early,
+        "flops_full": flops_full,
+        "flops_early": flops_early,
+        "speedup": t_full / t_early,
+        "speedup_vs_hf_generate": t_hf / t_early,
+        "never_exit_overhead": t_never / t_full - 1,
+        "tokens_per_second": {"early_exit": n_tok / t_early, "no_exit_loop": n_tok / t_full,
+                              "hf_generate": n_tok / t_hf, "never_exit": n_tok / t_never},
+        "no_exit_loop_equals_hf_generate": equals_hf,
+        "prompts": args.prompts, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+        "repeats": args.repeats, "threads": args.threads,
+        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), "
+                    f"torch {torch.__version__}",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"exits after layers {list(ee.exit_layers)} of {n}; {args.measure} thresholds "
+          f"{', '.join(f'{t:.3f}' for t in policy.thresholds)} (calibration agreement {cal.val.accuracy:.3f})")
+    print(f"{'agreement':>10} {'avg_layers':>10} {'oracle':>7} {'ideal':>7} {'speedup':>8} {'vs HF':>7}")
+    print(f"{results['agreement']:10.3f} {results['avg_layers']:10.2f} {results['oracle_avg_layers']:7.2f} "
+          f"{results['ideal_speedup']:6.2f}x {results['speedup']:7.2f}x {results['speedup_vs_hf_generate']:6.2f}x")
+    print(f"written to {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
