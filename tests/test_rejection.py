@@ -242,3 +242,97 @@ def test_calibrate_reject_bad_input():
         CostModel((1.0,), 1.0, error_cost=0.1, reject_cost=0.5)
     with pytest.raises(ValueError, match="give one reject threshold per exit"):
         RejectPolicy("max_prob", (0.9, 0.9), (0.5, 0.5))
+
+
+# --- the exercise checks: pass on the reference, explain the usual mistakes -----------------------
+
+
+def ref_risk_coverage(scores, correct):
+    c = risk_coverage_curve(scores, correct)
+    return c.coverage, c.risk
+
+
+def _sorted_wrong(scores, correct, *, descending=True, over_all=False, accuracy=False):
+    order = torch.argsort(scores, descending=descending)
+    wrong = (~correct[order]).double().cumsum(0)
+    k = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    risk = wrong / (len(scores) if over_all else k)
+    return k / len(scores), 1 - risk if accuracy else risk
+
+
+def test_check_risk_coverage(capsys):
+    checks.check_risk_coverage(ref_risk_coverage)
+    assert "Correct" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match=r"\*all\* samples"):
+        checks.check_risk_coverage(lambda s, c: _sorted_wrong(s, c, over_all=True))
+    with pytest.raises(AssertionError, match="accuracy of the accepted"):
+        checks.check_risk_coverage(lambda s, c: _sorted_wrong(s, c, accuracy=True))
+    with pytest.raises(AssertionError, match="descending order"):
+        checks.check_risk_coverage(lambda s, c: _sorted_wrong(s, c, descending=False))
+    with pytest.raises(AssertionError, match="percent"):
+        checks.check_risk_coverage(lambda s, c: (100 * ref_risk_coverage(s, c)[0], ref_risk_coverage(s, c)[1]))
+    with pytest.raises(AssertionError, match="tuple"):
+        checks.check_risk_coverage(lambda s, c: ref_risk_coverage(s, c)[1])
+    with pytest.raises(NotImplementedError):
+        checks.check_risk_coverage(lambda s, c: (_ for _ in ()).throw(NotImplementedError("Exercise")))
+
+
+def _choose(scores, correct, alpha, delta, *, naive=False, no_stop=False, no_start=False):
+    curve = risk_coverage_curve(scores, correct)
+    if naive:
+        return float(curve.thresholds[(curve.risk <= alpha).nonzero().flatten()[-1]])
+    p = binomial_tail(curve.n_errors, curve.n_accepted, alpha)
+    n_min = 1 if no_start else math.ceil(math.log(delta) / math.log(1 - alpha))
+    chosen = math.inf
+    for j in range(len(p)):
+        if curve.n_accepted[j] < n_min:
+            continue
+        if p[j] > delta:
+            if no_stop:
+                continue
+            break
+        chosen = float(curve.thresholds[j])
+    return chosen
+
+
+def test_check_guaranteed_threshold(capsys):
+    checks.check_guaranteed_threshold(_choose)
+    assert "Correct" in capsys.readouterr().out
+    checks.check_guaranteed_threshold(lambda s, c, a, d: guaranteed_threshold(s, c, alpha=a, delta=d).threshold)
+    with pytest.raises(AssertionError, match="empirical"):
+        checks.check_guaranteed_threshold(lambda *a: _choose(*a, naive=True))
+    with pytest.raises(AssertionError, match="stop at the first"):
+        checks.check_guaranteed_threshold(lambda *a: _choose(*a, no_stop=True))
+    with pytest.raises(AssertionError, match="n_min"):
+        checks.check_guaranteed_threshold(lambda *a: _choose(*a, no_start=True))
+
+
+def _exit_or_reject(scores, exit_t, reject_t, *, strict=False, final_continues=False):
+    n = scores.shape[1]
+    exits = torch.full((n,), scores.shape[0] - 1)
+    rejected = torch.zeros(n, dtype=torch.bool)
+    done = torch.zeros(n, dtype=torch.bool)
+    for k in range(scores.shape[0]):
+        s = scores[k]
+        if k < scores.shape[0] - 1:
+            leave = (s > exit_t[k]) if strict else (s >= exit_t[k])
+            rej = ~leave & ((s <= reject_t[k]) if strict else (s < reject_t[k]))
+        else:
+            leave = torch.ones(n, dtype=torch.bool) if final_continues else s >= reject_t[k]
+            rej = ~leave
+        new = ~done & (leave | rej)
+        exits[new] = k
+        rejected[new] = rej[new]
+        done |= new
+    return exits, rejected
+
+
+def test_check_exit_or_reject(capsys):
+    checks.check_exit_or_reject(_exit_or_reject)
+    assert "Correct" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match=">="):
+        checks.check_exit_or_reject(lambda *a: _exit_or_reject(*a, strict=True))
+    with pytest.raises(AssertionError, match="final exit a sample cannot continue"):
+        checks.check_exit_or_reject(lambda *a: _exit_or_reject(*a, final_continues=True))
+    with pytest.raises(AssertionError, match="one value per sample"):
+        checks.check_exit_or_reject(lambda s, e, r: (torch.zeros(3), torch.zeros(3)))
