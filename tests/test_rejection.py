@@ -336,3 +336,41 @@ def test_check_exit_or_reject(capsys):
         checks.check_exit_or_reject(lambda *a: _exit_or_reject(*a, final_continues=True))
     with pytest.raises(AssertionError, match="one value per sample"):
         checks.check_exit_or_reject(lambda s, e, r: (torch.zeros(3), torch.zeros(3)))
+
+
+def test_empty_calibration_outputs():
+    empty = ExitOutputs(torch.zeros(4, 0, 10), torch.zeros(0, dtype=torch.long), ("a", "b", "c", "d"))
+    with pytest.raises(ValueError, match="calibration set is empty"):
+        calibrate_reject(empty, CostModel((1.0, 2.0, 3.0, 4.0), 4.0))
+
+
+# --- the figures ---------------------------------------------------------------------------------
+
+
+def test_rejection_figures_are_labelled():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eelib import plots
+
+    out = _outputs()
+    scores = torch.softmax(out.logits, -1).amax(-1)
+    curves = {n: risk_coverage_curve(scores[k], out.correct[k]) for k, n in enumerate(out.exit_names)}
+    costs = CostModel((1.0, 2.0, 3.0, 4.0), 4.0)
+    policy = calibrate_reject(out, costs, flops_budget=2.5).policy
+    evals = [evaluate_reject_policy(policy, out, costs)]
+    figs = [plots.plot_risk_coverage(curves, oracle=oracle_risk_coverage(out.correct[-1]), alpha=0.05, chosen=(0.5, 0.01)),
+            plots.plot_reject_regions(policy, out, n=50),
+            plots.plot_reject_tradeoff({"combined": evals * 2, "reject only": evals}, budget=2.5)]
+    for fig in figs:
+        for ax in fig.axes:
+            assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+        plt.close(fig)
+    legend = [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()]
+    assert legend[0] == f"e0 (AURC {100 * curves['e0'].aurc:.2f}%)" and any("oracle" in t for t in legend)
+    with pytest.raises(ValueError, match="curves is empty"):
+        plots.plot_risk_coverage({})
+    with pytest.raises(ValueError, match="the policy has 4 exits but outputs has 3"):
+        plots.plot_reject_regions(policy, _outputs(exits=3))
