@@ -47,7 +47,8 @@ import torch
 import eelib
 from eelib.exits import ExitOutputs
 from eelib.policies import confidence
-from eelib.rejection import CostModel, calibrate_reject, evaluate_reject_policy, evaluate_selective, guaranteed_threshold
+from eelib.rejection import (CostModel, calibrate_reject, evaluate_reject_policy, evaluate_selective,
+                             guaranteed_threshold)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rejection.json"
 
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows["risk_bound"].append(g.risk_bound)
         cal_out, test_out = _subset(pool, cal_idx), _subset(pool, test_idx)
         for mode in ("combined", "exit_only", "reject_only"):
-            cal = calibrate_reject(cal_out, cost_model, flops_budget=None if mode == "reject_only" else budget, mode=mode)
+            limit = None if mode == "reject_only" else budget  # reject-only runs the full network
+            cal = calibrate_reject(cal_out, cost_model, flops_budget=limit, mode=mode)
             ev = evaluate_reject_policy(cal.policy, test_out, cost_model)
             rows[f"{mode}_avg_flops"].append(ev.avg_flops)
             rows[f"{mode}_accuracy"].append(ev.accuracy)

@@ -7,7 +7,8 @@ with fixed splits), :mod:`eelib.resnet` (residual and plain networks), :mod:`eel
 :mod:`eelib.exits` (exit heads and early-exit networks), :mod:`eelib.policies` (confidence
 measures, exit policies, calibration, the oracle), :mod:`eelib.cost` (FLOPs, parameters,
 latency and energy per exit), :mod:`eelib.rejection` (selective classification, risk-coverage,
-thresholds with a guarantee, early exit with a reject option under a FLOPs budget), :mod:`eelib.dynamic` (inference that skips the blocks after each
+thresholds with a guarantee, early exit with a reject option under a FLOPs budget),
+:mod:`eelib.dynamic` (inference that skips the blocks after each
 sample's exit), :mod:`eelib.lm` (the course language model: GPT-2 loading, scoring,
 training), :mod:`eelib.plots` (figures), :mod:`eelib.widgets` (lecture sliders),
 :mod:`eelib.checks` (exercise checks), :mod:`eelib.course` (exercise generation, headless

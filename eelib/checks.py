@@ -423,7 +423,8 @@ def check_guaranteed_threshold(choose_threshold: Callable) -> None:
         n_min = math.ceil(math.log(delta) / math.log1p(-alpha))
         if got == naive:
             hint = ("that threshold has an *empirical* risk <= alpha; on new data it is above alpha about half "
-                    "the time. Test each candidate: p = binomial_tail(errors, accepted, alpha), certified if p <= delta")
+                    "the time. Test each candidate: p = binomial_tail(errors, accepted, alpha), certified if "
+                    "p <= delta")
         elif len(anywhere) and got == curve.thresholds[anywhere[-1]].item():
             hint = ("stop at the first candidate whose p-value is above delta (fixed-sequence testing): going on "
                     "past a failure loses the guarantee")
@@ -461,10 +462,12 @@ def check_exit_or_reject(exit_or_reject: Callable) -> None:
         have = f"exit {int(exits[i])}, {'rejected' if rejected[i] else 'accepted'}"
         trace = ", ".join(f"{float(s):.3f}" for s in scores[:, i])
         if i in (0, 1):
-            hint = "a score equal to a threshold passes it (>=): exactly at the exit threshold exits, at the reject threshold continues"
+            hint = ("a score equal to a threshold passes it (>=): exactly at the exit threshold exits, at the "
+                    "reject threshold continues")
         elif int(exits[i]) > scores.shape[0] - 1 or (int(expected_exits[i]) == scores.shape[0] - 1 and not rejected[i]
                                                      and expected_rej[i]):
-            hint = "at the final exit a sample cannot continue: accept it if its score >= the last reject threshold, else reject it"
+            hint = ("at the final exit a sample cannot continue: accept it if its score >= the last reject "
+                    "threshold, else reject it")
         else:
             hint = ("at each early exit k: score >= exit_thresholds[k] -> exit (accepted); else score < "
                     "reject_thresholds[k] -> rejected there; else continue")

@@ -406,7 +406,8 @@ def plot_risk_coverage(curves: Mapping[str, "RiskCoverage"], *, oracle: "RiskCov
         raise ValueError("curves is empty: pass {label: RiskCoverage}")
     fig, ax = plt.subplots(figsize=(8, 5))
     for label, c in curves.items():
-        ax.step(100 * c.coverage.numpy(), 100 * c.risk.numpy(), where="post", label=f"{label} (AURC {100 * c.aurc:.2f}%)")
+        ax.step(100 * c.coverage.numpy(), 100 * c.risk.numpy(), where="post",
+                label=f"{label} (AURC {100 * c.aurc:.2f}%)")
     if oracle is not None:
         ax.step(100 * oracle.coverage.numpy(), 100 * oracle.risk.numpy(), where="post", color="black", linestyle="--",
                 label=f"oracle: reject the errors first (AURC {100 * oracle.aurc:.2f}%)")

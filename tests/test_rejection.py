@@ -361,7 +361,8 @@ def test_rejection_figures_are_labelled():
     costs = CostModel((1.0, 2.0, 3.0, 4.0), 4.0)
     policy = calibrate_reject(out, costs, flops_budget=2.5).policy
     evals = [evaluate_reject_policy(policy, out, costs)]
-    figs = [plots.plot_risk_coverage(curves, oracle=oracle_risk_coverage(out.correct[-1]), alpha=0.05, chosen=(0.5, 0.01)),
+    oracle = oracle_risk_coverage(out.correct[-1])
+    figs = [plots.plot_risk_coverage(curves, oracle=oracle, alpha=0.05, chosen=(0.5, 0.01)),
             plots.plot_reject_regions(policy, out, n=50),
             plots.plot_reject_tradeoff({"combined": evals * 2, "reject only": evals}, budget=2.5)]
     for fig in figs:
