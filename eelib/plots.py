@@ -393,7 +393,7 @@ def plot_confidence(outputs: "ExitOutputs", k: int = 0, *, measure: str = "max_p
 
 def plot_risk_coverage(curves: Mapping[str, "RiskCoverage"], *, oracle: "RiskCoverage | None" = None,
                        alpha: float | None = None, chosen: tuple[float, float] | None = None,
-                       title: str = "Risk–coverage") -> Figure:
+                       min_coverage: float = 0.0, title: str = "Risk–coverage") -> Figure:
     """Selective risk (%) against coverage (%), one step curve per score (AURC in the legend).
 
     Args:
@@ -401,7 +401,10 @@ def plot_risk_coverage(curves: Mapping[str, "RiskCoverage"], *, oracle: "RiskCov
         oracle: the oracle's curve (:func:`eelib.rejection.oracle_risk_coverage`), drawn dashed.
         alpha: a target risk, drawn as a horizontal line.
         chosen: ``(coverage, risk)`` of a chosen threshold (fractions), marked with a circle.
+        min_coverage: the left end of the x axis (a fraction), to zoom on high coverage.
     """
+    if not 0 <= min_coverage < 1:
+        raise ValueError(f"min_coverage must be in [0, 1), got {min_coverage!r}")
     if not curves:
         raise ValueError("curves is empty: pass {label: RiskCoverage}")
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -417,7 +420,7 @@ def plot_risk_coverage(curves: Mapping[str, "RiskCoverage"], *, oracle: "RiskCov
         ax.plot([100 * chosen[0]], [100 * chosen[1]], "o", markersize=11, markerfacecolor="none",
                 markeredgecolor="black", markeredgewidth=2, label="chosen threshold")
     ax.set(title=title, xlabel="coverage: samples accepted (%)", ylabel="selective risk: accepted samples wrong (%)",
-           xlim=(0, 101))
+           xlim=(100 * min_coverage, 101))
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)

@@ -362,7 +362,7 @@ def test_rejection_figures_are_labelled():
     policy = calibrate_reject(out, costs, flops_budget=2.5).policy
     evals = [evaluate_reject_policy(policy, out, costs)]
     oracle = oracle_risk_coverage(out.correct[-1])
-    figs = [plots.plot_risk_coverage(curves, oracle=oracle, alpha=0.05, chosen=(0.5, 0.01)),
+    figs = [plots.plot_risk_coverage(curves, oracle=oracle, alpha=0.05, chosen=(0.5, 0.01), min_coverage=0.3),
             plots.plot_reject_regions(policy, out, n=50),
             plots.plot_reject_tradeoff({"combined": evals * 2, "reject only": evals}, budget=2.5)]
     for fig in figs:
@@ -371,6 +371,9 @@ def test_rejection_figures_are_labelled():
         plt.close(fig)
     legend = [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()]
     assert legend[0] == f"e0 (AURC {100 * curves['e0'].aurc:.2f}%)" and any("oracle" in t for t in legend)
+    assert figs[0].axes[0].get_xlim()[0] == pytest.approx(30)
+    with pytest.raises(ValueError, match=r"min_coverage must be in \[0, 1\), got 1.5"):
+        plots.plot_risk_coverage(curves, min_coverage=1.5)
     with pytest.raises(ValueError, match="curves is empty"):
         plots.plot_risk_coverage({})
     with pytest.raises(ValueError, match="the policy has 4 exits but outputs has 3"):
