@@ -6,7 +6,9 @@ with fixed splits), :mod:`eelib.resnet` (residual and plain networks), :mod:`eel
 (training loop, evaluation, gradient norms), :mod:`eelib.zoo` (trained course models, cached),
 :mod:`eelib.exits` (exit heads and early-exit networks), :mod:`eelib.policies` (confidence
 measures, exit policies, calibration, the oracle), :mod:`eelib.cost` (FLOPs, parameters,
-latency and energy per exit), :mod:`eelib.dynamic` (inference that skips the blocks after each
+latency and energy per exit), :mod:`eelib.rejection` (selective classification, risk-coverage,
+thresholds with a guarantee, early exit with a reject option under a FLOPs budget),
+:mod:`eelib.dynamic` (inference that skips the blocks after each
 sample's exit), :mod:`eelib.lm` (the course language model: GPT-2 loading, scoring,
 training), :mod:`eelib.plots` (figures), :mod:`eelib.widgets` (lecture sliders),
 :mod:`eelib.checks` (exercise checks), :mod:`eelib.course` (exercise generation, headless
@@ -22,6 +24,9 @@ from .exits import EarlyExitNet, ExitConfig, ExitHead, ExitOutputs, exit_outputs
 from .lm import COURSE_MODEL, LanguageModel, LMEval, ModelUnavailableError, evaluate_text, load_lm, token_losses
 from .policies import (MEASURES, Calibration, ExitPolicy, PolicyEval, PolicyResult, apply_policy, calibrate,
                        confidence, evaluate_oracle, evaluate_policy, oracle_exits, static_exit, tradeoff_curve)
+from .rejection import (CostModel, GuaranteedThreshold, RejectCalibration, RejectEval, RejectPolicy, RejectResult,
+                        RiskCoverage, SelectiveEval, apply_reject_policy, calibrate_reject, evaluate_reject_policy,
+                        evaluate_selective, guaranteed_threshold, oracle_risk_coverage, risk_coverage_curve)
 from .resnet import BasicBlock, ResNet, ResNetConfig, count_parameters, plain_net, resnet
 from .train import (EvalResult, ExitHistory, History, evaluate, exit_loss, gradient_norms, predict, train,
                     train_exits)
@@ -40,4 +45,8 @@ __all__ = [
     "load_lm", "load_trained", "measure_speedup", "oracle_exits", "plain_net", "predict", "resnet",
     "seed_everything", "static_exit", "token_losses", "torchvision_early_exit", "tradeoff_curve", "train",
     "train_exits",
+    # chapter 5: rejection
+    "CostModel", "GuaranteedThreshold", "RejectCalibration", "RejectEval", "RejectPolicy", "RejectResult",
+    "RiskCoverage", "SelectiveEval", "apply_reject_policy", "calibrate_reject", "evaluate_reject_policy",
+    "evaluate_selective", "guaranteed_threshold", "oracle_risk_coverage", "risk_coverage_curve",
 ]

@@ -1,0 +1,380 @@
+"""Rejection (chapter 5): risk-coverage and AURC, guaranteed thresholds, early exit with a reject option."""
+
+import math
+
+import pytest
+import torch
+
+from eelib import checks
+from eelib.exits import ExitOutputs
+from eelib.rejection import (CONTINUE, EXIT, REJECT, CostModel, RejectPolicy, apply_reject_policy, binomial_tail,
+                             binomial_upper_bound, calibrate_reject, decide, evaluate_reject_policy,
+                             evaluate_selective, guaranteed_threshold, oracle_risk_coverage, risk_coverage_curve)
+
+# --- risk-coverage and AURC on hand-made cases ---------------------------------------------------
+
+
+def test_aurc_without_ties():
+    # sorted by confidence: right, right, wrong, right -> risks 0, 0, 1/3, 1/4 at coverage 1/4 .. 1
+    curve = risk_coverage_curve([0.9, 0.8, 0.7, 0.6], [True, True, False, True])
+    assert curve.coverage.tolist() == [0.25, 0.5, 0.75, 1.0]
+    assert curve.risk.tolist() == pytest.approx([0, 0, 1 / 3, 1 / 4])
+    assert curve.aurc == pytest.approx((1 / 3 + 1 / 4) / 4)  # = 7/48
+
+
+def test_aurc_order_of_samples_does_not_matter_and_entropy_is_reversed():
+    a = risk_coverage_curve([0.6, 0.9, 0.7, 0.8], [True, True, False, True]).aurc
+    assert a == pytest.approx(7 / 48)
+    # entropy: lower is more confident, so the same order is given by the negated scores
+    assert risk_coverage_curve([-0.6, -0.9, -0.7, -0.8], [True, True, False, True], "entropy").aurc == pytest.approx(a)
+
+
+def test_aurc_with_ties_accepts_equal_scores_together():
+    curve = risk_coverage_curve([0.9, 0.9, 0.5], [True, False, True])
+    assert curve.coverage.tolist() == pytest.approx([2 / 3, 1.0])
+    assert curve.risk.tolist() == pytest.approx([0.5, 1 / 3])
+    assert curve.aurc == pytest.approx(0.5 * 2 / 3 + 1 / 3 * 1 / 3)  # 4/9
+
+
+def test_aurc_extremes_and_the_oracle():
+    assert risk_coverage_curve([0.3, 0.2], [True, True]).aurc == 0.0
+    assert risk_coverage_curve([0.3, 0.2], [False, False]).aurc == 1.0
+    worst = risk_coverage_curve([0.9, 0.1], [False, True])  # the error is the most confident
+    assert worst.aurc == pytest.approx((1 + 0.5) / 2)
+    oracle = oracle_risk_coverage([False, True])
+    assert oracle.aurc == pytest.approx((0 + 0.5) / 2)
+    # the oracle of 2 errors in 5: risks 0, 0, 0, 1/4, 2/5
+    assert oracle_risk_coverage([True, False, True, False, True]).aurc == pytest.approx((1 / 4 + 2 / 5) / 5)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        correct = torch.rand(200) < 0.8
+        scores = torch.rand(200) + 0.3 * correct
+    assert oracle_risk_coverage(correct).aurc <= risk_coverage_curve(scores, correct).aurc
+
+
+def test_evaluate_selective_and_risk_at():
+    e = evaluate_selective([0.9, 0.8, 0.7, 0.6], [True, False, True, True], 0.75)
+    assert (e.coverage, e.risk, e.n_accepted, e.n_errors, e.accuracy) == (0.5, 0.5, 2, 1, 0.5)
+    assert evaluate_selective([0.1], [False], 0.5).risk == 0.0  # nothing accepted: no risk
+    curve = risk_coverage_curve([0.9, 0.8, 0.7, 0.6], [True, True, False, True])
+    assert curve.risk_at(0.75) == pytest.approx(1 / 3) and curve.risk_at(0.3) == 0
+
+
+# --- the binomial test and the guaranteed threshold ----------------------------------------------
+
+
+def test_binomial_tail_and_upper_bound():
+    assert float(binomial_tail(0, 10, 0.1)) == pytest.approx(0.9 ** 10)
+    assert float(binomial_tail(1, 10, 0.1)) == pytest.approx(0.9 ** 10 + 10 * 0.1 * 0.9 ** 9)
+    assert float(binomial_tail(10, 10, 0.3)) == pytest.approx(1.0)
+    # Clopper-Pearson with 0 errors: (1 - u)^n = delta
+    assert binomial_upper_bound(0, 50, 0.1) == pytest.approx(1 - 0.1 ** (1 / 50), abs=1e-9)
+    u = binomial_upper_bound(3, 100, 0.05)
+    assert float(binomial_tail(3, 100, u)) == pytest.approx(0.05, abs=1e-6)
+
+
+def test_guaranteed_threshold_on_easy_data():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        scores = torch.rand(2000)
+    correct = ~((scores < 0.2) & (torch.arange(2000) % 2 == 0))  # errors only among the least confident
+    g = guaranteed_threshold(scores, correct, alpha=0.05, delta=0.1)
+    assert g.risk_bound <= 0.05 and g.coverage > 0.7
+    assert g.n_errors / g.n_accepted == pytest.approx(g.risk)
+    e = evaluate_selective(scores, correct, g.threshold)
+    assert (e.n_accepted, e.n_errors) == (g.n_accepted, g.n_errors)
+
+
+def test_guaranteed_threshold_rejects_everything_with_too_few_samples():
+    g = guaranteed_threshold(torch.rand(50), torch.ones(50, dtype=torch.bool), alpha=0.01, delta=0.1)
+    assert g.coverage == 0 and g.threshold == math.inf  # 50 samples cannot certify 1% (needs 230)
+
+
+def _synthetic(n, generator):
+    """Scores uniform in [0, 1]; P(error | score s) = 0.3 * (1 - s)^3: the selective risk is known."""
+    s = torch.rand(n, generator=generator, dtype=torch.float64)
+    wrong = torch.rand(n, generator=generator, dtype=torch.float64) < 0.3 * (1 - s) ** 3
+    return s, ~wrong
+
+
+def _true_risk(t):
+    """Selective risk of accepting s >= t: mean of 0.3 (1 - s)^3 over [t, 1] = 0.3 (1 - t)^3 / 4."""
+    return 0.3 * (1 - t) ** 3 / 4
+
+
+def test_guarantee_holds_over_many_calibration_sets():
+    """The risk of the chosen threshold (known exactly here) is above alpha in at most delta of the draws."""
+    alpha, delta, runs = 0.02, 0.1, 300
+    generator = torch.Generator().manual_seed(0)
+    violations, coverages = 0, []
+    for _ in range(runs):
+        s, c = _synthetic(500, generator)
+        g = guaranteed_threshold(s, c, alpha=alpha, delta=delta)
+        t = min(max(g.threshold, 0.0), 1.0)
+        violations += _true_risk(t) > alpha
+        coverages.append(1 - t)
+    assert violations / runs <= delta
+    assert sum(coverages) / runs > 0.3  # not by rejecting everything (the best threshold covers 64%)
+
+
+def test_the_naive_threshold_violates_the_guarantee():
+    """Without the binomial bound (empirical risk <= alpha), the risk is above alpha about half the time."""
+    alpha, runs = 0.02, 200
+    generator = torch.Generator().manual_seed(1)
+    violations = 0
+    for _ in range(runs):
+        s, c = _synthetic(500, generator)
+        curve = risk_coverage_curve(s, c)
+        ok = (curve.risk <= alpha).nonzero().flatten()
+        violations += _true_risk(float(curve.thresholds[ok[-1]])) > alpha
+    assert violations / runs > 0.2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(alpha=1.5, delta=0.1), r"alpha must be in \(0, 1\), got 1.5"),
+    (dict(alpha=0.0, delta=0.1), r"alpha must be in \(0, 1\), got 0.0"),
+    (dict(alpha=0.1, delta=1), r"delta must be in \(0, 1\), got 1"),
+    (dict(alpha=0.1, delta=-0.2), r"delta must be in \(0, 1\), got -0.2"),
+])
+def test_alpha_and_delta_outside_0_1(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        guaranteed_threshold(torch.rand(10), torch.ones(10, dtype=torch.bool), **kwargs)
+
+
+def test_bad_calibration_sets():
+    with pytest.raises(ValueError, match="calibration set is empty"):
+        guaranteed_threshold(torch.tensor([]), torch.tensor([], dtype=torch.bool), alpha=0.1, delta=0.1)
+    with pytest.raises(ValueError, match="scores has 3 values but correct has 2"):
+        guaranteed_threshold(torch.rand(3), torch.ones(2, dtype=torch.bool), alpha=0.1, delta=0.1)
+    with pytest.raises(ValueError, match="scores has 3 values but correct has 4"):
+        risk_coverage_curve([0.1, 0.2, 0.3], [1, 0, 1, 1])
+    with pytest.raises(ValueError, match="correct must hold booleans"):
+        risk_coverage_curve([0.1, 0.2], [2, 0])
+    with pytest.raises(ValueError, match="measure='confidence' is not a confidence measure"):
+        risk_coverage_curve([0.1, 0.2], [1, 0], "confidence")
+
+
+# --- early exit with a reject option -------------------------------------------------------------
+
+
+def test_decide_exit_continue_reject():
+    scores = torch.tensor([0.95, 0.7, 0.3, 0.9])
+    assert decide(scores, 0.9, 0.5).tolist() == [EXIT, CONTINUE, REJECT, EXIT]
+    assert decide(scores, 0.9, 0.5, final=True).tolist() == [EXIT, EXIT, REJECT, EXIT]
+    # entropy: lower is more confident
+    assert decide(torch.tensor([0.1, 1.0, 2.0]), 0.2, 1.5, "entropy").tolist() == [EXIT, CONTINUE, REJECT]
+
+
+def _outputs(n=400, exits=4, seed=0):
+    """Exits that get better with depth; the confidence says something about being right."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        labels = torch.randint(0, 10, (n,))
+        signal = torch.nn.functional.one_hot(labels, 10).float()
+        easy = torch.rand(n)[None, :, None]
+        logits = torch.stack([torch.randn(n, 10) + (0.5 + 0.7 * k + 2 * easy[0]) * signal for k in range(exits)])
+    return ExitOutputs(logits, labels, tuple(f"e{k}" for k in range(exits)))
+
+
+def test_apply_reject_policy_by_hand():
+    logits = torch.tensor([[[5.0, 0.0], [0.0, 0.1], [0.1, 0.0]],  # exit 0: confident, unsure, unsure
+                           [[0.0, 5.0], [0.0, 0.2], [3.0, 0.0]]])  # final
+    policy = RejectPolicy("max_prob", (0.9,), (0.51, 0.9))
+    r = apply_reject_policy(policy, logits)
+    # exit 0: sample 0 exits (p = 0.99); samples 1 and 2 (p = 0.525) pass the reject threshold 0.51: continue
+    assert r.exits.tolist() == [0, 1, 1]
+    assert r.rejected.tolist() == [False, True, False]  # final: 0.55 < 0.9 rejected; 0.95 accepted
+    assert r.predictions.tolist() == [0, 1, 0]
+    policy = RejectPolicy("max_prob", (0.9,), (0.53, 0.9))  # now sample 1 and 2 are rejected at exit 0
+    r = apply_reject_policy(policy, logits)
+    assert r.exits.tolist() == [0, 0, 0] and r.rejected.tolist() == [False, True, True]
+
+
+def test_evaluate_reject_policy_counts():
+    out = _outputs()
+    costs = CostModel((1.0, 2.0, 3.0, 4.0), 4.0, error_cost=1.0, reject_cost=0.25)
+    e = evaluate_reject_policy(RejectPolicy.exit_only((math.inf,) * 3), out, costs)
+    assert e.coverage == 1 and e.avg_flops == 4.0 and e.accuracy == pytest.approx(out.accuracy_per_exit()[-1])
+    e = evaluate_reject_policy(RejectPolicy.reject_only(4, 0.6), out, costs)
+    p = torch.softmax(out.logits[-1], -1).amax(-1)
+    assert e.coverage == pytest.approx((p >= 0.6).double().mean().item())
+    assert e.cost == pytest.approx(e.error_rate + 0.25 * (1 - e.coverage))
+    assert sum(e.exit_fractions) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("budget", [1.0, 1.3, 1.8, 2.5, 3.2])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_combined_policy_is_never_above_its_budget_on_the_calibration_split(budget, seed):
+    out = _outputs(seed=seed)
+    costs = CostModel((1.0, 2.0, 3.0, 4.0), 4.0, error_cost=1.0, reject_cost=0.2)
+    for mode in ("combined", "exit_only"):
+        cal = calibrate_reject(out, costs, flops_budget=budget, mode=mode)
+        again = evaluate_reject_policy(cal.policy, out, costs)
+        assert again.avg_flops <= budget + 1e-9 and cal.cal == again
+    combined = calibrate_reject(out, costs, flops_budget=budget).cal
+    exit_only = calibrate_reject(out, costs, flops_budget=budget, mode="exit_only").cal
+    assert combined.cost <= exit_only.cost + 1e-12  # exit-only is one of the combined policies
+
+
+def test_reject_only_and_no_budget():
+    out = _outputs()
+    costs = CostModel((1.0, 2.0, 3.0, 4.0), 4.0, error_cost=1.0, reject_cost=0.2)
+    r = calibrate_reject(out, costs, mode="reject_only")
+    assert r.cal.avg_flops == 4.0 and r.cal.coverage < 1 and r.cal.accuracy > out.accuracy_per_exit()[-1]
+    free = calibrate_reject(out, costs)  # no budget: at least as good as reject-only
+    assert free.cal.cost <= r.cal.cost + 1e-12
+    with pytest.raises(ValueError, match=r"flops_budget=2 is below the cheapest reject_only policy"):
+        calibrate_reject(out, costs, flops_budget=2.0, mode="reject_only")
+
+
+def test_calibrate_reject_bad_input():
+    out = _outputs()
+    costs = CostModel((1.0, 2.0, 3.0, 4.0), 4.0)
+    with pytest.raises(ValueError, match=r"flops_budget=0.5 is below .* allowed: flops_budget >= 1"):
+        calibrate_reject(out, costs, flops_budget=0.5)
+    with pytest.raises(ValueError, match="flops_budget must be a positive number"):
+        calibrate_reject(out, costs, flops_budget=-1.0)
+    with pytest.raises(ValueError, match="mode='both' is not allowed; allowed: combined, exit_only, reject_only"):
+        calibrate_reject(out, costs, mode="both")
+    with pytest.raises(ValueError, match="exit_flops has 3 values but there are 4 exits"):
+        calibrate_reject(out, CostModel((1.0, 2.0, 3.0), 3.0))
+    with pytest.raises(ValueError, match="reject_cost .* must be at most error_cost"):
+        CostModel((1.0,), 1.0, error_cost=0.1, reject_cost=0.5)
+    with pytest.raises(ValueError, match="give one reject threshold per exit"):
+        RejectPolicy("max_prob", (0.9, 0.9), (0.5, 0.5))
+
+
+# --- the exercise checks: pass on the reference, explain the usual mistakes -----------------------
+
+
+def ref_risk_coverage(scores, correct):
+    c = risk_coverage_curve(scores, correct)
+    return c.coverage, c.risk
+
+
+def _sorted_wrong(scores, correct, *, descending=True, over_all=False, accuracy=False):
+    order = torch.argsort(scores, descending=descending)
+    wrong = (~correct[order]).double().cumsum(0)
+    k = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    risk = wrong / (len(scores) if over_all else k)
+    return k / len(scores), 1 - risk if accuracy else risk
+
+
+def test_check_risk_coverage(capsys):
+    checks.check_risk_coverage(ref_risk_coverage)
+    assert "Correct" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match=r"\*all\* samples"):
+        checks.check_risk_coverage(lambda s, c: _sorted_wrong(s, c, over_all=True))
+    with pytest.raises(AssertionError, match="accuracy of the accepted"):
+        checks.check_risk_coverage(lambda s, c: _sorted_wrong(s, c, accuracy=True))
+    with pytest.raises(AssertionError, match="descending order"):
+        checks.check_risk_coverage(lambda s, c: _sorted_wrong(s, c, descending=False))
+    with pytest.raises(AssertionError, match="percent"):
+        checks.check_risk_coverage(lambda s, c: (100 * ref_risk_coverage(s, c)[0], ref_risk_coverage(s, c)[1]))
+    with pytest.raises(AssertionError, match="tuple"):
+        checks.check_risk_coverage(lambda s, c: ref_risk_coverage(s, c)[1])
+    with pytest.raises(NotImplementedError):
+        checks.check_risk_coverage(lambda s, c: (_ for _ in ()).throw(NotImplementedError("Exercise")))
+
+
+def _choose(scores, correct, alpha, delta, *, naive=False, no_stop=False, no_start=False):
+    curve = risk_coverage_curve(scores, correct)
+    if naive:
+        return float(curve.thresholds[(curve.risk <= alpha).nonzero().flatten()[-1]])
+    p = binomial_tail(curve.n_errors, curve.n_accepted, alpha)
+    n_min = 1 if no_start else math.ceil(math.log(delta) / math.log(1 - alpha))
+    chosen = math.inf
+    for j in range(len(p)):
+        if curve.n_accepted[j] < n_min:
+            continue
+        if p[j] > delta:
+            if no_stop:
+                continue
+            break
+        chosen = float(curve.thresholds[j])
+    return chosen
+
+
+def test_check_guaranteed_threshold(capsys):
+    checks.check_guaranteed_threshold(_choose)
+    assert "Correct" in capsys.readouterr().out
+    checks.check_guaranteed_threshold(lambda s, c, a, d: guaranteed_threshold(s, c, alpha=a, delta=d).threshold)
+    with pytest.raises(AssertionError, match="empirical"):
+        checks.check_guaranteed_threshold(lambda *a: _choose(*a, naive=True))
+    with pytest.raises(AssertionError, match="stop at the first"):
+        checks.check_guaranteed_threshold(lambda *a: _choose(*a, no_stop=True))
+    with pytest.raises(AssertionError, match="n_min"):
+        checks.check_guaranteed_threshold(lambda *a: _choose(*a, no_start=True))
+
+
+def _exit_or_reject(scores, exit_t, reject_t, *, strict=False, final_continues=False):
+    n = scores.shape[1]
+    exits = torch.full((n,), scores.shape[0] - 1)
+    rejected = torch.zeros(n, dtype=torch.bool)
+    done = torch.zeros(n, dtype=torch.bool)
+    for k in range(scores.shape[0]):
+        s = scores[k]
+        if k < scores.shape[0] - 1:
+            leave = (s > exit_t[k]) if strict else (s >= exit_t[k])
+            rej = ~leave & ((s <= reject_t[k]) if strict else (s < reject_t[k]))
+        else:
+            leave = torch.ones(n, dtype=torch.bool) if final_continues else s >= reject_t[k]
+            rej = ~leave
+        new = ~done & (leave | rej)
+        exits[new] = k
+        rejected[new] = rej[new]
+        done |= new
+    return exits, rejected
+
+
+def test_check_exit_or_reject(capsys):
+    checks.check_exit_or_reject(_exit_or_reject)
+    assert "Correct" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match=">="):
+        checks.check_exit_or_reject(lambda *a: _exit_or_reject(*a, strict=True))
+    with pytest.raises(AssertionError, match="final exit a sample cannot continue"):
+        checks.check_exit_or_reject(lambda *a: _exit_or_reject(*a, final_continues=True))
+    with pytest.raises(AssertionError, match="one value per sample"):
+        checks.check_exit_or_reject(lambda s, e, r: (torch.zeros(3), torch.zeros(3)))
+
+
+def test_empty_calibration_outputs():
+    empty = ExitOutputs(torch.zeros(4, 0, 10), torch.zeros(0, dtype=torch.long), ("a", "b", "c", "d"))
+    with pytest.raises(ValueError, match="calibration set is empty"):
+        calibrate_reject(empty, CostModel((1.0, 2.0, 3.0, 4.0), 4.0))
+
+
+# --- the figures ---------------------------------------------------------------------------------
+
+
+def test_rejection_figures_are_labelled():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eelib import plots
+
+    out = _outputs()
+    scores = torch.softmax(out.logits, -1).amax(-1)
+    curves = {n: risk_coverage_curve(scores[k], out.correct[k]) for k, n in enumerate(out.exit_names)}
+    costs = CostModel((1.0, 2.0, 3.0, 4.0), 4.0)
+    policy = calibrate_reject(out, costs, flops_budget=2.5).policy
+    evals = [evaluate_reject_policy(policy, out, costs)]
+    oracle = oracle_risk_coverage(out.correct[-1])
+    figs = [plots.plot_risk_coverage(curves, oracle=oracle, alpha=0.05, chosen=(0.5, 0.01), min_coverage=0.3),
+            plots.plot_reject_regions(policy, out, n=50),
+            plots.plot_reject_tradeoff({"combined": evals * 2, "reject only": evals}, budget=2.5)]
+    for fig in figs:
+        for ax in fig.axes:
+            assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+        plt.close(fig)
+    legend = [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()]
+    assert legend[0] == f"e0 (AURC {100 * curves['e0'].aurc:.2f}%)" and any("oracle" in t for t in legend)
+    assert figs[0].axes[0].get_xlim()[0] == pytest.approx(30)
+    with pytest.raises(ValueError, match=r"min_coverage must be in \[0, 1\), got 1.5"):
+        plots.plot_risk_coverage(curves, min_coverage=1.5)
+    with pytest.raises(ValueError, match="curves is empty"):
+        plots.plot_risk_coverage({})
+    with pytest.raises(ValueError, match="the policy has 4 exits but outputs has 3"):
+        plots.plot_reject_regions(policy, _outputs(exits=3))
