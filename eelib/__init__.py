@@ -10,7 +10,9 @@ latency and energy per exit), :mod:`eelib.rejection` (selective classification, 
 thresholds with a guarantee, early exit with a reject option under a FLOPs budget),
 :mod:`eelib.dynamic` (inference that skips the blocks after each
 sample's exit), :mod:`eelib.lm` (the course language model: GPT-2 loading, scoring,
-training), :mod:`eelib.plots` (figures), :mod:`eelib.widgets` (lecture sliders),
+training), :mod:`eelib.lm_exits` (exits after GPT-2's layers: logit lens, trained exit heads),
+:mod:`eelib.lm_generate` (early-exit generation with a correct key/value cache),
+:mod:`eelib.tokens` (token difficulty: kinds of token, coloured text), :mod:`eelib.plots` (figures), :mod:`eelib.widgets` (lecture sliders),
 :mod:`eelib.checks` (exercise checks), :mod:`eelib.course` (exercise generation, headless
 notebook runs).
 """
@@ -22,6 +24,11 @@ from .device import get_device, seed_everything
 from .dynamic import DynamicResult, Speedup, dynamic_inference, measure_speedup
 from .exits import EarlyExitNet, ExitConfig, ExitHead, ExitOutputs, exit_outputs, torchvision_early_exit
 from .lm import COURSE_MODEL, LanguageModel, LMEval, ModelUnavailableError, evaluate_text, load_lm, token_losses
+from .lm_exits import (EarlyExitLM, TokenExits, course_exits, heldout_text, load_exit_heads, oracle_layers,
+                       perplexity, threshold_for_agreement, token_exit_outputs, train_exit_heads)
+from .lm_generate import (Decoder, Generation, GenerationSpeed, TokenCosts, early_exit_generate,
+                          measure_generation_speed, token_exit_costs)
+from .tokens import difficulty_by_kind, token_html, token_kinds, token_strings
 from .policies import (MEASURES, Calibration, ExitPolicy, PolicyEval, PolicyResult, apply_policy, calibrate,
                        confidence, evaluate_oracle, evaluate_policy, oracle_exits, static_exit, tradeoff_curve)
 from .rejection import (CostModel, GuaranteedThreshold, RejectCalibration, RejectEval, RejectPolicy, RejectResult,
@@ -35,6 +42,10 @@ from .zoo import RECIPES, Recipe, TrainedModel, load_trained
 __version__ = "0.1.0"
 
 __all__ = [
+    "Decoder", "EarlyExitLM", "Generation", "GenerationSpeed", "measure_generation_speed", "TokenCosts", "TokenExits", "course_exits", "difficulty_by_kind",
+    "early_exit_generate", "heldout_text", "load_exit_heads", "oracle_layers", "perplexity",
+    "threshold_for_agreement", "token_exit_costs", "token_exit_outputs", "token_html", "token_kinds",
+    "token_strings", "train_exit_heads",
     "COURSE_MODEL", "DATASETS", "MEASURES", "OFFLINE_DEFAULT", "RECIPES", "BasicBlock", "Calibration",
     "DataSplits", "DownloadError", "DynamicResult", "EarlyExitNet", "EvalResult", "ExitConfig", "ExitCosts",
     "ExitHead", "ExitHistory", "ExitOutputs", "ExitPolicy", "History", "LMEval", "LanguageModel",

@@ -474,3 +474,119 @@ def check_exit_or_reject(exit_or_reject: Callable) -> None:
         raise AssertionError(f"sample {i} (scores {trace}): got {have}, expected {want}. Hint: {hint}.")
     print(f"Correct: the same exits and rejections as eelib's RejectPolicy for all {n} samples "
           f"({int(expected_rej.sum())} rejected).")
+
+
+# --- chapters 6-7: early exit in GPT-2 ------------------------------------------------------------
+
+def _tiny_gpt2(seed: int = 0, n_layer: int = 4):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=n_layer, n_head=2,
+                                           bos_token_id=0, eos_token_id=0)).eval()
+        with torch.no_grad():  # a trained-looking ln_f: at initialisation (weight 1, bias 0) it is idempotent
+            model.transformer.ln_f.weight.uniform_(0.5, 2.0)
+            model.transformer.ln_f.bias.normal_(0, 0.5)
+        ids = torch.randint(0, 50, (1, 12))
+    return model, ids
+
+
+def check_layer_predictions(layer_predictions: Callable) -> None:
+    """Check ``layer_predictions(model, hidden_states)`` -> ``(n_layers, T)`` top-1 token per layer (logit lens)."""
+    model, ids = _tiny_gpt2()
+    with torch.no_grad():
+        hs = model(ids, output_hidden_states=True).hidden_states
+        tf, head = model.transformer, model.lm_head
+        expected = torch.stack([head(tf.ln_f(h)) for h in hs[1:-1]] + [head(hs[-1])])[:, 0].argmax(-1)
+        twice = torch.stack([head(tf.ln_f(h)) for h in hs[1:]])[:, 0].argmax(-1)
+        no_ln = torch.stack([head(h) for h in hs[1:]])[:, 0].argmax(-1)
+        with_emb = torch.stack([head(tf.ln_f(h)) for h in hs[:-1]] + [head(hs[-1])])[:, 0].argmax(-1)
+    got = _call("layer_predictions", layer_predictions, model, hs)
+    got = torch.as_tensor(got)
+    if got.ndim == 3 and got.shape[1] == 1:
+        got = got[:, 0]
+    n = len(hs) - 1
+    if got.shape == (n + 1, ids.shape[1]):
+        raise AssertionError(f"got {n + 1} rows for {n} layers. Hint: hidden_states[0] is the embeddings (before "
+                             f"any block); the layers are hidden_states[1:] .")
+    assert got.shape == expected.shape, f"return a (n_layers, T) = {tuple(expected.shape)} tensor of token ids, got {tuple(got.shape)}"
+    if not torch.equal(got.long(), expected):
+        if torch.equal(got.long(), twice):
+            hint = ("the last hidden state already has ln_f applied (Hugging Face applies it inside the model): "
+                    "use lm_head(h) for it, lm_head(ln_f(h)) for the others")
+        elif torch.equal(got.long(), no_ln):
+            hint = "apply the final layer norm before the head for the intermediate layers: lm_head(ln_f(h))"
+        elif torch.equal(got.long(), with_emb):
+            hint = "hidden_states[0] is the embeddings; the exit after layer l is hidden_states[l], l = 1..n"
+        else:
+            hint = "for layer l = 1..n-1: lm_head(ln_f(hidden_states[l])).argmax(-1); for the last: lm_head(hidden_states[n])"
+        raise AssertionError(f"the predictions differ from the logit lens at "
+                             f"{int((got.long() != expected).sum())} of {expected.numel()} places. Hint: {hint}.")
+    print(f"Correct: the logit lens's top-1 token at each of the {n} layers.")
+
+
+def check_oracle_exit(oracle_exit: Callable) -> None:
+    """Check ``oracle_exit(predictions, final)`` -> ``(T,)`` earliest exit from which every later exit agrees."""
+    from .exits import ExitOutputs
+    from .lm_exits import oracle_layers
+
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        final = torch.randint(0, 6, (40,))
+        preds = torch.where(torch.rand(4, 40) < torch.tensor([[0.4], [0.6], [0.8], [1.0]]), final, torch.randint(0, 6, (4, 40)))
+    preds[-1] = final
+    expected = oracle_layers(ExitOutputs(torch.nn.functional.one_hot(preds, 6).float(), final, tuple("abcd")))
+    got = torch.as_tensor(_call("oracle_exit", oracle_exit, preds.clone(), final.clone())).long().flatten()
+    assert got.shape == expected.shape, f"return one exit index per token: shape {tuple(expected.shape)}, got {tuple(got.shape)}"
+    if not torch.equal(got, expected):
+        first_agree = (preds == final).float().argmax(0)
+        i = int((got != expected).nonzero()[0])
+        if torch.equal(got, first_agree):
+            hint = ("the first exit that agrees is not enough: every later exit must agree too (token "
+                    f"{i}: predictions {preds[:, i].tolist()}, final {int(final[i])})")
+        elif torch.equal(got, expected + 1) or torch.equal(got, expected - 1):
+            hint = "off by one: return exit indices 0..E-1 (0 = the first exit)"
+        else:
+            hint = (f"token {i} has predictions {preds[:, i].tolist()} at the exits and final {int(final[i])}: "
+                    f"the answer is {int(expected[i])}, you gave {int(got[i])}")
+        raise AssertionError(f"{int((got != expected).sum())} of {len(expected)} tokens differ. Hint: {hint}.")
+    print(f"Correct: the oracle exit of all {len(expected)} tokens (mean exit {expected.float().mean():.2f}).")
+
+
+def check_threshold_for_agreement(threshold_for_agreement: Callable) -> None:
+    """Check ``threshold_for_agreement(scores, agrees, target)`` against :func:`eelib.lm_exits.threshold_for_agreement`."""
+    from .lm_exits import threshold_for_agreement as reference
+
+    with torch.random.fork_rng():
+        torch.manual_seed(11)
+        scores = torch.rand(200)
+        agrees = torch.rand(200) < 0.2 + 0.8 * scores  # confident tokens agree more often
+    scores[:4] = 0.5  # ties: tokens with equal scores leave together
+    for target in (0.95, 0.9, 0.8):
+        expected = reference(scores, agrees, target)
+        got = _call("threshold_for_agreement", threshold_for_agreement, scores.clone(), agrees.clone(), target)
+        assert isinstance(got, (int, float)) or (isinstance(got, torch.Tensor) and got.numel() == 1), (
+            f"return one number (the threshold), got {type(got).__name__}")
+        got = float(got)
+        leave = scores >= got
+        agreement = (agrees | ~leave).double().mean().item()
+        if agreement < target - 1e-9:
+            only_leaving = agrees[leave].float().mean().item() if leave.any() else float("nan")
+            raise AssertionError(f"target {target}: with threshold {got:.4f}, {int(leave.sum())} tokens leave early and "
+                                 f"the agreement over all tokens is {agreement:.4f} < {target}. Hint: a token agrees "
+                                 f"if it leaves and the exit agrees, or if it does not leave (the full model agrees "
+                                 f"with itself); tokens with score >= threshold leave (accuracy among leaving tokens "
+                                 f"only: {only_leaving:.4f}).")
+        if int(leave.sum()) < int((scores >= expected).sum()):
+            share = agrees[leave].double().mean().item() if leave.any() else 1.0
+            if share >= target - 1e-9:
+                hint = ("the target is the agreement over all N tokens, not among the tokens that leave: the others "
+                        "go on to the full model and agree, so (1 - target) * N disagreements are allowed in all")
+            else:
+                hint = ("choose the lowest threshold (the most tokens leaving) whose overall agreement is still >= "
+                        "target: try the distinct scores from the highest down and stop before it drops below")
+            raise AssertionError(f"target {target}: your threshold {got:.4f} lets {int(leave.sum())} tokens leave; the "
+                                 f"lowest threshold that meets the target ({expected:.4f}) lets "
+                                 f"{int((scores >= expected).sum())} leave. Hint: {hint}.")
+    print("Correct: the lowest threshold that keeps the agreement at the target, for targets 0.95, 0.9 and 0.8.")

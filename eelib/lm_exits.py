@@ -295,6 +295,34 @@ def perplexity(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return math.exp(F.cross_entropy(logits[keep].float(), targets[keep]).item())
 
 
+def threshold_for_agreement(scores: torch.Tensor, agrees: torch.Tensor, target: float) -> float:
+    """The lowest threshold for one early exit (tokens with ``score >= threshold`` leave there, the others
+    go on to the full model, which agrees with itself) whose overall agreement is at least ``target``.
+
+    The chapter's exercise; :func:`eelib.policies.calibrate` does the same for several exits.
+
+    Args:
+        scores: ``(N,)`` the exit's confidence (higher = more confident, e.g. max_prob).
+        agrees: ``(N,)`` booleans: does the exit's top-1 equal the full model's.
+        target: the fraction of all N tokens that must agree, in (0, 1].
+
+    Returns:
+        The threshold (one of the scores), or ``inf`` if no token can leave early.
+    """
+    scores, agrees = torch.as_tensor(scores).double().flatten(), torch.as_tensor(agrees).bool().flatten()
+    if len(scores) != len(agrees) or len(scores) == 0:
+        raise ValueError(f"scores ({len(scores)}) and agrees ({len(agrees)}) must be non-empty and of the same length")
+    if not 0 < target <= 1:
+        raise ValueError(f"target must be in (0, 1], got {target!r}")
+    allowed = math.floor((1 - target) * len(scores) + 1e-9)  # disagreements the target tolerates
+    best = math.inf
+    for t in torch.unique(scores).flip(0).tolist():  # from the strictest threshold to the loosest
+        if int((~agrees & (scores >= t)).sum()) > allowed:
+            break
+        best = t
+    return best
+
+
 # --- training the exit heads -----------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -378,3 +406,48 @@ def train_exit_heads(lm: LanguageModel, text: str, *, steps: int = 300, batch_si
         after = _layer_kl(lm, adapters, eval_ids).tolist()
     adapters.eval()
     return adapters, HeadTraining(steps, tuple(before), tuple(after), tuple(losses), time.perf_counter() - start)
+
+
+def shipped_heads_training() -> dict:
+    """How the shipped exit heads were trained: steps, seconds, and the KL (nats per token) per layer
+    1 .. n_layers - 1 before (= logit lens) and after training, on the calibration half of the held-out text."""
+    import json
+
+    return json.loads((course_model_path() / HEADS_FOLDER / "training.json").read_text(encoding="utf-8"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m eelib.lm_exits train``: retrain the course model's exit heads (on its training text)."""
+    import argparse
+    import json
+
+    from .lm import load_corpus, load_lm, split_corpus
+
+    parser = argparse.ArgumentParser(prog="python -m eelib.lm_exits", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train exit heads for every layer of the course model")
+    train.add_argument("--corpus", help="tinyshakespeare.txt (sha256 checked); default: download it")
+    train.add_argument("--steps", type=int, default=400)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    train.add_argument("--out", default=str(course_model_path() / HEADS_FOLDER), help="folder for the heads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_lm(COURSE_MODEL)
+    text, _ = split_corpus(load_corpus(args.corpus))
+    adapters, info = train_exit_heads(lm, text, steps=args.steps, batch_size=args.batch_size,
+                                      eval_text=heldout_text("calibration"))
+    EarlyExitLM(lm, list(range(1, lm.n_layers)), adapters=adapters).save_heads(args.out)
+    summary = dict(steps=info.steps, kl_before=info.kl_before, kl_after=info.kl_after, seconds=info.seconds,
+                   losses=info.losses[::10], batch_size=args.batch_size, context=lm.context_length,
+                   note="KL(final || exit) in nats per token on the calibration half of the held-out text; "
+                        "losses: every 10th training step")
+    (Path(args.out) / "training.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    print(f"trained in {info.seconds:.0f} s; KL per layer before {[round(k, 3) for k in info.kl_before]}, "
+          f"after {[round(k, 3) for k in info.kl_after]}; written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

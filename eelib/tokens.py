@@ -16,7 +16,6 @@ import html
 from dataclasses import dataclass
 from typing import Sequence
 
-import matplotlib
 import torch
 
 from .lm import LanguageModel
@@ -38,9 +37,10 @@ def token_kind(token: str, previous: str = "") -> str:
 
     * ``newline``: only white space;
     * ``punctuation``: no letter or digit;
-    * ``name (capitals)``: a word in capitals of 2 letters or more (the speakers: ``ROMEO``);
-    * ``word continuation``: starts with a letter right after a letter (no space): the second or
-      later piece of a word the tokenizer split;
+    * ``name (capitals)``: a word in capitals (the speakers: ``ROMEO``), or a piece of one: 2
+      capitals or more, or one capital right after a capital;
+    * ``word continuation``: starts with a letter (or an apostrophe: ``'s``) right after a letter
+      (no space): the second or later piece of a word the tokenizer split;
     * ``frequent word``: a word start that is one of :data:`FREQUENT_WORDS`;
     * ``word start``: any other token that begins a word.
     """
@@ -51,9 +51,9 @@ def token_kind(token: str, previous: str = "") -> str:
     if not letters and not any(c.isdigit() for c in core):
         return "punctuation"
     word = "".join(c for c in core if c.isalpha())
-    if len(word) >= 2 and word.isupper():
+    if word.isupper() and (len(word) >= 2 or (token[0].isalpha() and previous[-1:].isupper())):
         return "name (capitals)"
-    if token[0].isalpha() and previous[-1:].isalpha():
+    if (token[0].isalpha() or token[0] == "'") and previous[-1:].isalpha():
         return "word continuation"
     return "frequent word" if word.lower() in FREQUENT_WORDS else "word start"
 
@@ -97,6 +97,8 @@ def difficulty_by_kind(kinds: Sequence[str], layers: Sequence[int] | torch.Tenso
 
 def layer_colours(n_layers: int, cmap: str = "RdYlGn_r") -> list[str]:
     """A hex colour for each layer 1..n_layers: green (early) to red (late)."""
+    import matplotlib
+
     colours = matplotlib.colormaps[cmap]
     return [matplotlib.colors.to_hex(colours(0.1 + 0.8 * (l - 1) / max(n_layers - 1, 1))) for l in range(1, n_layers + 1)]
 
