@@ -609,7 +609,7 @@ def plot_token_costs(costs, *, title: str = "What a token costs, by where it lea
              "keys+values of\na skipped layer": costs.kv_flops}
     bars = a.bar(list(parts), np.asarray(list(parts.values())) / 1e6, color=["tab:blue", "tab:orange", "tab:gray"])
     a.bar_label(bars, fmt="%.2f", fontsize=8)
-    a.set(title=f"Pieces (context {costs.context} tokens)", ylabel="MFLOPs per token")
+    a.set(title=f"Pieces (context {costs.context} tokens)", xlabel="piece of work", ylabel="MFLOPs per token")
     a.grid(alpha=0.3, axis="y")
     x = np.arange(len(costs.exit_names))
     bars = b.bar(x, 100 * np.asarray(costs.relative_flops), color="tab:purple")

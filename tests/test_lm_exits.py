@@ -11,7 +11,7 @@ from eelib.lm_exits import (EarlyExitLM, ExitAdapter, course_exits, heldout_text
                             oracle_layers, perplexity, token_exit_outputs, train_exit_heads)
 from eelib.lm_generate import Decoder, early_exit_generate, token_exit_costs
 from eelib.exits import ExitOutputs
-from eelib.policies import ExitPolicy, calibrate, evaluate_policy
+from eelib.policies import ExitPolicy, apply_policy, calibrate, evaluate_policy
 
 PROMPTS = ("ROMEO:", "First Citizen:\nWe are accounted poor", "KING RICHARD III:\nNow is the winter")
 
@@ -199,7 +199,7 @@ def test_early_exit_skips_the_layers_above_and_copies_the_state_up(course):
              for i, blk in enumerate(course.model.transformer.h)]
     try:
         always = ExitPolicy("max_prob", (-math.inf, -math.inf))  # every token leaves at the first exit
-        dec = Decoder(ee)
+        dec = Decoder(ee, kv="copy")
         gen = early_exit_generate(ee, "ROMEO:", always, max_new_tokens=5, decoder=dec)
     finally:
         for h in hooks:
@@ -238,7 +238,7 @@ def test_counted_flops_match_the_cost_table(course):
     ee = course_exits(course, (2, 4))
     prompt = lmlib.encode(course, "ROMEO:\nWhat")
     policy = ExitPolicy("max_prob", (0.5, 0.5))
-    gen = early_exit_generate(ee, prompt, policy, max_new_tokens=12, count_flops=True)
+    gen = early_exit_generate(ee, prompt, policy, max_new_tokens=12, count_flops=True, kv="copy")
     dec = Decoder(ee)
     with torch.inference_mode():
         from torch.utils.flop_counter import FlopCounterMode
@@ -246,7 +246,7 @@ def test_counted_flops_match_the_cost_table(course):
             dec.prefill(prompt[:-1])
     expected = c.get_total_flops()
     for i, s in enumerate(gen.steps):
-        expected += token_exit_costs(ee, len(prompt) + i).flops[s.exit]
+        expected += token_exit_costs(ee, len(prompt) + i, kv="copy").flops[s.exit]
     assert gen.flops == expected
     assert len({s.exit for s in gen.steps}) > 1  # the check covers more than one exit
     plain = early_exit_generate(ee, prompt, None, max_new_tokens=12, count_flops=True)
@@ -280,3 +280,83 @@ def test_bad_generation_input(course):
         token_exit_costs(ee, 0)
     gen = early_exit_generate(ee, list(range(250)), None, max_new_tokens=40)
     assert len(gen.steps) == 256 - 250 + 1  # stops where the context window is full
+
+
+def test_lazy_filling_gives_the_models_own_cache_and_the_simulated_decisions(course):
+    ee = course_exits(course, (2, 4))
+    ids = lmlib.encode(course, heldout_text("test")[:400])[:60]
+    policy = ExitPolicy("max_prob", (0.3, 0.3))
+    dec = Decoder(ee, kv="lazy")
+    forced = early_exit_generate(ee, ids[:10], policy, force=ids[10:], decoder=dec)
+    # decisions and predictions are those of the simulation on the full model's hidden states
+    sim = apply_policy(policy, ee.exit_logits(ids)[:, 9:-1])
+    assert [s.exit for s in forced.steps] == sim.exits.tolist()
+    assert forced.tokens == sim.predictions.tolist()
+    assert {s.exit for s in forced.steps} == {0, 1, 2} and dec.filled_rows > 0
+    # once a token has gone through every layer, every earlier position's keys and values are the full model's
+    last_full = max(i for i, s in enumerate(forced.steps) if s.exit == 2)
+    upto = 9 + last_full  # step i reads the token at position 9 + i: positions 0 .. upto are complete
+    full = Decoder(ee)
+    with torch.no_grad():
+        full.prefill(ids[:upto + 1])
+    assert torch.allclose(dec.keys[:, :, :upto + 1], full.keys[:, :, :upto + 1], atol=1e-4)
+    assert torch.allclose(dec.values[:, :, :upto + 1], full.values[:, :, :upto + 1], atol=1e-4)
+    assert all(p > upto for p in dec.pending)  # only tokens after the last deep one still wait
+    with pytest.raises(ValueError, match="kv must be one of lazy, copy"):
+        Decoder(ee, kv="skip")
+
+
+def test_copy_up_changes_later_tokens_lazy_does_not(course):
+    ee = course_exits(course, (2, 4))
+    ids = lmlib.encode(course, heldout_text("test")[:400])[:50]
+    policy = ExitPolicy("max_prob", (0.3, 0.3))
+    sim = apply_policy(policy, ee.exit_logits(ids)[:, 9:-1]).predictions.tolist()
+    lazy = early_exit_generate(ee, ids[:10], policy, force=ids[10:], kv="lazy")
+    copy = early_exit_generate(ee, ids[:10], policy, force=ids[10:], kv="copy")
+    assert lazy.tokens == sim and copy.tokens != sim
+    assert lazy.layers_computed > lazy.avg_layers and copy.layers_computed == copy.avg_layers
+
+
+def test_threshold_for_agreement_by_hand():
+    from eelib.lm_exits import threshold_for_agreement
+
+    scores = torch.tensor([0.9, 0.8, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+    agrees = torch.tensor([1, 1, 0, 1, 0, 1, 1, 0, 0, 1], dtype=torch.bool)
+    assert threshold_for_agreement(scores, agrees, 1.0) == pytest.approx(0.9)  # 0.8 would let a disagreeing token out
+    assert threshold_for_agreement(scores, agrees, 0.9) == pytest.approx(0.6)  # one disagreement allowed
+    assert threshold_for_agreement(scores, agrees, 0.8) == pytest.approx(0.3)  # two
+    assert threshold_for_agreement(scores, agrees, 0.5) == pytest.approx(0.05)  # everyone leaves
+    assert threshold_for_agreement(torch.tensor([0.7]), torch.tensor([False]), 0.99) == math.inf
+    with pytest.raises(ValueError, match="target must be in"):
+        threshold_for_agreement(scores, agrees, 0)
+    with pytest.raises(ValueError, match="same length"):
+        threshold_for_agreement(scores, agrees[:3], 0.9)
+
+
+def test_measured_generation_speed(course):
+    from eelib.lm_generate import measure_generation_speed
+
+    ee = course_exits(course, (2, 4))
+    prompts = [lmlib.encode(course, "ROMEO:"), "KING RICHARD III:\n"]
+    speed = measure_generation_speed(ee, prompts, ExitPolicy("max_prob", (0.5, 0.5)), max_new_tokens=6, repeats=1)
+    assert speed.tokens == 12 and set(speed.seconds) == {"early exit", "no exits", "never exit", "HF generate"}
+    assert all(t > 0 for t in speed.seconds.values()) and speed.speedup("no exits") == 1.0
+    assert speed.tokens_per_second("early exit") == pytest.approx(12 / speed.seconds["early exit"])
+    with pytest.raises(ValueError, match="loops must be some of"):
+        measure_generation_speed(ee, prompts, ExitPolicy("max_prob", (0.5, 0.5)), loops=("fast",))
+
+
+def test_retrain_heads_command(tmp_path):
+    from pathlib import Path
+
+    from eelib import lm_exits
+
+    corpus = Path(__file__).resolve().parents[2] / "shared" / "data" / lmlib.CORPUS_FILE
+    if not corpus.is_file():
+        pytest.skip("needs ../shared/data/tinyshakespeare.txt")
+    assert lm_exits.main(["train", "--corpus", str(corpus), "--steps", "2", "--batch-size", "1",
+                          "--out", str(tmp_path)]) == 0
+    info = __import__("json").loads((tmp_path / "training.json").read_text())
+    assert info["steps"] == 2 and len(info["kl_after"]) == 7
+    course = lmlib.load_lm(lmlib.COURSE_MODEL, device="cpu")
+    assert load_exit_heads(course, [2], tmp_path).num_exits == 2
