@@ -296,7 +296,7 @@ def test_check_risk_coverage(capsys):
         checks.check_risk_coverage(lambda s, c: (_ for _ in ()).throw(NotImplementedError("Exercise")))
 
 
-def _choose(scores, correct, alpha, delta, *, naive=False, no_stop=False, no_start=False):
+def _choose(scores, correct, alpha, delta, *, naive=False, no_stop=False, no_start=False, first_failure=False):
     curve = risk_coverage_curve(scores, correct)
     if naive:
         return float(curve.thresholds[(curve.risk <= alpha).nonzero().flatten()[-1]])
@@ -309,6 +309,8 @@ def _choose(scores, correct, alpha, delta, *, naive=False, no_stop=False, no_sta
         if p[j] > delta:
             if no_stop:
                 continue
+            if first_failure:
+                chosen = float(curve.thresholds[j])
             break
         chosen = float(curve.thresholds[j])
     return chosen
@@ -324,6 +326,8 @@ def test_check_guaranteed_threshold(capsys):
         checks.check_guaranteed_threshold(lambda *a: _choose(*a, no_stop=True))
     with pytest.raises(AssertionError, match="n_min"):
         checks.check_guaranteed_threshold(lambda *a: _choose(*a, no_start=True))
+    with pytest.raises(AssertionError, match="return the last one that passed"):
+        checks.check_guaranteed_threshold(lambda *a: _choose(*a, first_failure=True))
 
 
 def _exit_or_reject(scores, exit_t, reject_t, *, strict=False, final_continues=False):
