@@ -428,6 +428,10 @@ def check_guaranteed_threshold(choose_threshold: Callable) -> None:
         elif len(anywhere) and got == curve.thresholds[anywhere[-1]].item():
             hint = ("stop at the first candidate whose p-value is above delta (fixed-sequence testing): going on "
                     "past a failure loses the guarantee")
+        elif any(got == curve.thresholds[j].item() and j > 0 and curve.thresholds[j - 1].item() == expected.threshold
+                 for j in range(len(curve.thresholds))):
+            hint = ("that is the first candidate whose p-value is above delta: return the last one that passed, "
+                    "the one before it")
         elif math.isinf(got):
             hint = (f"the first candidates accept too few samples to pass even with no error: start at the first "
                     f"one that accepts at least n_min = ceil(log(delta) / log(1 - alpha)) = {n_min} samples")

@@ -441,6 +441,7 @@ def plot_reject_regions(policy: "RejectPolicy", outputs: "ExitOutputs", *, n: in
 
     if outputs.num_exits != policy.num_exits:
         raise ValueError(f"the policy has {policy.num_exits} exits but outputs has {outputs.num_exits}")
+    policy.check(outputs.num_exits, outputs.logits.shape[-1])
     m = get_measure(policy.measure)
     scores = confidence(outputs.logits, policy.measure)
     exits, _ = _route(scores, policy)

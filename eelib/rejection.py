@@ -236,8 +236,9 @@ def guaranteed_threshold(scores, correct, *, alpha: float, delta: float,
            candidate ``j`` accepts ``n_j`` calibration samples, ``k_j`` of them wrong.
         2. For each candidate, the null hypothesis "its selective risk is above alpha" has the
            exact binomial p-value ``p_j = P(Binomial(n_j, alpha) <= k_j)`` (given ``n_j``
-           accepted samples, their errors are binomial with the selective risk as rate);
-           ``p_j <= delta`` is the same as the Clopper-Pearson upper bound being ``<= alpha``.
+           accepted samples, their errors are binomial with the selective risk as rate, and the
+           tail only grows as the rate drops to alpha, the edge of the null); ``p_j <= delta`` is
+           the same as the one-sided Clopper-Pearson ``1 - delta`` upper bound being ``<= alpha``.
         3. Fixed-sequence testing: the candidates that accept fewer than
            ``n_min = ceil(log(delta) / log(1 - alpha))`` samples cannot pass even with no error
            (a choice made from the counts alone, never the errors), so the sequence starts at the
@@ -248,10 +249,14 @@ def guaranteed_threshold(scores, correct, *, alpha: float, delta: float,
         4. The threshold is the last certified candidate (the largest coverage); if none is,
            every sample is rejected (threshold +inf, or -inf for entropy).
 
-    The guarantee holds over the draw of the calibration data, for new data from the same
-    distribution (exchangeable samples). The candidates come from the calibration scores, as in
-    Geifman & El-Yaniv (2017); ``benchmarks/rejection.py`` and the tests check the violation rate
-    over many random splits.
+    The guarantee is about the *true* selective risk (on the distribution), over the draw of the
+    calibration data, for new data from the same distribution; it says nothing about the
+    empirical risk of one finite test set, which is noisy around the true risk. One caveat: the
+    Learn-then-Test proof takes a list of candidates fixed before the data are seen; here, as in
+    Geifman & El-Yaniv (2017), the candidates are the calibration scores and the start depends on
+    how many samples they accept (never on which are wrong). The tests check the guarantee against
+    the exact true risk on synthetic data, ``benchmarks/rejection.py`` over random splits of the
+    course network's outputs.
 
     Args:
         scores: each calibration sample's confidence measure ``(N,)``.
@@ -320,6 +325,19 @@ class RejectPolicy:
     def num_exits(self) -> int:
         return len(self.reject_thresholds)
 
+    def check(self, num_exits: int, num_classes: int) -> None:
+        """Raise a ValueError unless the policy fits a model with these exits and classes: one reject
+        threshold per exit, and every finite threshold in the range of the measure."""
+        if self.num_exits != num_exits:
+            raise ValueError(f"reject_thresholds has {self.num_exits} values but the model has {num_exits} exits: "
+                             f"give one per exit (the final included) and {num_exits - 1} exit_thresholds")
+        lo, hi = get_measure(self.measure).range(num_classes, num_exits)
+        for name in ("exit_thresholds", "reject_thresholds"):
+            bad = [t for t in getattr(self, name) if not math.isinf(t) and not lo - 1e-9 <= t <= hi + 1e-9]
+            if bad:
+                raise ValueError(f"{name} {bad} are outside the range of {self.measure} with {num_classes} "
+                                 f"classes: allowed [{lo:.4g}, {hi:.4g}], or inf / -inf")
+
     @classmethod
     def exit_only(cls, exit_thresholds: Sequence[float], measure: str = "max_prob") -> "RejectPolicy":
         """A chapter 4 policy: no sample is ever rejected."""
@@ -374,9 +392,7 @@ def apply_reject_policy(policy: RejectPolicy, logits: torch.Tensor) -> RejectRes
     """Simulate a reject policy on the logits of every exit ``(E, N, C)`` (all computed beforehand)."""
     if logits.ndim != 3:
         raise ValueError(f"logits must have shape (num_exits, N, num_classes), got {tuple(logits.shape)}")
-    if logits.shape[0] != policy.num_exits:
-        raise ValueError(f"the policy has {policy.num_exits} reject thresholds but the logits have "
-                         f"{logits.shape[0]} exits")
+    policy.check(logits.shape[0], logits.shape[-1])
     exits, rejected = _route(get_measure(policy.measure).fn(logits), policy)
     return RejectResult(exits, logits.argmax(-1).gather(0, exits[None])[0], rejected)
 

@@ -190,6 +190,25 @@ def test_apply_reject_policy_by_hand():
     assert r.exits.tolist() == [0, 0, 0] and r.rejected.tolist() == [False, True, True]
 
 
+def test_reject_policy_thresholds_must_lie_in_the_range_of_the_measure():
+    logits = torch.zeros(3, 4, 10)  # 3 exits, 10 classes: max_prob in [0.1, 1], entropy in [0, log 10]
+    with pytest.raises(ValueError, match=r"reject_thresholds \[1.5\] are outside the range of max_prob with 10 "
+                                         r"classes: allowed \[0.1, 1\], or inf / -inf"):
+        apply_reject_policy(RejectPolicy("max_prob", (0.9, 0.9), (0.5, 0.5, 1.5)), logits)
+    with pytest.raises(ValueError, match=r"exit_thresholds \[0.05\] are outside the range of max_prob"):
+        apply_reject_policy(RejectPolicy("max_prob", (0.05, 0.9), (0.5, 0.5, 0.5)), logits)
+    with pytest.raises(ValueError, match=r"reject_thresholds \[3.0\] are outside the range of entropy with 10 "
+                                         r"classes: allowed \[0, 2.303\]"):
+        apply_reject_policy(RejectPolicy("entropy", (0.1, 0.1), (math.inf, 3.0, 1.0)), logits)
+    with pytest.raises(ValueError, match="reject_thresholds has 3 values but the model has 4 exits"):
+        apply_reject_policy(RejectPolicy("max_prob", (0.9, 0.9), (0.5, 0.5, 0.5)), torch.zeros(4, 2, 10))
+    # inf / -inf and the ends of the range are allowed
+    apply_reject_policy(RejectPolicy("max_prob", (math.inf, 1.0), (-math.inf, 0.1, 0.5)), logits)
+    with pytest.raises(ValueError, match="outside the range of max_prob"):
+        evaluate_reject_policy(RejectPolicy("max_prob", (0.9, 0.9, 0.9), (0.5, 0.5, 0.5, 2.0)), _outputs(),
+                               CostModel((1.0, 2.0, 3.0, 4.0), 4.0))
+
+
 def test_evaluate_reject_policy_counts():
     out = _outputs()
     costs = CostModel((1.0, 2.0, 3.0, 4.0), 4.0, error_cost=1.0, reject_cost=0.25)
@@ -277,7 +296,7 @@ def test_check_risk_coverage(capsys):
         checks.check_risk_coverage(lambda s, c: (_ for _ in ()).throw(NotImplementedError("Exercise")))
 
 
-def _choose(scores, correct, alpha, delta, *, naive=False, no_stop=False, no_start=False):
+def _choose(scores, correct, alpha, delta, *, naive=False, no_stop=False, no_start=False, first_failure=False):
     curve = risk_coverage_curve(scores, correct)
     if naive:
         return float(curve.thresholds[(curve.risk <= alpha).nonzero().flatten()[-1]])
@@ -290,6 +309,8 @@ def _choose(scores, correct, alpha, delta, *, naive=False, no_stop=False, no_sta
         if p[j] > delta:
             if no_stop:
                 continue
+            if first_failure:
+                chosen = float(curve.thresholds[j])
             break
         chosen = float(curve.thresholds[j])
     return chosen
@@ -305,6 +326,8 @@ def test_check_guaranteed_threshold(capsys):
         checks.check_guaranteed_threshold(lambda *a: _choose(*a, no_stop=True))
     with pytest.raises(AssertionError, match="n_min"):
         checks.check_guaranteed_threshold(lambda *a: _choose(*a, no_start=True))
+    with pytest.raises(AssertionError, match="return the last one that passed"):
+        checks.check_guaranteed_threshold(lambda *a: _choose(*a, first_failure=True))
 
 
 def _exit_or_reject(scores, exit_t, reject_t, *, strict=False, final_continues=False):
