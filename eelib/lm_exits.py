@@ -116,8 +116,6 @@ class EarlyExitLM(nn.Module):
         self.model = lm.model
         self.exit_layers = tuple(layers)
         self.adapters = None if adapters is None else nn.ModuleList(adapters)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -381,7 +379,8 @@ def train_exit_heads(lm: LanguageModel, text: str, *, steps: int = 300, batch_si
         raise ValueError(f"text has {len(tokens)} tokens; training needs more than context={context}")
     eval_ids = encode(lm, eval_text)[: 4 * context] if eval_text else tokens[-4 * context:]
     eval_ids = eval_ids[: len(eval_ids) // context * context].view(-1, context).to(lm.device)
-    for p in lm.model.parameters():
+    trainable = [p for p in lm.model.parameters() if p.requires_grad]
+    for p in trainable:  # frozen while the heads train, as it was afterwards
         p.requires_grad_(False)
     adapters = new_adapters(lm)
     with torch.no_grad():
@@ -404,6 +403,8 @@ def train_exit_heads(lm: LanguageModel, text: str, *, steps: int = 300, batch_si
         bar.set_postfix(kl=f"{losses[-1]:.3f}")
     with torch.no_grad():
         after = _layer_kl(lm, adapters, eval_ids).tolist()
+    for p in trainable:
+        p.requires_grad_(True)
     adapters.eval()
     return adapters, HeadTraining(steps, tuple(before), tuple(after), tuple(losses), time.perf_counter() - start)
 

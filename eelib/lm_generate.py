@@ -5,15 +5,26 @@ key/value cache (batch size 1), so that the loop can stop after any layer. Each 
 goes up the stack; at each exit (:class:`~eelib.lm_exits.EarlyExitLM`) the policy's confidence
 measure decides whether it leaves there.
 
-**The key/value cache of the skipped layers** (the choice, as in CALM, Schuster et al. 2022):
-a token that leaves after layer ``l`` has no hidden state in the layers above, but later tokens
-attend to its keys and values there. We *copy its exited hidden state up*: the keys and values
-of every skipped layer ``j > l`` are computed from it, ``k, v = c_attn_j(ln_1_j(h_l))`` (the
-key and value thirds of the projection only). That costs a quarter of a layer of the course
-model's FLOPs per skipped layer, and it is counted. (The alternative, filling the missing
-entries lazily by running the skipped layers when a later token needs them, pays most of the
-skipped compute back.) With a policy that never exits, nothing is copied and the loop is
-exactly the model's greedy decoding (tested against ``generate``).
+**The key/value cache of the skipped layers.** A token that leaves after layer ``l`` has no
+hidden state in the layers above, but every later token attends to its keys and values there.
+Two choices (``kv=``):
+
+* ``"lazy"`` (the default): the skipped layers run *later*, for that token, in the same block call
+  as the next token that goes deeper (EE-LLM's "KV recomputation", Chen et al. 2023). The cache is
+  then exactly the full model's, and the exit decisions are exactly those simulated on the full
+  model's hidden states (tested): the calibrated agreement holds. The FLOPs of the skipped layers
+  are paid back (unless no later token goes deeper), but the token's prediction is out after
+  ``l`` layers, and on hardware where a block call costs about the same for 1 or a few tokens
+  (a CPU or GPU at batch size 1), the deferred rows cost little time.
+* ``"copy"`` (CALM, Schuster et al. 2022): the keys and values of every skipped layer ``j > l``
+  are computed at once from the exited hidden state, ``k, v = c_attn_j(ln_1_j(h_l))`` (the key
+  and value thirds of the projection only: a quarter of a layer of the course model per skipped
+  layer, counted). Cheaper, but those keys and values are not what the deeper layers would have
+  written, and every later token reads them: on the course model, thresholds calibrated for 95%
+  agreement gave 80% under copy-up (``benchmarks/gpt2_exits.py``).
+
+With a policy that never exits, either way the loop is exactly the model's greedy decoding
+(tested against ``generate``).
 
 Attention is written out as two matrix products (not ``scaled_dot_product_attention``), so
 ``FlopCounterMode`` counts it on every device: with torch 2.14 it counts **0 FLOPs** for

@@ -567,6 +567,8 @@ def plot_logit_lens(tokens: Sequence[str], predictions: Sequence[Sequence[str]],
         predictions: ``[exit][position]`` predicted tokens' texts.
         agree: ``(num_exits, T)`` booleans: agrees with the final exit.
     """
+    if hasattr(agree, "detach"):  # a tensor, maybe on the GPU
+        agree = agree.detach().cpu()
     agree = np.asarray(agree, dtype=float)
     E, T = agree.shape
     if len(tokens) != T or len(predictions) != E or len(exit_names) != E:

@@ -90,10 +90,13 @@ def test_bad_exit_layers(tiny):
 
 def test_trained_heads_train_save_and_load(tiny, tmp_path):
     text = _tiny_text(seed=1)
+    weights = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    flags = [p.requires_grad for p in tiny.model.parameters()]
     adapters, info = train_exit_heads(tiny, text, steps=25, batch_size=4, lr=1e-2, progress=False)
     assert len(info.losses) == 25 and len(info.kl_before) == tiny.n_layers - 1
     assert sum(info.kl_after) < sum(info.kl_before)  # closer to the final distribution than the logit lens
-    assert all(not p.requires_grad for p in tiny.model.parameters())  # the model stayed frozen
+    assert all(torch.equal(v, weights[k]) for k, v in tiny.model.state_dict().items())  # the model stayed frozen
+    assert [p.requires_grad for p in tiny.model.parameters()] == flags  # and is given back as it was
     ee = EarlyExitLM(tiny, [1, 3], adapters=adapters)
     ee.save_heads(tmp_path / "heads")
     again = load_exit_heads(tiny, [1, 3], tmp_path / "heads")
