@@ -59,6 +59,19 @@ def test_every_code_cell_is_introduced_by_markdown(path):
     assert nb.cells[0].cell_type == "markdown"
 
 
+@pytest.mark.parametrize("path", sorted(p for f in ("notebooks", "solutions") for p in (ROOT / f).glob("*.ipynb")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_figures_are_shown_once(path):
+    """A cell ending in ``plots.f(...)`` shows the figure twice (the inline backend and the returned value)
+    unless the call ends with a semicolon."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.source.strip():
+            last = re.split(r"\n(?=\S)", cell.source.rstrip())[-1]  # the last top-level statement
+            assert not last.startswith("plots.") or last.endswith(";"), (
+                f"{path.name}: end the figure call with ';' so that it is shown once:\n{last}")
+
+
 def test_exercise_hook_fails_a_check_that_passes_on_a_blank_exercise(tmp_path):
     """The root conftest's hook: a tagged cell in exercises/ that does not raise is a failure."""
     (tmp_path / "conftest.py").write_text((ROOT / "conftest.py").read_text(encoding="utf-8"), encoding="utf-8")
