@@ -14,16 +14,18 @@ The course model (8 layers) with its shipped trained exit heads after ``--exits`
 3. Results (keys of ``benchmarks/results/gpt2_exits.json``):
 
    * ``agreement``: fraction of positions where early-exit decoding, teacher-forced on the full
-     model's continuation, predicts the same token as the full model;
-   * ``avg_layers``: mean layers run per token before its prediction leaves, in that
-     teacher-forced run (the key/value cache is filled lazily, ``kv="lazy"``: the layers a token
-     skipped run later, batched with the next deeper token; ``avg_layers_computed`` counts them
-     too, and ``copy_kv_agreement`` is the agreement with CALM's copy-up instead);
-     ``oracle_avg_layers``: the oracle on the same exits and tokens (each token's earliest exit
-     from which every later exit agrees with the final one);
+     model's continuation, predicts the same token as the full model
+     (:func:`eelib.lm_generate.teacher_forced_eval`);
+   * ``avg_layers``: mean layers **computed** per token in that run. The key/value cache is
+     filled lazily (``kv="lazy"``): the layers a token skipped run later, batched with the next
+     token that goes deeper, so they count. ``avg_exit_layer`` is the mean layer after which a
+     prediction left (the layers run before it was out); ``oracle_avg_layers``: the oracle's exit
+     layer on the same exits and tokens (each token's earliest exit from which every later exit
+     agrees with the final one); ``copy_kv``: the same figures with CALM's copy-up instead (the
+     skipped layers are not run, their keys and values are computed from the exited state);
    * ``ideal_speedup``: FLOPs of generation without exits / FLOPs of early-exit generation
-     (``FlopCounterMode``, free-running, prompt processing, exit heads and the copied-up keys
-     and values included);
+     (``FlopCounterMode``, free-running, prompt processing, exit heads and the deferred layers
+     included);
    * ``speedup``: measured tokens per second of early-exit generation / the same loop without
      exits (whole calls, prompt included; the fastest of ``--repeats`` interleaved runs per
      prompt); ``speedup_vs_hf_generate``: the same against Hugging Face ``generate`` (greedy,
@@ -45,9 +47,8 @@ import torch
 
 import eelib
 from eelib.lm import encode
-from eelib.lm_exits import course_exits, heldout_text, oracle_layers, token_exit_outputs
-from eelib.exits import ExitOutputs
-from eelib.lm_generate import early_exit_generate, measure_generation_speed, token_exit_costs
+from eelib.lm_exits import course_exits, heldout_text, token_exit_outputs
+from eelib.lm_generate import early_exit_generate, measure_generation_speed, teacher_forced_eval, token_exit_costs
 from eelib.policies import ExitPolicy, calibrate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpt2_exits.json"
@@ -84,38 +85,26 @@ def main(argv: list[str] | None = None) -> dict:
     starts = torch.linspace(0, len(ids) - args.prompt_tokens - 1, args.prompts).long().tolist()
     prompts = [ids[s:s + args.prompt_tokens] for s in starts]
 
-    agree, layers, oracle, n_tok, equals_hf = 0, 0, 0.0, 0, True
-    exit_counts = torch.zeros(ee.num_exits)
-    flops_full = flops_early = 0
-    free_layers = free_agree = computed = copy_agree = 0
+    lazy = teacher_forced_eval(ee, prompts, policy, max_new_tokens=args.new_tokens, kv="lazy")
+    copy = teacher_forced_eval(ee, prompts, policy, max_new_tokens=args.new_tokens, kv="copy")
+    equals_hf, flops_full, flops_early, flops_copy, free_exit_layers, free_same = True, 0, 0, 0, 0.0, 0
     for p in prompts:
-        full = early_exit_generate(ee, p, None, max_new_tokens=args.new_tokens)
-        target = full.tokens
+        full = early_exit_generate(ee, p, None, max_new_tokens=args.new_tokens, count_flops=True)
         hf = lm.model.generate(p[None], attention_mask=torch.ones(1, len(p), dtype=torch.long), do_sample=False,
                                max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                                pad_token_id=lm.tokenizer.eos_token_id)[0, len(p):].tolist()
-        equals_hf &= hf == target
-        forced = early_exit_generate(ee, p, policy, force=target)
-        agree += sum(a == b for a, b in zip(forced.tokens, target))
-        layers += sum(s.layers for s in forced.steps)
-        computed += forced.layers_computed * len(forced.steps)
-        copied = early_exit_generate(ee, p, policy, force=target, kv="copy")  # the other key/value choice
-        copy_agree += sum(a == b for a, b in zip(copied.tokens, target))
-        for s in forced.steps:
-            exit_counts[s.exit] += 1
-        n_tok += len(target)
-        # the oracle on the same tokens: every exit's prediction in one full forward pass
-        seq = torch.cat([p, torch.tensor(target[:-1])])
-        logits = ee.exit_logits(seq)[:, len(p) - 1:]
-        out = ExitOutputs(logits, torch.tensor(target), ee.exit_names)
-        oracle += torch.tensor(ee.layers)[oracle_layers(out)].sum().item()
-        # free-running: FLOPs and time
-        early = early_exit_generate(ee, p, policy, max_new_tokens=args.new_tokens)
-        free_layers += sum(s.layers for s in early.steps)
-        free_agree += sum(a == b for a, b in zip(early.tokens, target))
-        flops_full += early_exit_generate(ee, p, None, max_new_tokens=args.new_tokens, count_flops=True).flops
-        flops_early += early_exit_generate(ee, p, policy, max_new_tokens=args.new_tokens, count_flops=True).flops
+        equals_hf &= hf == full.tokens
+        early = early_exit_generate(ee, p, policy, max_new_tokens=args.new_tokens, count_flops=True)  # free-running
+        flops_full += full.flops
+        flops_early += early.flops
+        flops_copy += early_exit_generate(ee, p, policy, max_new_tokens=args.new_tokens, count_flops=True,
+                                          kv="copy").flops
+        free_exit_layers += early.avg_exit_layer * len(early.steps)
+        free_same += sum(a == b for a, b in zip(early.tokens, full.tokens))
+    n_tok = lazy.tokens
     speed = measure_generation_speed(ee, prompts, policy, max_new_tokens=args.new_tokens, repeats=args.repeats)
+    speed_copy = measure_generation_speed(ee, prompts, policy, max_new_tokens=args.new_tokens, repeats=args.repeats,
+                                          kv="copy", loops=("early exit", "no exits"))
     results = {
         "n_layers": n,
         "exit_layers": list(ee.exit_layers),
@@ -125,15 +114,17 @@ def main(argv: list[str] | None = None) -> dict:
         "calibration_agreement": cal.val.accuracy,
         "calibration_tokens": args.calibration_tokens,
         "per_exit_thresholds": args.per_exit,
-        "agreement": agree / n_tok,
-        "avg_layers": layers / n_tok,
-        "oracle_avg_layers": oracle / n_tok,
+        "agreement": lazy.agreement,
+        "avg_layers": lazy.avg_layers_computed,
+        "avg_exit_layer": lazy.avg_exit_layer,
+        "oracle_avg_layers": lazy.oracle_avg_layers,
         "kv": "lazy",
-        "avg_layers_computed": computed / n_tok,
-        "copy_kv_agreement": copy_agree / n_tok,
-        "exit_shares": (exit_counts / n_tok).tolist(),
-        "free_running_avg_layers": free_layers / n_tok,
-        "free_running_same_token_share": free_agree / n_tok,
+        "exit_shares": list(lazy.exit_shares),
+        "copy_kv": {"agreement": copy.agreement, "avg_layers": copy.avg_layers_computed,
+                    "avg_exit_layer": copy.avg_exit_layer, "ideal_speedup": flops_full / flops_copy,
+                    "speedup": speed_copy.speedup("early exit")},
+        "free_running_avg_exit_layer": free_exit_layers / n_tok,
+        "free_running_same_token_share": free_same / n_tok,
         "ideal_speedup": flops_full / flops_early,
         "flops_full": flops_full,
         "flops_early": flops_early,
@@ -151,9 +142,12 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"exits after layers {list(ee.exit_layers)} of {n}; {args.measure} thresholds "
           f"{', '.join(f'{t:.3f}' for t in policy.thresholds)} (calibration agreement {cal.val.accuracy:.3f})")
-    print(f"{'agreement':>10} {'avg_layers':>10} {'oracle':>7} {'ideal':>7} {'speedup':>8} {'vs HF':>7}")
-    print(f"{results['agreement']:10.3f} {results['avg_layers']:10.2f} {results['oracle_avg_layers']:7.2f} "
+    print(f"{'agreement':>10} {'avg_layers':>10} {'exit layer':>10} {'oracle':>7} {'ideal':>7} {'speedup':>8} {'vs HF':>7}")
+    print(f"{results['agreement']:10.3f} {results['avg_layers']:10.2f} {results['avg_exit_layer']:10.2f} "
+          f"{results['oracle_avg_layers']:7.2f} "
           f"{results['ideal_speedup']:6.2f}x {results['speedup']:7.2f}x {results['speedup_vs_hf_generate']:6.2f}x")
+    print(f"copy-up instead of lazy filling: agreement {copy.agreement:.3f}, {copy.avg_layers_computed:.2f} layers, "
+          f"ideal {flops_full / flops_copy:.2f}x, speedup {speed_copy.speedup('early exit'):.2f}x")
     print(f"written to {args.out}")
     return results
 

@@ -26,8 +26,8 @@ from .exits import EarlyExitNet, ExitConfig, ExitHead, ExitOutputs, exit_outputs
 from .lm import COURSE_MODEL, LanguageModel, LMEval, ModelUnavailableError, evaluate_text, load_lm, token_losses
 from .lm_exits import (EarlyExitLM, TokenExits, course_exits, heldout_text, load_exit_heads, oracle_layers,
                        perplexity, threshold_for_agreement, token_exit_outputs, train_exit_heads)
-from .lm_generate import (Decoder, Generation, GenerationSpeed, TokenCosts, early_exit_generate,
-                          measure_generation_speed, token_exit_costs)
+from .lm_generate import (Decoder, ForcedEval, Generation, GenerationSpeed, TokenCosts, early_exit_generate,
+                          measure_generation_speed, teacher_forced_eval, token_exit_costs)
 from .tokens import difficulty_by_kind, token_html, token_kinds, token_strings
 from .policies import (MEASURES, Calibration, ExitPolicy, PolicyEval, PolicyResult, apply_policy, calibrate,
                        confidence, evaluate_oracle, evaluate_policy, oracle_exits, static_exit, tradeoff_curve)
@@ -42,7 +42,8 @@ from .zoo import RECIPES, Recipe, TrainedModel, load_trained
 __version__ = "0.1.0"
 
 __all__ = [
-    "Decoder", "EarlyExitLM", "Generation", "GenerationSpeed", "measure_generation_speed", "TokenCosts", "TokenExits", "course_exits", "difficulty_by_kind",
+    "Decoder", "EarlyExitLM", "ForcedEval", "Generation", "GenerationSpeed", "measure_generation_speed",
+    "teacher_forced_eval", "TokenCosts", "TokenExits", "course_exits", "difficulty_by_kind",
     "early_exit_generate", "heldout_text", "load_exit_heads", "oracle_layers", "perplexity",
     "threshold_for_agreement", "token_exit_costs", "token_exit_outputs", "token_html", "token_kinds",
     "token_strings", "train_exit_heads",

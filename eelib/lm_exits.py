@@ -49,15 +49,15 @@ HELDOUT_FILE = "heldout.txt"  # the last 10% of Tiny Shakespeare, which the cour
 def heldout_text(part: str = "all") -> str:
     """The held-out text shipped with the course model: the last 10% of Tiny Shakespeare.
 
-    The model never saw it (it trained on the first 90%). The chapters split it in two halves:
-    ``"calibration"`` (the first half: thresholds are chosen on it) and ``"test"`` (the second
-    half: prompts and measurements).
+    The model never saw it (it trained on the first 90%). The chapters split it in two halves at
+    the first blank line (a new speech) after the middle: ``"calibration"`` (the first half:
+    thresholds are chosen on it) and ``"test"`` (the second half: prompts and measurements).
 
     Args:
         part: ``"all"``, ``"calibration"`` or ``"test"``.
     """
     text = (course_model_path() / HELDOUT_FILE).read_text(encoding="utf-8")
-    half = len(text) // 2
+    half = text.index("\n\n", len(text) // 2) + 2  # at the first speech that starts after the middle
     parts = {"all": text, "calibration": text[:half], "test": text[half:]}
     if part not in parts:
         raise ValueError(f"part must be one of {', '.join(parts)}, got {part!r}")
@@ -136,6 +136,7 @@ class EarlyExitLM(nn.Module):
         return "logit lens" if self.adapters is None else "trained heads"
 
     def check_exit(self, k: int) -> int:
+        """``k`` if exit ``k`` exists, else a ValueError that lists the exits."""
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_exits:
             raise ValueError(f"exit {k!r} does not exist: there are {self.num_exits} exits (0..{self.num_exits - 1}), "
                              f"after layers {list(self.layers)}")
@@ -143,6 +144,7 @@ class EarlyExitLM(nn.Module):
 
     def head(self, k: int, h: torch.Tensor) -> torch.Tensor:
         """Exit ``k``'s logits from the **raw** residual stream after its layer (before ``ln_f``)."""
+        self.check_exit(k)
         tf = self.model.transformer
         if k == self.num_exits - 1 or self.adapters is None:
             return self.model.lm_head(tf.ln_f(h))
@@ -194,7 +196,8 @@ def _as_batch(input_ids: torch.Tensor, lm: LanguageModel) -> torch.Tensor:
 
 def new_adapters(lm: LanguageModel) -> nn.ModuleList:
     """Untrained adapters (= the logit lens) for every layer 1 .. n_layers - 1."""
-    return nn.ModuleList(ExitAdapter(lm.model.transformer.ln_f) for _ in range(lm.n_layers - 1)).to(lm.device)
+    ln_f = lm.model.transformer.ln_f
+    return nn.ModuleList(ExitAdapter(ln_f) for _ in range(lm.n_layers - 1)).to(lm.device, ln_f.weight.dtype)
 
 
 def load_exit_heads(lm: LanguageModel, exit_layers: Sequence[int], folder: str | Path | None = None) -> EarlyExitLM:
@@ -221,7 +224,7 @@ def load_exit_heads(lm: LanguageModel, exit_layers: Sequence[int], folder: str |
     except RuntimeError as err:
         raise ValueError(f"the exit heads in {str(folder)!r} do not fit {lm.name!r} ({lm.n_layers} layers, width "
                          f"{lm.model.config.n_embd}): {err}") from None
-    return EarlyExitLM(lm, exit_layers, adapters=adapters.to(lm.device))
+    return EarlyExitLM(lm, exit_layers, adapters=adapters)
 
 
 def course_exits(lm: LanguageModel | None = None, exit_layers: Sequence[int] = (2, 4, 6), *,
@@ -254,26 +257,31 @@ class TokenExits:
 
 
 @torch.no_grad()
-def token_exit_outputs(ee: EarlyExitLM, text: str, *, max_tokens: int = 2048, dtype=torch.float16) -> TokenExits:
+def token_exit_outputs(ee: EarlyExitLM, text: str, *, max_tokens: int = 2048,
+                       dtype: torch.dtype = torch.float32) -> TokenExits:
     """Run ``ee`` over ``text`` (in non-overlapping windows of the context length) and keep every exit's logits.
 
     Args:
         text: the text; its first ``max_tokens`` tokens are used.
-        max_tokens: the most tokens to keep (logits take ``num_exits x tokens x vocab`` values).
-        dtype: the stored logits' dtype (float16 halves the memory; argmax and the measures
-            are computed in float32).
+        max_tokens: the most tokens to keep. The logits take ``num_exits x tokens x vocab`` values:
+            for the course model (vocabulary 4,096) and 8 exits, 2,048 tokens take 268 MB in
+            float32; for GPT-2 (50,257) and 12 exits, 4.9 GB — use fewer tokens or exits.
+        dtype: the stored logits' dtype. float16 halves the memory, but then the final exit's
+            stored logits may rank a few near-ties differently from the labels (which are always
+            the full-precision top-1).
     """
     ids = encode(ee.lm, text)[: max_tokens + 1]
     if len(ids) < 2:
         raise ValueError("text must have at least 2 tokens: one to read and one to predict")
     window = ee.lm.context_length
-    chunks = []
+    chunks, labels = [], []
     for start in range(0, len(ids) - 1, window):
-        chunk = ids[start:start + window]
-        chunks.append(ee.exit_logits(chunk).to(dtype).cpu())
+        chunk = ee.exit_logits(ids[start:start + window])
+        labels.append(chunk[-1].argmax(-1).cpu())  # the full model's top-1, before any rounding
+        chunks.append(chunk.to(dtype).cpu())
     logits = torch.cat(chunks, 1)[:, : len(ids) - 1]
     inputs, targets = ids[: len(ids) - 1], ids[1:]
-    outputs = ExitOutputs(logits, logits[-1].float().argmax(-1), ee.exit_names)
+    outputs = ExitOutputs(logits, torch.cat(labels)[: len(ids) - 1], ee.exit_names)
     return TokenExits(outputs, inputs, targets)
 
 

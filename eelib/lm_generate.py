@@ -75,6 +75,9 @@ class Decoder:
         self.n_heads = cfg.n_head
         self.head_dim = self.d // self.n_heads
         self.max_length = ee.lm.context_length if max_length is None else max_length
+        if not isinstance(self.max_length, int) or not 1 <= self.max_length <= ee.lm.context_length:
+            raise ValueError(f"max_length must be an integer from 1 to the context length "
+                             f"({ee.lm.context_length}), got {max_length!r}")
         dev, dtype = ee.lm.device, self.tf.wte.weight.dtype
         shape = (self.n_layers, self.n_heads, self.max_length, self.head_dim)
         self.keys = torch.zeros(shape, device=dev, dtype=dtype)
@@ -165,7 +168,7 @@ class TokenStep:
 
     token: int  # the token predicted (greedy) at its exit
     exit: int  # the exit it left at (index into EarlyExitLM.layers)
-    layers: int  # transformer layers run for it
+    layer: int  # the layer its prediction left after (layers run before it was out)
     confidence: float  # the policy's measure at that exit (nan without a policy)
     seconds: float  # wall-clock time of the step
     target_logprob: float  # log-probability of the forced token (teacher forcing), else nan
@@ -196,24 +199,28 @@ class Generation:
 
     @property
     def tokens(self) -> list[int]:
+        """The predicted token of every step."""
         return [s.token for s in self.steps]
 
     @property
-    def avg_layers(self) -> float:
-        """Mean transformer layers run per generated token."""
-        return sum(s.layers for s in self.steps) / max(len(self.steps), 1)
+    def avg_exit_layer(self) -> float:
+        """Mean layer after which a token's prediction left (the layers run before it was out)."""
+        return sum(s.layer for s in self.steps) / max(len(self.steps), 1)
 
     @property
-    def layers_computed(self) -> float:
-        """Mean layers computed per generated token, the lazily filled ones included."""
-        return (sum(s.layers for s in self.steps) + self.filled_layers) / max(len(self.steps), 1)
+    def avg_layers_computed(self) -> float:
+        """Mean layers computed per token: up to its exit, plus (lazy mode) the skipped layers run later.
+        With ``kv="copy"`` the skipped layers are not run (only their keys and values are computed)."""
+        return (sum(s.layer for s in self.steps) + self.filled_layers) / max(len(self.steps), 1)
 
     @property
     def seconds(self) -> float:
+        """Time of the decoding steps (the prompt's prefill not included)."""
         return sum(s.seconds for s in self.steps)
 
     @property
     def tokens_per_second(self) -> float:
+        """Generated tokens per second of the decoding steps."""
         return len(self.steps) / self.seconds if self.steps else 0.0
 
 
@@ -244,9 +251,11 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
     measure (``policy.thresholds`` holds one threshold per early exit, as in
     :class:`~eelib.policies.ExitPolicy`; ``patience`` with threshold 2 means "two consecutive
     exits agree"), and leaves at the first exit that passes, the final one otherwise. The
-    layers above are not run: their keys and values for this position are copied up from the
-    exited hidden state (see the module docstring). The prompt (but its last token) is run
-    through every layer first.
+    layers above are not run for it then: with ``kv="lazy"`` they run later (deferred, batched
+    with the next token that goes deeper: exact, but no FLOPs saved), with ``kv="copy"`` only
+    their keys and values are computed from the exited hidden state (see the module docstring).
+    The prompt (but its last token) is run through every layer first. Like ``generate`` with
+    ``min_new_tokens``, the loop does not stop at the end-of-text token.
 
     Args:
         policy: ``None`` runs the same loop **without exits** (every layer, the final head
@@ -257,7 +266,8 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
         kv: ``"lazy"`` (default: the layers a token skipped run later, batched with the next token
             that goes deeper; exact) or ``"copy"`` (CALM's copy-up; cheaper, changes later tokens).
         count_flops: count the loop's FLOPs with ``FlopCounterMode`` (slower; do not time it).
-        decoder: a :class:`Decoder` to use (and inspect afterwards); default a new one.
+        decoder: a :class:`Decoder` to use (and inspect afterwards); default a new one sized for
+            this call. Its own ``kv`` mode is used; giving a different ``kv`` is an error.
 
     Raises:
         ValueError: an empty prompt, a prompt that fills the context window, thresholds of
@@ -270,11 +280,15 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
         measure = get_measure(policy.measure)
     if force is not None:
         force = [int(t) for t in torch.as_tensor(force).flatten().tolist()]
+        if not force:
+            raise ValueError("force is empty: give the tokens to feed (teacher forcing), or force=None")
         max_new_tokens = len(force)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     n_new = min(max_new_tokens, ee.lm.context_length - len(ids) + 1)
-    dec = decoder if decoder is not None else Decoder(ee, kv)
+    if decoder is not None and decoder.kv != kv:
+        raise ValueError(f"kv={kv!r} but the decoder given uses kv={decoder.kv!r}: give the same, or no decoder")
+    dec = decoder if decoder is not None else Decoder(ee, kv, max_length=len(ids) + n_new - 1)  # positions used
     layers = ee.layers
     # without a policy only the final exit is visited: the plain decoding loop
     plan = list(enumerate(layers)) if policy is not None else [(len(layers) - 1, layers[-1])]
@@ -387,8 +401,7 @@ def token_exit_costs(ee: EarlyExitLM, context: int = 128, kv: str = "lazy") -> T
     if not isinstance(context, int) or not 1 <= context <= ee.lm.context_length:
         raise ValueError(f"context must be an integer from 1 to {ee.lm.context_length}, got {context!r}")
     dec = Decoder(ee)
-    dev = ee.lm.device
-    x = torch.zeros(1, dec.d, device=dev)
+    x = torch.zeros(1, dec.d, device=ee.lm.device, dtype=dec.keys.dtype)
     layer = _count(lambda: dec.block(0, x, context - 1))
     head = _count(lambda: ee.head(0, x)) if ee.num_exits > 1 else 0
     final_head = _count(lambda: ee.head(ee.num_exits - 1, x))
@@ -416,9 +429,10 @@ class GenerationSpeed:
     """
 
     tokens: int
-    seconds: dict
+    seconds: dict[str, float]
 
     def tokens_per_second(self, loop: str) -> float:
+        """Tokens per second of ``loop``."""
         return self.tokens / self.seconds[loop]
 
     def speedup(self, loop: str = "early exit", baseline: str = "no exits") -> float:
@@ -468,3 +482,61 @@ def measure_generation_speed(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | S
             seconds[name] += best[name]
         total += n_new
     return GenerationSpeed(total, seconds)
+
+
+# --- quality under teacher forcing ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ForcedEval:
+    """Early-exit decoding teacher-forced on the full model's greedy continuations (:func:`teacher_forced_eval`).
+
+    Attributes:
+        tokens: positions compared.
+        agreement: share of positions where the early-exit prediction equals the full model's token.
+        avg_exit_layer: mean layer after which a prediction left.
+        avg_layers_computed: mean layers computed per token (lazy mode: the deferred layers too).
+        oracle_avg_layers: the oracle on the same exits and tokens (each token's earliest exit from
+            which every later exit agrees with the full model, :func:`eelib.lm_exits.oracle_layers`).
+        exit_shares: share of the tokens leaving at each exit.
+    """
+
+    tokens: int
+    agreement: float
+    avg_exit_layer: float
+    avg_layers_computed: float
+    oracle_avg_layers: float
+    exit_shares: tuple[float, ...]
+
+
+def teacher_forced_eval(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | Sequence[int] | str], policy: ExitPolicy,
+                        *, max_new_tokens: int = 48, kv: str = "lazy") -> ForcedEval:
+    """Agreement and layers of early-exit decoding, compared position by position with the full model.
+
+    For each prompt, the full model's greedy continuation (our loop without exits, equal to
+    ``generate``) is fed to early-exit decoding (teacher forcing), so that every position is
+    compared in the same context; a free-running comparison would stop meaning anything after
+    the first different token.
+    """
+    from .exits import ExitOutputs
+    from .lm_exits import oracle_layers
+
+    layer_of = torch.tensor(ee.layers, dtype=torch.float64)
+    n = same = exit_layers = computed = oracle = 0.0
+    counts = torch.zeros(ee.num_exits, dtype=torch.float64)
+    for prompt in prompts:
+        ids = _prompt_ids(ee, prompt)
+        target = early_exit_generate(ee, ids, None, max_new_tokens=max_new_tokens).tokens
+        forced = early_exit_generate(ee, ids, policy, force=target, kv=kv)
+        same += sum(a == b for a, b in zip(forced.tokens, target))
+        exit_layers += forced.avg_exit_layer * len(target)
+        computed += forced.avg_layers_computed * len(target)
+        counts += torch.bincount(torch.tensor([s.exit for s in forced.steps]), minlength=ee.num_exits).double()
+        with torch.no_grad():  # every exit's prediction at every position, in one pass of the full model
+            logits = ee.exit_logits(torch.cat([ids, torch.tensor(target[:-1], dtype=torch.long)]))[:, len(ids) - 1:]
+        outputs = ExitOutputs(logits.float().cpu(), torch.tensor(target), ee.exit_names)
+        oracle += float(layer_of[oracle_layers(outputs)].sum())
+        n += len(target)
+    if n == 0:
+        raise ValueError("prompts is empty: give at least one prompt")
+    return ForcedEval(int(n), same / n, exit_layers / n, computed / n, oracle / n,
+                      tuple(round(float(c), 6) for c in counts / n))

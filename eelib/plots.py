@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from .cost import ExitCosts
     from .data import DataSplits
     from .exits import ExitOutputs
+    from .lm_generate import TokenCosts
     from .policies import PolicyEval
+    from .tokens import KindDifficulty
     from .rejection import RejectEval, RejectPolicy, RiskCoverage
 
 
@@ -604,7 +606,7 @@ def plot_agreement_per_layer(agreement: Mapping[str, Sequence[float]], layers: S
     return fig
 
 
-def plot_token_costs(costs, *, title: str = "What a token costs, by where it leaves") -> Figure:
+def plot_token_costs(costs: "TokenCosts", *, title: str = "What a token costs, by where it leaves") -> Figure:
     """Left: the FLOPs of one layer, one exit head and one copied-up key/value; right: each exit's cost
     per token as a share (%) of the model without exits (:func:`eelib.lm_generate.token_exit_costs`)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -627,7 +629,8 @@ def plot_token_costs(costs, *, title: str = "What a token costs, by where it lea
     return fig
 
 
-def plot_difficulty_by_kind(rows, n_layers: int, *, title: str = "Which tokens are easy?") -> Figure:
+def plot_difficulty_by_kind(rows: Sequence["KindDifficulty"], n_layers: int, *,
+                            title: str = "Which tokens are easy?") -> Figure:
     """Bars: mean exit layer per kind of token (:func:`eelib.tokens.difficulty_by_kind`), with the token counts."""
     if not rows:
         raise ValueError("rows is empty: no kinds of token to show")

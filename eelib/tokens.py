@@ -59,14 +59,21 @@ def token_kind(token: str, previous: str = "") -> str:
 
 
 def token_kinds(lm: LanguageModel, ids: Sequence[int] | torch.Tensor, *, previous: int | None = None) -> list[str]:
-    """The kind of every token of ``ids`` (see :func:`token_kind`).
+    """The kind of every token of ``ids`` (see :func:`token_kind`), with one look ahead: a single capital
+    followed by more capitals (``B`` + ``APTISTA``) is the first piece of a name.
 
     Args:
         previous: the token before ``ids[0]``, if any (it decides whether ``ids[0]`` continues a word).
     """
     strings = token_strings(lm, ids)
     before = [token_strings(lm, [previous])[0] if previous is not None else ""] + strings[:-1]
-    return [token_kind(s, p) for s, p in zip(strings, before)]
+    kinds = [token_kind(s, p) for s, p in zip(strings, before)]
+    for i in range(len(strings) - 1):  # a name's first piece, one capital ("B" of "B|APTISTA"): look ahead
+        after = strings[i + 1]
+        if (strings[i].strip().isupper() and len(strings[i].strip()) == 1 and after[:1].isalpha()
+                and after.strip().isupper()):
+            kinds[i] = "name (capitals)"
+    return kinds
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,16 @@ redraws the accuracy, the average cost and the histogram of exits. The text it s
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import matplotlib.pyplot as plt
 
 from .exits import ExitOutputs
 from .policies import ExitPolicy, PolicyEval, evaluate_oracle, evaluate_policy, get_measure
+
+if TYPE_CHECKING:
+    from .lm_exits import EarlyExitLM
+    from .lm_generate import Generation
 
 
 def policy_summary(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: float,
@@ -78,8 +82,9 @@ def threshold_widget(outputs: ExitOutputs, exit_flops: Sequence[float], full_flo
     return widgets.VBox([*sliders, text, plot])
 
 
-def generation_summary(ee, prompt: str, calibration, *, target_agreement: float = 0.95, measure: str = "max_prob",
-                       max_new_tokens: int = 40, context: int = 128):
+def generation_summary(ee: "EarlyExitLM", prompt: str, calibration: ExitOutputs, *, target_agreement: float = 0.95,
+                       measure: str = "max_prob", max_new_tokens: int = 40,
+                       context: int = 128) -> tuple["Generation", "Generation", str]:
     """Calibrate ``ee`` for ``target_agreement``, generate from ``prompt`` with and without early exit, and
     describe the result: the coloured text (HTML), the layers saved and the measured speedup.
 
@@ -114,12 +119,13 @@ def generation_summary(ee, prompt: str, calibration, *, target_agreement: float 
     same = sum(a == b for a, b in zip(early.tokens, full.tokens))
     n = ee.lm.n_layers
     body = token_html(token_strings(ee.lm, list(early.prompt_ids) + early.tokens),
-                      [None] * len(early.prompt_ids) + [s.layers for s in early.steps], n,
+                      [None] * len(early.prompt_ids) + [s.layer for s in early.steps], n,
                       confidences=[float("nan")] * len(early.prompt_ids) + [s.confidence for s in early.steps],
                       measure=measure, legend=ee.layers)
     thresholds = ", ".join(f"{t:.3f}" for t in policy.thresholds)
     report = (f"<p><b>{measure} thresholds</b> ({thresholds}) calibrated for {target_agreement:.0%} agreement | "
-              f"{early.avg_layers:.2f} of {n} layers per token ({1 - early.avg_layers / n:.0%} saved) | "
+              f"predictions out after {early.avg_exit_layer:.2f} of {n} layers on average; layers computed per "
+              f"token {early.avg_layers_computed:.2f} (the skipped ones run later, batched: kv={early.kv!r}) | "
               f"measured speedup {full.seconds / early.seconds:.2f}x ({early.tokens_per_second:.0f} vs "
               f"{full.tokens_per_second:.0f} tokens/s) | {same} of {len(full.tokens)} tokens equal the full model's "
               f"at the same position</p>")
@@ -127,8 +133,8 @@ def generation_summary(ee, prompt: str, calibration, *, target_agreement: float 
     return early, full, f"{report}{body}<p><b>without early exit:</b><br>{plain}</p>"
 
 
-def generation_widget(ee, calibration, *, prompt: str = "ROMEO:\n", measure: str = "max_prob",
-                      max_new_tokens: int = 40):
+def generation_widget(ee: "EarlyExitLM", calibration: ExitOutputs, *, prompt: str = "ROMEO:\n",
+                      measure: str = "max_prob", max_new_tokens: int = 40):
     """A prompt box and an agreement slider -> generated text coloured by exit layer, layers saved, speedup.
 
     A thin wrapper around :func:`generation_summary` (see it for the arguments).

@@ -203,12 +203,12 @@ def test_early_exit_skips_the_layers_above_and_copies_the_state_up(course):
     try:
         always = ExitPolicy("max_prob", (-math.inf, -math.inf))  # every token leaves at the first exit
         dec = Decoder(ee, kv="copy")
-        gen = early_exit_generate(ee, "ROMEO:", always, max_new_tokens=5, decoder=dec)
+        gen = early_exit_generate(ee, "ROMEO:", always, max_new_tokens=5, kv="copy", decoder=dec)
     finally:
         for h in hooks:
             h.remove()
     prefill = len(lmlib.encode(course, "ROMEO:")) - 1
-    assert [s.layers for s in gen.steps] == [2] * 5 and gen.avg_layers == 2
+    assert [s.layer for s in gen.steps] == [2] * 5 and gen.avg_exit_layer == 2
     assert calls[:2] == [1 + 5] * 2 and calls[2:] == [1] * 6  # layers 3.. ran only in the prefill
     # the skipped layers' keys at the last position come from the state that left after layer 2
     pos = dec.length - 1
@@ -228,7 +228,7 @@ def test_teacher_forcing_and_per_token_report(course):
     policy = ExitPolicy("max_prob", (0.6, 0.6))
     forced = early_exit_generate(ee, "ROMEO:", policy, force=target)
     assert len(forced.steps) == 20 and all(s.seconds > 0 for s in forced.steps)
-    assert all(s.layers in (2, 4, 8) and 0 <= s.confidence <= 1 for s in forced.steps)
+    assert all(s.layer in (2, 4, 8) and 0 <= s.confidence <= 1 for s in forced.steps)
     assert all(s.target_logprob <= 0 for s in forced.steps)
     agree = sum(a == b for a, b in zip(forced.tokens, target)) / 20
     assert agree >= 0.5
@@ -317,7 +317,7 @@ def test_copy_up_changes_later_tokens_lazy_does_not(course):
     lazy = early_exit_generate(ee, ids[:10], policy, force=ids[10:], kv="lazy")
     copy = early_exit_generate(ee, ids[:10], policy, force=ids[10:], kv="copy")
     assert lazy.tokens == sim and copy.tokens != sim
-    assert lazy.layers_computed > lazy.avg_layers and copy.layers_computed == copy.avg_layers
+    assert lazy.avg_layers_computed > lazy.avg_exit_layer and copy.avg_layers_computed == copy.avg_exit_layer
 
 
 def test_threshold_for_agreement_by_hand():
@@ -363,3 +363,31 @@ def test_retrain_heads_command(tmp_path):
     assert info["steps"] == 2 and len(info["kl_after"]) == 7
     course = lmlib.load_lm(lmlib.COURSE_MODEL, device="cpu")
     assert load_exit_heads(course, [2], tmp_path).num_exits == 2
+
+
+def test_teacher_forced_eval(course):
+    from eelib.lm_generate import teacher_forced_eval
+
+    ee = course_exits(course, (2, 4))
+    prompts = [lmlib.encode(course, "ROMEO:"), "KING RICHARD III:\n"]
+    policy = ExitPolicy("max_prob", (0.3, 0.3))
+    lazy = teacher_forced_eval(ee, prompts, policy, max_new_tokens=16)
+    never = teacher_forced_eval(ee, prompts, ExitPolicy.never_exit(3), max_new_tokens=16)
+    assert lazy.tokens == never.tokens == 32 and never.agreement == 1.0 and never.avg_exit_layer == 8
+    assert never.exit_shares == (0.0, 0.0, 1.0) and sum(lazy.exit_shares) == pytest.approx(1.0)
+    assert 2 <= lazy.oracle_avg_layers <= lazy.avg_exit_layer < lazy.avg_layers_computed <= 8
+    assert lazy.oracle_avg_layers == never.oracle_avg_layers  # the oracle does not depend on the policy
+    with pytest.raises(ValueError, match="prompts is empty"):
+        teacher_forced_eval(ee, [], policy)
+
+
+def test_more_bad_generation_input(course):
+    ee = course_exits(course, (2, 4))
+    with pytest.raises(ValueError, match="force is empty"):
+        early_exit_generate(ee, "ROMEO:", None, force=[])
+    with pytest.raises(ValueError, match="the decoder given uses kv='lazy'"):
+        early_exit_generate(ee, "ROMEO:", None, kv="copy", decoder=Decoder(ee))
+    with pytest.raises(ValueError, match="max_length must be an integer from 1 to the context length"):
+        Decoder(ee, max_length=1000)
+    with pytest.raises(ValueError, match="exit 3 does not exist"):
+        ee.head(3, torch.zeros(1, 160))

@@ -92,8 +92,9 @@ def test_generation_summary(course):
     ee = course_exits(course, (2, 4))
     calibration = token_exit_outputs(ee, heldout_text("calibration"), max_tokens=600).outputs
     early, full, html = generation_summary(ee, "ROMEO:\n", calibration, target_agreement=0.8, max_new_tokens=12)
-    assert len(early.tokens) == len(full.tokens) == 12 and full.avg_layers == 8
+    assert len(early.tokens) == len(full.tokens) == 12 and full.avg_exit_layer == 8
     assert "calibrated for 80% agreement" in html and "measured speedup" in html and "layer 2" in html
+    assert "layers computed per token" in html
     with pytest.raises(ValueError, match="target_agreement"):
         generation_summary(ee, "ROMEO:", calibration, target_agreement=1.5)
     with pytest.raises(ValueError, match="prompt is empty"):
