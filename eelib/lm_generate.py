@@ -311,15 +311,13 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
                 for l in range(done, layer):
                     x = dec.step_block(l, x, pos)
                 done = layer
-                if policy is None or k == len(layers) - 1:
-                    if policy is None:
-                        logits = ee.model.lm_head(dec.tf.ln_f(x))
-                    else:
-                        logits = ee.head(k, x)
-                        if measure.per_exit:
-                            score = float(measure.fn(logits))
-                    break
                 logits = ee.head(k, x)
+                if policy is None:
+                    break  # the plain loop: the final head only, no measure
+                if k == len(layers) - 1:
+                    if measure.per_exit:
+                        score = float(measure.fn(logits))  # reported, not needed to decide
+                    break
                 if measure.per_exit:
                     score = float(measure.fn(logits))
                 else:  # patience: how many exits in a row predict the same token
@@ -403,7 +401,7 @@ def token_exit_costs(ee: EarlyExitLM, context: int = 128, kv: str = "lazy") -> T
     dec = Decoder(ee)
     x = torch.zeros(1, dec.d, device=ee.lm.device, dtype=dec.keys.dtype)
     layer = _count(lambda: dec.block(0, x, context - 1))
-    head = _count(lambda: ee.head(0, x)) if ee.num_exits > 1 else 0
+    head = _count(lambda: ee.head(0, x))
     final_head = _count(lambda: ee.head(ee.num_exits - 1, x))
     kv_flops = _count(lambda: dec.fill_kv(0, x, context - 1))
     n = ee.lm.n_layers
