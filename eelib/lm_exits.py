@@ -227,9 +227,10 @@ def load_exit_heads(lm: LanguageModel, exit_layers: Sequence[int], folder: str |
     return EarlyExitLM(lm, exit_layers, adapters=adapters)
 
 
-def course_exits(lm: LanguageModel | None = None, exit_layers: Sequence[int] = (2, 4, 6), *,
+def course_exits(lm: LanguageModel | None = None, exit_layers: Sequence[int] = (2, 4), *,
                  trained: bool = True) -> EarlyExitLM:
-    """The course model with exits after ``exit_layers``: trained heads (shipped) or the logit lens."""
+    """The course model with exits after ``exit_layers`` (default 2 and 4, as in chapter 7 and the benchmark):
+    trained heads (shipped) or the logit lens."""
     from .lm import load_lm
 
     lm = load_lm(COURSE_MODEL) if lm is None else lm
@@ -247,8 +248,7 @@ class TokenExits:
             top-1 tokens**: an exit's accuracy is its agreement with the full model, and every
             function of :mod:`eelib.policies` applies (policies, calibration, oracle, trade-off).
         input_ids: ``(T,)`` the tokens of the text; row ``i`` predicts the token after ``input_ids[i]``.
-        targets: ``(T,)`` the true next token of each row (the text's own), for perplexity;
-            the last row's is the token after the text, or -1 where the text ends.
+        targets: ``(T,)`` the true next token of each row (the text's own), for perplexity.
     """
 
     outputs: ExitOutputs
