@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .cache import DownloadError, _check_host_resolves, atomic_path, data_dir, download, file_digest
@@ -41,11 +42,14 @@ if TYPE_CHECKING:  # transformers is imported when a model is loaded, not with e
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 
 COURSE_MODEL = "course"
+COURSE_EE_MODEL = "course-ee"  # the course model trained for early exit (chapter 8)
 CORPUS_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 CORPUS_FILE = "tinyshakespeare.txt"
 END_OF_TEXT = "<|endoftext|>"  # GPT-2's only special token: begins and ends a text
 _COURSE_FOLDER = Path(__file__).resolve().parent / "models" / "shakespeare-gpt2"
+_COURSE_EE_FOLDER = Path(__file__).resolve().parent / "models" / "shakespeare-gpt2-ee"
+_SHIPPED = {COURSE_MODEL: _COURSE_FOLDER, COURSE_EE_MODEL: _COURSE_EE_FOLDER}
 
 
 class ModelUnavailableError(OSError):
@@ -94,9 +98,12 @@ class LMEval:
     n_characters: int
 
 
-def course_model_path() -> Path:
-    """The folder of the course model shipped inside the package."""
-    return _COURSE_FOLDER
+def course_model_path(name: str = COURSE_MODEL) -> Path:
+    """The folder of a course model shipped inside the package: ``"course"`` or ``"course-ee"``."""
+    if name not in _SHIPPED:
+        raise ValueError(f"name must be one of {', '.join(map(repr, _SHIPPED))} (the shipped course models), "
+                         f"got {name!r}")
+    return _SHIPPED[name]
 
 
 def _unavailable(name: str, err: Exception) -> ModelUnavailableError:
@@ -162,11 +169,13 @@ def load_lm(name: str | os.PathLike = COURSE_MODEL, *, device: str | torch.devic
     from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel
 
     label = str(name)
-    if label == COURSE_MODEL:
-        source = str(course_model_path())
-        if not (course_model_path() / "config.json").is_file():
-            raise ModelUnavailableError(f"the course model is missing from {source!r}; reinstall eelib, "
-                                        f"or retrain it with `python -m eelib.lm train`")
+    if label in _SHIPPED:
+        source = str(course_model_path(label))
+        if not (course_model_path(label) / "config.json").is_file():
+            how = ("`python -m eelib.lm train`" if label == COURSE_MODEL else
+                   f"`python -m eelib.lm train --early-exit --init course --out {source}`")
+            raise ModelUnavailableError(f"the course model {label!r} is missing from {source!r}; reinstall eelib "
+                                        f"(`pip install -e .` in the course folder), or retrain it with {how}")
     elif Path(name).expanduser().is_dir():
         source = str(Path(name).expanduser())
         if not (Path(source) / "config.json").is_file():
@@ -357,8 +366,24 @@ class LMTrainConfig:
     eval_every: int = 100  # steps between validation-loss estimates in the log
     bf16: bool = True  # bfloat16 autocast: fast on GPUs and on CPUs with AMX / AVX-512 BF16
     seed: int = 0
+    # training for early exit (course-ee): a loss at every exit, see `early_exit_loss`
+    early_exit: bool = False  # one ExitAdapter per layer 1 .. n_layer - 1, trained jointly with the model
+    exit_weights: tuple[float, ...] | None = None  # per layer 1 .. n_layer - 1; None: `default_exit_weights`
+    exit_distill: float = 0.5  # each exit's loss: (1 - exit_distill) x cross-entropy + exit_distill x KL to the final
+    exit_positions: float = 0.25  # share of the positions (random, each step) on which the exits are scored
+    init: str | None = None  # start from this model ("course", a folder) and its exit heads, not from scratch
 
     def __post_init__(self) -> None:
+        if self.exit_weights is not None:
+            if not self.early_exit:
+                raise ValueError("exit_weights needs early_exit=True")
+            if len(self.exit_weights) != self.n_layer - 1 or any(not w >= 0 for w in self.exit_weights):
+                raise ValueError(f"exit_weights must hold {self.n_layer - 1} non-negative weights (layers 1 .. "
+                                 f"{self.n_layer - 1}), got {self.exit_weights!r}")
+        if not 0 < self.exit_positions <= 1:
+            raise ValueError(f"exit_positions must be in (0, 1], got {self.exit_positions!r}")
+        if not 0 <= self.exit_distill <= 1:
+            raise ValueError(f"exit_distill must be in [0, 1], got {self.exit_distill!r}")
         for field in ("n_layer", "n_embd", "n_head", "vocab_size", "context_length", "batch_size", "steps"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -399,6 +424,57 @@ class LMTrainResult:
     seconds: float
     n_parameters: int
     folder_bytes: int
+
+
+def default_exit_weights(n_layer: int, draft_layer: int | None = None) -> tuple[float, ...]:
+    """The exit losses' weights of course-ee, layers ``1 .. n_layer - 1``: 0.15 each, 0.4 at half the depth
+    (chapter 7's second exit) and 0.8 at a quarter (``draft_layer``: the self-speculative draft exit)."""
+    draft = max(1, n_layer // 4) if draft_layer is None else draft_layer
+    weights = [0.15] * (n_layer - 1)
+    if n_layer // 2 >= 1:
+        weights[n_layer // 2 - 1] = 0.4
+    weights[draft - 1] = 0.8
+    return tuple(weights)
+
+
+def early_exit_loss(model, adapters, x: torch.Tensor, y: torch.Tensor, weights: Sequence[float],
+                    distill: float, positions: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of training for early exit, on windows ``x`` -> next tokens ``y`` (both ``(B, T)``).
+
+    ``CE(final) + sum_l w_l [(1 - distill) CE(exit_l) + distill KL(p_final || p_exit_l)]``: exit ``l``
+    is ``lm_head(adapters[l - 1](h_l))`` (the shared ``lm_head``, one `ExitAdapter` per layer); the
+    KL pulls each exit towards the final layer's distribution (detached: it teaches the exits, it
+    does not bend the final layer towards them), which is what a draft must match to be accepted.
+
+    ``positions`` < 1 scores the exits on that share of the positions only, the same random ones for
+    every exit (the final layer on all): an exit head costs as much as the final one, so this makes a
+    step of course-ee about as cheap as a step of the plain recipe.
+
+    Returns:
+        The total loss and the per-exit losses ``(n_layer,)`` (layers 1 .. n-1, then the final), detached.
+    """
+    out = model(x, output_hidden_states=True)
+    final = out.logits.float().flatten(0, 1)  # (B T, vocab)
+    target = y.flatten()
+    loss = F.cross_entropy(final, target)
+    rows = torch.arange(len(target), device=x.device)
+    if positions < 1:
+        rows = torch.randperm(len(target), device=x.device)[: max(1, int(len(target) * positions))]
+    final_logp = F.log_softmax(final.detach()[rows], -1)
+    parts = []
+    for l, w in enumerate(weights, start=1):
+        if w == 0:
+            parts.append(torch.zeros((), device=x.device))
+            continue
+        h = out.hidden_states[l].flatten(0, 1)[rows]  # (rows, d)
+        logits = model.lm_head(adapters[l - 1](h)).float()
+        ce = F.cross_entropy(logits, target[rows])
+        kl = F.kl_div(F.log_softmax(logits, -1), final_logp, log_target=True, reduction="batchmean")
+        part = (1 - distill) * ce + distill * kl
+        loss = loss + w * part
+        parts.append(part.detach())
+    parts.append(F.cross_entropy(final.detach(), target))
+    return loss, torch.stack(parts)
 
 
 def _lr_at(progress: float, config: LMTrainConfig) -> float:
@@ -465,7 +541,17 @@ def train_course_model(text: str, out: str | os.PathLike, *, config: LMTrainConf
     started = time.perf_counter()
     generator = seed_everything(config.seed)
     train_text, val_text = split_corpus(text)
-    tokenizer = train_tokenizer(train_text, config.vocab_size)
+    init = None
+    if config.init is not None:  # continue from a trained model: its tokenizer, size and weights
+        init = load_lm(config.init, device="cpu")
+        tokenizer = init.tokenizer
+        mc = init.model.config
+        if (mc.n_layer, mc.n_embd, mc.n_head, mc.n_positions, mc.vocab_size) != (
+                config.n_layer, config.n_embd, config.n_head, config.context_length, config.vocab_size):
+            raise ValueError(f"init={config.init!r} has {mc.n_layer} layers, width {mc.n_embd}, {mc.n_head} heads, "
+                             f"context {mc.n_positions}, vocabulary {mc.vocab_size}: set the config to the same")
+    else:
+        tokenizer = train_tokenizer(train_text, config.vocab_size)
     tokenizer.model_max_length = config.context_length
     eot = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
     train_ids = torch.tensor([eot] + tokenizer(train_text, add_special_tokens=False, verbose=False)["input_ids"])
@@ -482,20 +568,33 @@ def train_course_model(text: str, out: str | os.PathLike, *, config: LMTrainConf
         n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
         attn_pdrop=config.dropout, bos_token_id=eot, eos_token_id=eot, tie_word_embeddings=True)
     model = GPT2LMHeadModel(model_config)
+    if init is not None:
+        model.load_state_dict(init.model.state_dict())
+        log(f"initialised from {config.init!r}")
     device = get_device(device) if not isinstance(device, torch.device) else device
     model.to(device).train()
     n_params = sum(p.numel() for p in model.parameters())  # tied weights appear once
     log(f"model: GPT-2, {config.n_layer} layers, width {config.n_embd}, {config.n_head} heads, vocabulary "
         f"{len(tokenizer)}, context {config.context_length}: {n_params:,} parameters")
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n and "wpe" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n and "wpe" not in n)]
+    adapters, exit_weights = None, None
+    named = list(model.named_parameters())
+    if config.early_exit:
+        from .lm_exits import initial_adapters
+
+        adapters = initial_adapters(model, init).to(device).train()
+        exit_weights = config.exit_weights or default_exit_weights(config.n_layer)
+        named += [("exit_adapters." + n, p) for n, p in adapters.named_parameters()]
+        log(f"early exit: an ExitAdapter per layer 1..{config.n_layer - 1}, loss weights {list(exit_weights)}, "
+            f"distillation {config.exit_distill}")
+    decay = [p for n, p in named if p.dim() >= 2 and "wte" not in n and "wpe" not in n]
+    no_decay = [p for n, p in named if not (p.dim() >= 2 and "wte" not in n and "wpe" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
     budget = None if config.max_minutes is None else config.max_minutes * 60
     train_losses: list[tuple[int, float]] = []
     val_losses: list[tuple[int, float]] = []
     train_start = time.perf_counter()
-    running, seen = 0.0, 0
+    running, seen, exit_running = 0.0, 0, None
     bar = tqdm(total=config.steps, desc="training", disable=not progress, unit="step")
     step = 0
     while step < config.steps:
@@ -508,24 +607,33 @@ def train_course_model(text: str, out: str | os.PathLike, *, config: LMTrainConf
             group["lr"] = _lr_at(frac, config)
         x, y = (t.to(device) for t in _batch(train_ids, config, generator))  # (B, T) each
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            logits = model(x).logits  # (B, T, vocab)
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            if adapters is None:
+                logits = model(x).logits  # (B, T, vocab)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                final_loss = loss.detach()
+            else:
+                loss, parts = early_exit_loss(model, adapters, x, y, exit_weights, config.exit_distill,
+                                              config.exit_positions)
+                final_loss = parts[-1]
+                exit_running = parts if exit_running is None else exit_running + parts
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], config.grad_clip)
         optimizer.step()
         step += 1
-        running += loss.item()
+        running += final_loss.item()  # the final layer's loss, comparable with the plain recipe
         seen += 1
         bar.update(1)
         if step % config.eval_every == 0 or step == config.steps:
             train_losses.append((step, running / seen))
             val_losses.append((step, _val_loss(model, val_ids, config.context_length)))
+            exits = "" if exit_running is None else (
+                ", exit losses by layer " + " ".join(f"{v:.2f}" for v in (exit_running / seen).tolist()[:-1]))
             log(f"step {step}: train loss {running / seen:.3f}, validation loss {val_losses[-1][1]:.3f} "
                 f"(nats/token), lr {optimizer.param_groups[0]['lr']:.2e}, "
-                f"{time.perf_counter() - train_start:.0f} s")
+                f"{time.perf_counter() - train_start:.0f} s{exits}")
             bar.set_postfix(train=f"{running / seen:.3f}", val=f"{val_losses[-1][1]:.3f}")
-            running, seen = 0.0, 0
+            running, seen, exit_running = 0.0, 0, None
     bar.close()
     if seen:
         train_losses.append((step, running / seen))
@@ -542,11 +650,17 @@ def train_course_model(text: str, out: str | os.PathLike, *, config: LMTrainConf
         log(f"validation (last 10%, fp16 weights): {validation.loss_per_token:.4f} nats/token, "
             f"{validation.bits_per_character:.4f} bits/character over {validation.n_tokens:,} tokens")
         sample = generate_sample(lm, sample_prompt, seed=config.seed)
+        early_exit = None
+        if adapters is not None:
+            from .lm_exits import save_trained_exits
+
+            early_exit = save_trained_exits(lm, adapters.eval(), tmp, val_text, weights=exit_weights,
+                                            distill=config.exit_distill, init=config.init, log=log)
         facts = dict(config=config, n_params=n_params, seconds=seconds, steps=step,
                      train_losses=train_losses, val_losses=val_losses, validation=validation, sample=sample,
                      prompt=sample_prompt, n_train=(len(train_text), len(train_ids)),
                      n_val=(len(val_text), len(val_ids)), corpus_chars=len(text),
-                     corpus_sha256=_sha256_text(text), device=device)
+                     corpus_sha256=_sha256_text(text), device=device, early_exit=early_exit)
         size = 0
         for _ in range(4):  # the card states the folder's size, which includes the card
             (tmp / "README.md").write_text(_model_card(**facts, folder_bytes=size), encoding="utf-8")
@@ -593,16 +707,42 @@ def _hardware(device: torch.device) -> str:
 
 def _model_card(*, config: LMTrainConfig, n_params: int, seconds: float, steps: int, train_losses, val_losses,
                 validation: LMEval, sample: str, prompt: str, n_train, n_val, corpus_chars: int,
-                corpus_sha256: str, folder_bytes: int, device: torch.device) -> str:
+                corpus_sha256: str, folder_bytes: int, device: torch.device, early_exit: dict | None = None) -> str:
     import transformers
 
     rows = "\n".join(f"| {s} | {t:.3f} | {v:.3f} |" for (s, t), (_, v) in zip(train_losses, val_losses))
     fields = "\n".join(f"| `{f.name}` | {getattr(config, f.name)} |" for f in dataclasses.fields(config))
     sample_lines = "\n".join("    " + line for line in sample.splitlines())
-    return f"""# shakespeare-gpt2: the eelib course language model
+    if early_exit is None:
+        title = "shakespeare-gpt2: the eelib course language model"
+        name, ee_section = COURSE_MODEL, ""
+    else:
+        title = "shakespeare-gpt2-ee: the eelib course language model trained for early exit"
+        name = COURSE_EE_MODEL
+        table = "\n".join(f"| {l} | {a:.1%} | {c:.1%} |" for l, (a, c) in enumerate(
+            zip(early_exit["agreement_by_layer"], early_exit["course_agreement_by_layer"]), start=1))
+        ee_section = f"""
+## Trained for early exit
+Every layer 1 .. {config.n_layer - 1} has an exit: an `ExitAdapter` (`ln(h + A h + b)`, in `exit_heads/`)
+before the model's own, shared `lm_head`, trained **jointly with the model** (`eelib.lm.early_exit_loss`):
+the loss is the final layer's cross-entropy plus, for each layer l, weight w_l times
+({1 - config.exit_distill:g} x cross-entropy + {config.exit_distill:g} x KL(final layer || exit l)), the final layer's
+distribution detached. Weights w_1 .. w_{config.n_layer - 1}: {", ".join(f"{w:g}" for w in early_exit["weights"])}
+(the most at a quarter of the depth, the self-speculative draft exit of chapter 8), fixed for the whole run;
+no layer dropout. Initialised from {early_exit["init"]!r} (and its shipped exit heads) when not None.
+
+Agreement of each layer's exit with the model's own final layer (share of top-1 tokens equal) on the
+test half of the held-out text ({early_exit["test_tokens"]:,} tokens), beside the course model with
+its tuned exit heads (`eelib.course_exits`):
+
+| layer | this model | course model + tuned heads |
+|---|---|---|
+{table}
+"""
+    return f"""# {title}
 
 A small GPT-2 (`GPT2LMHeadModel`, `model_type` "gpt2") trained on Tiny Shakespeare, shipped inside
-eelib so that the language-model chapters run offline. Load it with `eelib.lm.load_lm("course")`,
+eelib so that the language-model chapters run offline. Load it with `eelib.lm.load_lm({name!r})`,
 or with `transformers.GPT2LMHeadModel.from_pretrained(<this folder>)` and
 `transformers.AutoTokenizer.from_pretrained(<this folder>)`.
 
@@ -647,7 +787,7 @@ Measured with `eelib.lm.evaluate_text`: `<|endoftext|>` first, then a sliding wi
 Prompt `{prompt!r}`, sampled (temperature 0.8, top-k 40, seed {config.seed}):
 
 {sample_lines}
-"""
+{ee_section}"""
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -658,8 +798,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     train_p = sub.add_parser("train", help="train the course model from Tiny Shakespeare")
     train_p.add_argument("--corpus", type=Path, help="the Tiny Shakespeare text (default: download it)")
-    train_p.add_argument("--out", type=Path, default=course_model_path(),
-                         help="model folder to write (default: the course model inside the package)")
+    train_p.add_argument("--out", type=Path, default=None,
+                         help="model folder to write (default: the course model inside the package, or "
+                              "course-ee's with --early-exit)")
     defaults = LMTrainConfig()
     for field in ("steps", "max_minutes", "seed", "n_layer", "n_embd", "n_head", "vocab_size",
                   "context_length", "batch_size", "lr", "warmup_steps", "dropout", "eval_every"):
@@ -668,6 +809,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                              default=getattr(defaults, field), help=f"default {getattr(defaults, field)}")
     train_p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     train_p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 only")
+    train_p.add_argument("--early-exit", action="store_true",
+                         help="train for early exit: a loss at every exit, adapters trained jointly (course-ee)")
+    train_p.add_argument("--init", default=None, help="start from this model ('course', a folder) and its exit heads")
+    train_p.add_argument("--exit-distill", type=float, default=defaults.exit_distill,
+                         help=f"share of KL to the final layer in each exit's loss (default {defaults.exit_distill})")
+    train_p.add_argument("--min-lr", dest="min_lr", type=float, default=defaults.min_lr,
+                         help=f"default {defaults.min_lr}")
     train_p.add_argument("--device", default=None, help="cpu, cuda, mps (default: eelib.get_device())")
     eval_p = sub.add_parser("eval", help="loss and bits per character on the last 10%% of the corpus")
     eval_p.add_argument("--model", default=COURSE_MODEL, help="'course', a Hub id or a folder")
@@ -683,7 +831,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         config = LMTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LMTrainConfig)
                                   if hasattr(args, f.name)})
-        result = train_course_model(text, args.out, config=config, device=args.device,
+        out = args.out or course_model_path(COURSE_EE_MODEL if config.early_exit else COURSE_MODEL)
+        result = train_course_model(text, out, config=config, device=args.device,
                                     log=lambda line: print(line, flush=True))
         print(f"saved {result.path} ({result.folder_bytes:,} bytes, {result.n_parameters:,} parameters) in "
               f"{result.seconds / 60:.1f} min: validation {result.validation.loss_per_token:.4f} nats/token, "

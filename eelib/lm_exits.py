@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .exits import ExitOutputs
-from .lm import COURSE_MODEL, LanguageModel, course_model_path, encode
+from .lm import _SHIPPED, COURSE_MODEL, LanguageModel, course_model_path, encode
 
 HEADS_FOLDER = "exit_heads"  # beside the course model: eelib/models/shakespeare-gpt2/exit_heads/
 HELDOUT_FILE = "heldout.txt"  # the last 10% of Tiny Shakespeare, which the course model never trained on
@@ -210,10 +210,10 @@ def load_exit_heads(lm: LanguageModel, exit_layers: Sequence[int], folder: str |
     from safetensors.torch import load_file
 
     if folder is None:
-        if lm.name != COURSE_MODEL:
-            raise ValueError(f"the shipped exit heads belong to the course model, not {lm.name!r}: train heads "
-                             f"for it with train_exit_heads, or give folder=")
-        folder = course_model_path() / HEADS_FOLDER
+        if lm.name not in _SHIPPED:
+            raise ValueError(f"shipped exit heads belong to the course models ({', '.join(map(repr, _SHIPPED))}), "
+                             f"not {lm.name!r}: train heads for it with train_exit_heads, or give folder=")
+        folder = course_model_path(lm.name) / HEADS_FOLDER
     path = Path(folder) / "adapters.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"no trained exit heads in {str(folder)!r} (adapters.safetensors is missing)")
@@ -229,8 +229,9 @@ def load_exit_heads(lm: LanguageModel, exit_layers: Sequence[int], folder: str |
 
 def course_exits(lm: LanguageModel | None = None, exit_layers: Sequence[int] = (2, 4), *,
                  trained: bool = True) -> EarlyExitLM:
-    """The course model with exits after ``exit_layers`` (default 2 and 4, as in chapter 7 and the benchmark):
-    trained heads (shipped) or the logit lens."""
+    """A course model (default ``"course"``; ``load_lm("course-ee")`` for the one trained for early exit)
+    with exits after ``exit_layers`` (default 2 and 4, as in chapter 7 and the benchmark): its shipped
+    trained heads, or the logit lens."""
     from .lm import load_lm
 
     lm = load_lm(COURSE_MODEL) if lm is None else lm
@@ -329,6 +330,24 @@ def threshold_for_agreement(scores: torch.Tensor, agrees: torch.Tensor, target: 
     return best
 
 
+@torch.no_grad()
+def agreement_by_layer(ee: EarlyExitLM, text: str, *, max_tokens: int | None = None) -> tuple[float, ...]:
+    """Share of the tokens of ``text`` at which each exit's top-1 equals the final exit's (every exit of ``ee``,
+    the final one last: 1.0), over non-overlapping windows of the context length, without storing logits."""
+    ids = encode(ee.lm, text)
+    ids = ids if max_tokens is None else ids[: max_tokens + 1]
+    if len(ids) < 2:
+        raise ValueError("text must have at least 2 tokens: one to read and one to predict")
+    same = torch.zeros(ee.num_exits, dtype=torch.float64)
+    n = 0
+    for start in range(0, len(ids) - 1, ee.lm.context_length):
+        chunk = ids[start:start + ee.lm.context_length][: len(ids) - 1 - start]
+        top = ee.exit_logits(chunk).argmax(-1)  # (E, T)
+        same += (top == top[-1]).sum(1).double().cpu()
+        n += top.shape[1]
+    return tuple(round(float(v), 6) for v in same / n)
+
+
 # --- training the exit heads -----------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -415,6 +434,43 @@ def train_exit_heads(lm: LanguageModel, text: str, *, steps: int = 300, batch_si
         p.requires_grad_(True)
     adapters.eval()
     return adapters, HeadTraining(steps, tuple(before), tuple(after), tuple(losses), time.perf_counter() - start)
+
+
+def initial_adapters(model: nn.Module, init: LanguageModel | None = None) -> nn.ModuleList:
+    """Adapters to train jointly with ``model`` (course-ee): those shipped with ``init`` when it is a course
+    model with trained heads (a warm start), else untrained ones (the logit lens)."""
+    ln_f = model.transformer.ln_f
+    adapters = nn.ModuleList(ExitAdapter(ln_f) for _ in range(model.config.n_layer - 1))
+    if init is not None and init.name in _SHIPPED and (course_model_path(init.name) / HEADS_FOLDER).is_dir():
+        adapters.load_state_dict(load_exit_heads(init, [1]).adapters.state_dict())
+    return adapters.to(ln_f.weight.device, ln_f.weight.dtype)
+
+
+def save_trained_exits(lm: LanguageModel, adapters: nn.ModuleList, folder: Path, val_text: str, *,
+                       weights: Sequence[float], distill: float, init: str | None, log=None) -> dict:
+    """Save the jointly trained adapters of a model trained for early exit in ``folder/exit_heads`` with a
+    ``training.json`` (the recipe and each layer's agreement with its final layer on the test half of
+    ``val_text``, beside the course model with its tuned heads). Returns that summary."""
+    import json
+
+    from .lm import load_lm
+
+    every = list(range(1, lm.n_layers))
+    ee = EarlyExitLM(lm, every, adapters=adapters)
+    ee.save_heads(folder / HEADS_FOLDER)
+    test = val_text[val_text.index("\n\n", len(val_text) // 2) + 2:]  # the test half, as heldout_text("test")
+    agreement = agreement_by_layer(ee, test)[:-1]
+    course = load_lm(COURSE_MODEL, device=lm.device)
+    course_agreement = agreement_by_layer(course_exits(course, list(range(1, course.n_layers))), test)[:-1]
+    summary = dict(weights=list(weights), distill=distill, init=init, agreement_by_layer=list(agreement),
+                   course_agreement_by_layer=list(course_agreement), test_tokens=len(encode(lm, test)),
+                   note="agreement: share of the tokens of the test half of the held-out text at which layer l's "
+                        "exit (1 .. n_layers - 1) predicts the same top-1 token as the model's final layer")
+    (folder / HEADS_FOLDER / "training.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    if log is not None:
+        log("agreement with the final layer by layer (test half): " + " ".join(f"{a:.3f}" for a in agreement)
+            + "; course model with tuned heads: " + " ".join(f"{a:.3f}" for a in course_agreement))
+    return summary
 
 
 def shipped_heads_training() -> dict:
