@@ -82,6 +82,9 @@ class Decoder:
         shape = (self.n_layers, self.n_heads, self.max_length, self.head_dim)
         self.keys = torch.zeros(shape, device=dev, dtype=dtype)
         self.values = torch.zeros(shape, device=dev, dtype=dtype)
+        # additive causal mask: row p is 0 up to column p, -inf after it
+        self.causal = torch.full((self.max_length, self.max_length), float("-inf"), device=dev, dtype=dtype).triu(1)
+        self.fused_gelu = cfg.activation_function == "gelu_new"
         base = 1 / math.sqrt(self.head_dim) if cfg.scale_attn_weights else 1.0
         self.scales = [base / (l + 1) if cfg.scale_attn_by_inverse_layer_idx else base for l in range(self.n_layers)]
         self.reset()
@@ -102,21 +105,36 @@ class Decoder:
         increasing positions); caches their keys and values at layer ``l``."""
         blk = self.tf.h[l]
         T = x.shape[0]
-        if isinstance(positions, int):
-            positions = torch.arange(positions, positions + T, device=x.device)
-        end = int(positions[-1]) + 1
         q, k, v = blk.attn.c_attn(blk.ln_1(x)).split(self.d, dim=-1)  # (T, d) each
         q = q.view(T, self.n_heads, self.head_dim).transpose(0, 1)  # (nh, T, hd)
-        self.keys[l, :, positions] = k.view(T, self.n_heads, self.head_dim).transpose(0, 1)
-        self.values[l, :, positions] = v.view(T, self.n_heads, self.head_dim).transpose(0, 1)
+        k = k.view(T, self.n_heads, self.head_dim).transpose(0, 1)
+        v = v.view(T, self.n_heads, self.head_dim).transpose(0, 1)
+        if isinstance(positions, int):  # consecutive positions: slice writes, no index tensors, no host sync
+            end = positions + T
+            self.keys[l, :, positions:end] = k
+            self.values[l, :, positions:end] = v
+        else:
+            end = int(positions[-1]) + 1
+            self.keys[l, :, positions] = k
+            self.values[l, :, positions] = v
         keys, values = self.keys[l, :, :end], self.values[l, :, :end]  # (nh, end, hd)
         att = (q @ keys.transpose(1, 2)) * self.scales[l]  # (nh, T, end)
         if T > 1:  # causal: the token at position p sees keys 0 .. p
-            allowed = torch.arange(end, device=x.device)[None, :] <= positions[:, None]  # (T, end)
-            att = att.masked_fill(~allowed, float("-inf"))
+            if isinstance(positions, int):  # row i is position positions + i: a slice of the causal mask
+                att = att + self.causal[positions:end, :end]
+            else:
+                allowed = torch.arange(end, device=x.device)[None, :] <= positions[:, None]  # (T, end)
+                att = att.masked_fill(~allowed, float("-inf"))
         y = (F.softmax(att, dim=-1) @ values).transpose(0, 1).reshape(T, self.d)  # (T, d)
         x = x + blk.attn.c_proj(y)
-        return x + blk.mlp(blk.ln_2(x))
+        return x + self.mlp(blk.mlp, blk.ln_2(x))
+
+    def mlp(self, mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """GPT-2's MLP in eval mode; ``gelu_new`` as one fused ``F.gelu(approximate="tanh")`` call (the
+        same formula; transformers spells it out in six operations, a third of a block's time at batch 1)."""
+        h = mlp.c_fc(x)
+        h = F.gelu(h, approximate="tanh") if self.fused_gelu else mlp.act(h)
+        return mlp.c_proj(h)
 
     def step_block(self, l: int, x: torch.Tensor, pos: int) -> torch.Tensor:
         """Block ``l`` for the new token at ``pos`` ``(1, d)``; in lazy mode, earlier tokens that left
@@ -175,6 +193,26 @@ class TokenStep:
 
 
 @dataclass(frozen=True)
+class Round:
+    """One draft-and-verify round of :func:`eelib.lm_speculative.self_speculative_generate`.
+
+    Attributes:
+        drafted: tokens the draft exit proposed.
+        accepted: how many of them the full model confirmed (the longest equal prefix).
+        tokens: tokens the round produced: ``accepted + 1`` (the full model's token after them).
+        layers: block rows computed in the round: ``(drafted + 1) x L`` to draft, ``(drafted + 1) x (N - L)``
+            to verify.
+        seconds: wall-clock time of the round (synchronised on the model's device).
+    """
+
+    drafted: int
+    accepted: int
+    tokens: int
+    layers: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Generation:
     """The result of :func:`early_exit_generate`.
 
@@ -184,9 +222,12 @@ class Generation:
         text: prompt + generated text, decoded.
         n_layers: layers of the model.
         flops: FLOPs of the decoding loop counted by ``FlopCounterMode`` (0 unless ``count_flops``).
-        kv: the decoder's key/value mode (``"lazy"`` or ``"copy"``).
+        kv: the decoder's key/value mode (``"lazy"`` or ``"copy"``), or ``"speculative"`` (self-speculative
+            decoding: every position gets every layer, drafted or verified).
         filled_layers: lazy mode: layers run later for tokens that had left early (to fill
-            their keys and values), in total.
+            their keys and values), in total; speculative: the layers run beyond each token's own
+            exit (the verification of accepted drafts, rejected drafts).
+        rounds: self-speculative decoding: one :class:`Round` per draft-and-verify round (else empty).
     """
 
     prompt_ids: tuple[int, ...]
@@ -196,6 +237,27 @@ class Generation:
     flops: int
     kv: str = "lazy"
     filled_layers: int = 0
+    rounds: tuple[Round, ...] = ()
+
+    @property
+    def drafted(self) -> int:
+        """Self-speculative decoding: tokens drafted, in total."""
+        return sum(r.drafted for r in self.rounds)
+
+    @property
+    def accepted(self) -> int:
+        """Self-speculative decoding: drafted tokens the full model confirmed, in total."""
+        return sum(r.accepted for r in self.rounds)
+
+    @property
+    def acceptance(self) -> float:
+        """Share of the drafted tokens that the full model confirmed (nan when nothing was drafted)."""
+        return self.accepted / self.drafted if self.drafted else math.nan
+
+    @property
+    def tokens_per_round(self) -> float:
+        """Self-speculative decoding: tokens produced per draft-and-verify round (nan without rounds)."""
+        return len(self.steps) / len(self.rounds) if self.rounds else math.nan
 
     @property
     def tokens(self) -> list[int]:
@@ -413,7 +475,8 @@ def token_exit_costs(ee: EarlyExitLM, context: int = 128, kv: str = "lazy") -> T
 
 # --- measured speed ------------------------------------------------------------------------------
 
-LOOPS = ("early exit", "no exits", "never exit", "HF generate")
+LOOPS = ("early exit", "no exits", "never exit", "HF generate", "self-speculative", "HF prompt lookup")
+PROMPT_LOOKUP_TOKENS = 3  # HF generate(prompt_lookup_num_tokens=...): n-gram drafts copied from the context
 
 
 @dataclass(frozen=True)
@@ -438,43 +501,67 @@ class GenerationSpeed:
         return self.seconds[baseline] / self.seconds[loop]
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a timer read after it measures the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def measure_generation_speed(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | Sequence[int] | str],
-                             policy: ExitPolicy, *, max_new_tokens: int = 40, repeats: int = 3, kv: str = "lazy",
-                             loops: Sequence[str] = LOOPS) -> GenerationSpeed:
+                             policy: ExitPolicy | None, *, max_new_tokens: int = 40, repeats: int = 3,
+                             kv: str = "lazy", loops: Sequence[str] = LOOPS[:4],
+                             speculative: dict | None = None) -> GenerationSpeed:
     """Time early-exit generation against the same loop without exits (and others), interleaved.
 
     Loops: ``"early exit"`` (``policy``), ``"no exits"`` (every layer, the final head only: the
     baseline), ``"never exit"`` (every head and decision evaluated, nobody leaves: the heads' price),
-    ``"HF generate"`` (Hugging Face ``generate``, greedy, with its KV cache). For each prompt every
-    loop runs ``repeats`` times in turn and the fastest run counts, so that a slow moment of the
-    machine hits all loops alike. Every loop generates exactly ``max_new_tokens`` tokens.
+    ``"HF generate"`` (Hugging Face ``generate``, greedy, with its KV cache), ``"self-speculative"``
+    (:func:`eelib.lm_speculative.self_speculative_generate` with the keyword arguments
+    ``speculative``, default its calibrated settings) and ``"HF prompt lookup"`` (``generate`` with
+    ``prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS``: Hugging Face's built-in speculative decoding
+    that drafts by copying n-grams of the context). For each prompt every loop runs ``repeats``
+    times in turn and the fastest run counts, so that a slow moment of the machine hits all loops
+    alike; each run is synchronised on the model's device. Every loop generates exactly
+    ``max_new_tokens`` tokens.
     """
+    from .lm_speculative import self_speculative_generate
+
     unknown = [name for name in loops if name not in LOOPS]
     if unknown or not loops:
         raise ValueError(f"loops must be some of {', '.join(LOOPS)}, got {list(loops)}")
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    if policy is None and {"early exit", "never exit"} & set(loops):
+        raise ValueError("policy is None, but the loops 'early exit' and 'never exit' need a policy")
     lm = ee.lm
-    never = ExitPolicy.never_exit(ee.num_exits, policy.measure)
+    never = None if policy is None else ExitPolicy.never_exit(ee.num_exits, policy.measure)
     seconds = {name: 0.0 for name in loops}
     total = 0
     for prompt in prompts:
         ids = _prompt_ids(ee, prompt).to(lm.device)
         n_new = min(max_new_tokens, lm.context_length - len(ids) + 1)
+        mask = torch.ones(1, len(ids), dtype=torch.long, device=ids.device)
+        hf = dict(attention_mask=mask, do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new,
+                  pad_token_id=lm.tokenizer.eos_token_id)
         calls = {
             "early exit": lambda: early_exit_generate(ee, ids, policy, max_new_tokens=n_new, kv=kv),
             "no exits": lambda: early_exit_generate(ee, ids, None, max_new_tokens=n_new),
             "never exit": lambda: early_exit_generate(ee, ids, never, max_new_tokens=n_new, kv=kv),
-            "HF generate": lambda: lm.model.generate(
-                ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=ids.device),
-                do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new,
-                pad_token_id=lm.tokenizer.eos_token_id),
+            "HF generate": lambda: lm.model.generate(ids[None], **hf),
+            "self-speculative": lambda: self_speculative_generate(ee, ids, max_new_tokens=n_new,
+                                                                  **(speculative or {})),
+            "HF prompt lookup": lambda: lm.model.generate(ids[None], prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS,
+                                                          **hf),
         }
         best = {name: math.inf for name in loops}
         for _ in range(repeats):
             for name in loops:
+                _sync(ids.device)
                 start = time.perf_counter()
                 calls[name]()
+                _sync(ids.device)
                 best[name] = min(best[name], time.perf_counter() - start)
         for name in loops:
             seconds[name] += best[name]
