@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from .lm import encode
 from .lm_exits import EarlyExitLM
 from .policies import ExitPolicy, get_measure
+
+if TYPE_CHECKING:
+    from .lm_confidence import StateGate
 
 
 KV_MODES = ("lazy", "copy")
@@ -306,7 +309,8 @@ def _prompt_ids(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Tensor) -> 
 def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Tensor,
                         policy: ExitPolicy | None = None, *, max_new_tokens: int = 40,
                         force: Sequence[int] | torch.Tensor | None = None, kv: str = "lazy",
-                        count_flops: bool = False, decoder: Decoder | None = None) -> Generation:
+                        count_flops: bool = False, decoder: Decoder | None = None,
+                        gate: "StateGate | None" = None) -> Generation:
     """Greedy decoding at batch size 1 in which each token leaves at its policy's first confident exit.
 
     Each new token runs the layers up to an exit, evaluates that exit's head and the policy's
@@ -330,6 +334,9 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
         count_flops: count the loop's FLOPs with ``FlopCounterMode`` (slower; do not time it).
         decoder: a :class:`Decoder` to use (and inspect afterwards); default a new one sized for
             this call. Its own ``kv`` mode is used; giving a different ``kv`` is an error.
+        gate: instead of ``policy``, a :class:`~eelib.lm_confidence.StateGate` (CALM's hidden-state
+            saturation or a learned exit classifier): the decision is made from the hidden state,
+            and an exit's head is computed only for a token that leaves there.
 
     Raises:
         ValueError: an empty prompt, a prompt that fills the context window, thresholds of
@@ -338,8 +345,12 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
     ids = _prompt_ids(ee, prompt).to(ee.lm.device)
     vocab = ee.model.config.vocab_size
     if policy is not None:
+        if gate is not None:
+            raise ValueError("give a policy (logit measure) or a gate (hidden-state measure), not both")
         policy.check(ee.num_exits, vocab)
         measure = get_measure(policy.measure)
+    if gate is not None and len(gate.thresholds) != ee.num_exits - 1:
+        raise ValueError(f"gate has {len(gate.thresholds)} thresholds but the model has {ee.num_exits - 1} early exits")
     if force is not None:
         force = [int(t) for t in torch.as_tensor(force).flatten().tolist()]
         if not force:
@@ -353,7 +364,7 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
     dec = decoder if decoder is not None else Decoder(ee, kv, max_length=len(ids) + n_new - 1)  # positions used
     layers = ee.layers
     # without a policy only the final exit is visited: the plain decoding loop
-    plan = list(enumerate(layers)) if policy is not None else [(len(layers) - 1, layers[-1])]
+    plan = list(enumerate(layers)) if policy is not None or gate is not None else [(len(layers) - 1, layers[-1])]
     counter = FlopCounterMode(display=False) if count_flops else None
     steps = []
     if counter is not None:
@@ -371,8 +382,16 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
             done, prev_pred, run, score = 0, -1, 0, float("nan")
             for k, layer in plan:
                 for l in range(done, layer):
+                    before = x
                     x = dec.step_block(l, x, pos)
                 done = layer
+                if gate is not None and k < len(layers) - 1:  # decide from the state; a head only to leave
+                    score = float(gate.score(k, x, before))
+                    if score >= gate.thresholds[k]:
+                        logits = ee.head(k, x)
+                        dec.leave(layer, x, pos)
+                        break
+                    continue
                 logits = ee.head(k, x)
                 if policy is None:
                     break  # the plain loop: the final head only, no measure
@@ -512,7 +531,7 @@ def _sync(device: torch.device) -> None:
 def measure_generation_speed(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | Sequence[int] | str],
                              policy: ExitPolicy | None, *, max_new_tokens: int = 40, repeats: int = 3,
                              kv: str = "lazy", loops: Sequence[str] = LOOPS[:4],
-                             speculative: dict | None = None) -> GenerationSpeed:
+                             speculative: dict | None = None, gate: "StateGate | None" = None) -> GenerationSpeed:
     """Time early-exit generation against the same loop without exits (and others), interleaved.
 
     Loops: ``"early exit"`` (``policy``), ``"no exits"`` (every layer, the final head only: the
@@ -524,7 +543,8 @@ def measure_generation_speed(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | S
     that drafts by copying n-grams of the context). For each prompt every loop runs ``repeats``
     times in turn and the fastest run counts, so that a slow moment of the machine hits all loops
     alike; each run is synchronised on the model's device. Every loop generates exactly
-    ``max_new_tokens`` tokens.
+    ``max_new_tokens`` tokens. With ``gate`` (and ``policy=None``), ``"early exit"`` decides with that
+    hidden-state gate (:mod:`eelib.lm_confidence`).
     """
     from .lm_speculative import self_speculative_generate
 
@@ -533,8 +553,8 @@ def measure_generation_speed(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | S
         raise ValueError(f"loops must be some of {', '.join(LOOPS)}, got {list(loops)}")
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
-    if policy is None and {"early exit", "never exit"} & set(loops):
-        raise ValueError("policy is None, but the loops 'early exit' and 'never exit' need a policy")
+    if policy is None and ("never exit" in loops or ("early exit" in loops and gate is None)):
+        raise ValueError("policy is None, but the loops 'early exit' (without a gate) and 'never exit' need a policy")
     lm = ee.lm
     never = None if policy is None else ExitPolicy.never_exit(ee.num_exits, policy.measure)
     seconds = {name: 0.0 for name in loops}
@@ -546,7 +566,7 @@ def measure_generation_speed(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | S
         hf = dict(attention_mask=mask, do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new,
                   pad_token_id=lm.tokenizer.eos_token_id)
         calls = {
-            "early exit": lambda: early_exit_generate(ee, ids, policy, max_new_tokens=n_new, kv=kv),
+            "early exit": lambda: early_exit_generate(ee, ids, policy, max_new_tokens=n_new, kv=kv, gate=gate),
             "no exits": lambda: early_exit_generate(ee, ids, None, max_new_tokens=n_new),
             "never exit": lambda: early_exit_generate(ee, ids, never, max_new_tokens=n_new, kv=kv),
             "HF generate": lambda: lm.model.generate(ids[None], **hf),
@@ -593,15 +613,18 @@ class ForcedEval:
     exit_shares: tuple[float, ...]
 
 
-def teacher_forced_eval(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | Sequence[int] | str], policy: ExitPolicy,
-                        *, max_new_tokens: int = 48, kv: str = "lazy") -> ForcedEval:
+def teacher_forced_eval(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | Sequence[int] | str],
+                        policy: ExitPolicy | None, *, max_new_tokens: int = 48, kv: str = "lazy",
+                        gate: "StateGate | None" = None) -> ForcedEval:
     """Agreement and layers of early-exit decoding, compared position by position with the full model.
 
     For each prompt, the full model's greedy continuation (our loop without exits, equal to
     ``generate``) is fed to early-exit decoding (teacher forcing), so that every position is
     compared in the same context; a free-running comparison would stop meaning anything after
-    the first different token.
+    the first different token. ``gate`` (with ``policy=None``): a hidden-state gate decides instead.
     """
+    if policy is None and gate is None:
+        raise ValueError("give a policy or a gate: teacher_forced_eval measures early exits")
     from .exits import ExitOutputs
     from .lm_exits import oracle_layers
 
@@ -611,7 +634,7 @@ def teacher_forced_eval(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | Sequen
     for prompt in prompts:
         ids = _prompt_ids(ee, prompt)
         target = early_exit_generate(ee, ids, None, max_new_tokens=max_new_tokens).tokens
-        forced = early_exit_generate(ee, ids, policy, force=target, kv=kv)
+        forced = early_exit_generate(ee, ids, policy, force=target, kv=kv, gate=gate)
         same += sum(a == b for a, b in zip(forced.tokens, target))
         exit_layers += forced.avg_exit_layer * len(target)
         computed += forced.avg_layers_computed * len(target)

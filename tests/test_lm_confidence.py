@@ -1,0 +1,77 @@
+"""CALM's cheap exit decisions: hidden-state saturation and learned exit classifiers, in generation."""
+
+import math
+
+import pytest
+import torch
+
+from eelib import lm as lmlib
+from eelib.lm_confidence import (StateGate, calibrate_gate, saturation, state_scores, train_exit_classifiers)
+from eelib.lm_exits import course_exits, heldout_text
+from eelib.lm_generate import early_exit_generate, teacher_forced_eval
+from eelib.lm_speculative import calibration_prompts
+from eelib.policies import ExitPolicy
+
+
+@pytest.fixture(scope="module")
+def ee():
+    return course_exits(lmlib.load_lm(lmlib.COURSE_MODEL, device="cpu"), (2, 4))
+
+
+@pytest.fixture(scope="module")
+def classifiers(ee):
+    return train_exit_classifiers(ee, heldout_text("calibration"), max_tokens=2000, steps=150)
+
+
+def test_saturation_by_hand():
+    h = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    before = torch.tensor([[2.0, 0.0], [-1.0, -1.0]])
+    assert saturation(h, before).tolist() == pytest.approx([1.0, -1.0])
+
+
+def test_a_token_that_goes_on_pays_no_head(ee, monkeypatch):
+    heads = []
+    original = type(ee).head
+    monkeypatch.setattr(type(ee), "head", lambda self, k, h: heads.append(k) or original(self, k, h))
+    never = StateGate("saturation", (math.inf, math.inf))
+    g = early_exit_generate(ee, "ROMEO:", max_new_tokens=12, gate=never)
+    assert heads == [2] * 12  # the final head only
+    assert g.tokens == early_exit_generate(ee, "ROMEO:", None, max_new_tokens=12).tokens
+    heads.clear()
+    always = StateGate("saturation", (-1.0, -1.0))
+    g = early_exit_generate(ee, "ROMEO:", max_new_tokens=12, gate=always)
+    assert heads == [0] * 12 and {s.layer for s in g.steps} == {2}
+
+
+def test_classifiers_predict_agreement(ee, classifiers):
+    scores, correct = state_scores(ee, heldout_text("test"), "classifier", classifiers, max_tokens=2000)
+    for k in range(2):
+        accuracy = ((scores[k] >= 0.5) == correct[k]).double().mean().item()
+        majority = max(correct[k].double().mean().item(), 1 - correct[k].double().mean().item())
+        assert accuracy > majority  # better than always guessing the commoner answer, on held-out tokens
+
+
+@pytest.mark.parametrize("measure", ["saturation", "classifier"])
+def test_calibrated_gate_meets_its_target(ee, classifiers, measure):
+    cal = calibrate_gate(ee, heldout_text("calibration"), measure, target=0.9, classifiers=classifiers,
+                         max_tokens=2000)
+    assert cal.agreement >= 0.9 and cal.avg_exit_layer < 8
+    scores, correct = state_scores(ee, heldout_text("calibration"), measure, classifiers, max_tokens=2000)
+    leaves = scores[0] >= cal.gate.thresholds[0]
+    assert leaves.any()  # some tokens leave at layer 2 at this target
+    forced = teacher_forced_eval(ee, calibration_prompts(ee.lm, 2, "test"), None, gate=cal.gate, max_new_tokens=16)
+    assert forced.tokens == 32 and forced.avg_exit_layer < 8
+
+
+def test_bad_gates(ee, classifiers):
+    with pytest.raises(ValueError, match="measure"):
+        StateGate("max_prob", (0.5, 0.5))
+    with pytest.raises(ValueError, match="classifiers"):
+        StateGate("classifier", (0.5, 0.5))
+    with pytest.raises(ValueError, match="thresholds"):
+        early_exit_generate(ee, "ROMEO:", max_new_tokens=2, gate=StateGate("saturation", (0.5,)))
+    with pytest.raises(ValueError, match="not both"):
+        early_exit_generate(ee, "ROMEO:", ExitPolicy("max_prob", (0.5, 0.5)), max_new_tokens=2,
+                            gate=StateGate("saturation", (0.5, 0.5)))
+    with pytest.raises(ValueError, match="policy or a gate"):
+        teacher_forced_eval(ee, ["ROMEO:"], None)
