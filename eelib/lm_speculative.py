@@ -224,11 +224,7 @@ def self_speculative_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | tor
                 h = dec.block(l, h, start)
             full = ee.model.lm_head(tf.ln_f(h)).argmax(-1)  # (k + 1,) the full model's greedy tokens
             k = len(drafts)
-            if k:
-                same = (torch.stack(drafts) == full[:k]).int().cumprod(0)
-                accepted = int(same.sum())  # host sync: the length of the equal prefix
-            else:
-                accepted = 0
+            accepted = accepted_length(torch.stack(drafts), full) if k else 0  # one host sync per round
             new = full[: accepted + 1].tolist()  # the accepted drafts equal these; the last is the bonus token
             token = full[accepted:accepted + 1]
             dec.length = start + accepted + 1  # positions beyond are stale and will be overwritten
@@ -249,6 +245,56 @@ def self_speculative_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | tor
     computed = sum(r.layers for r in rounds)
     return Generation(tuple(ids.tolist()), tuple(steps), text, N, flops, "speculative",
                       computed - sum(s.layer for s in steps), tuple(rounds))
+
+
+def accepted_length(drafts: torch.Tensor, verified: torch.Tensor) -> int:
+    """How many drafts the full model confirms: the length of the longest prefix of ``drafts`` ``(k,)`` equal
+    to ``verified[:k]`` (``verified``: the full model's greedy token at each of the ``k + 1`` positions)."""
+    if len(drafts) == 0:
+        return 0
+    return int((drafts == verified[: len(drafts)]).int().cumprod(0).sum())
+
+
+def accepted_tokens(drafts: Sequence[int], verified: Sequence[int]) -> list[int]:
+    """The tokens a round produces: the accepted drafts, then the full model's token after them (the bonus).
+
+    Example: drafts ``[5, 7, 9]``, verified ``[5, 7, 2, 4]`` -> ``[5, 7, 2]``.
+    """
+    drafts, verified = torch.as_tensor(list(drafts), dtype=torch.long), torch.as_tensor(list(verified), dtype=torch.long)
+    if len(verified) != len(drafts) + 1:
+        raise ValueError(f"verified must hold one token more than drafts ({len(drafts) + 1}), got {len(verified)}")
+    return verified[: accepted_length(drafts, verified) + 1].tolist()
+
+
+def expected_tokens_per_round(acceptance: float, max_draft: int) -> float:
+    """Tokens per round when each draft is accepted with probability ``acceptance``, independently, and
+    ``max_draft`` are drafted: ``sum_{i=0..k} a^i = (1 - a^(k+1)) / (1 - a)`` (the bonus token included)."""
+    if not 0 <= acceptance <= 1:
+        raise ValueError(f"acceptance must be in [0, 1], got {acceptance!r}")
+    return float(sum(acceptance ** i for i in range(max_draft + 1)))
+
+
+def measure_block_time(ee: EarlyExitLM, rows: Sequence[int] = (1, 2, 4, 8, 16), *, context: int = 64,
+                       repeats: int = 200, layer: int = 0) -> list[list[float]]:
+    """Seconds of one :meth:`Decoder.block` call on ``rows`` new positions after ``context`` cached ones,
+    ``repeats`` times for each row count (interleaved, synchronised on the model's device)."""
+    if any(not isinstance(r, int) or r < 1 for r in rows) or context + max(rows) > ee.lm.context_length:
+        raise ValueError(f"rows must be positive integers with context + rows <= {ee.lm.context_length}, got "
+                         f"{list(rows)} with context {context}")
+    dec = Decoder(ee)
+    device = ee.lm.device
+    xs = {r: torch.randn(r, dec.d, device=device, dtype=dec.keys.dtype) for r in rows}
+    times: dict[int, list[float]] = {r: [] for r in rows}
+    with torch.inference_mode():
+        for i in range(repeats + 5):  # 5 warm-up rounds
+            for r in rows:
+                _sync(device)
+                t0 = time.perf_counter()
+                dec.block(layer, xs[r], context)
+                _sync(device)
+                if i >= 5:
+                    times[r].append(time.perf_counter() - t0)
+    return [times[r] for r in rows]
 
 
 # --- calibration of the defaults -----------------------------------------------------------------

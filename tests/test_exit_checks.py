@@ -73,3 +73,35 @@ def test_unfinished_exercises_pass_through():
 
     with pytest.raises(NotImplementedError):
         checks.check_route_batch(blank)
+
+
+# --- chapter 8: self-speculative decoding --------------------------------------------------------
+
+def test_speculative_checks_accept_the_reference(capsys):
+    from eelib.lm_speculative import accepted_tokens, expected_tokens_per_round
+
+    checks.check_accepted_tokens(accepted_tokens)
+    checks.check_tokens_per_round(expected_tokens_per_round)
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and all(line.startswith("Correct") for line in out)
+
+
+def _prefix_without_bonus(drafts, verified):
+    n = 0
+    while n < len(drafts) and drafts[n] == verified[n]:
+        n += 1
+    return drafts[:n]
+
+
+@pytest.mark.parametrize("check, answer, message", [
+    (checks.check_accepted_tokens, _prefix_without_bonus, "bonus token"),
+    (checks.check_accepted_tokens, lambda d, v: [x for x, y in zip(d, v) if x == y] + [v[-1]], "stop at the first"),
+    (checks.check_accepted_tokens, lambda d, v: _prefix_without_bonus(d, v) + d[len(_prefix_without_bonus(d, v)):][:1]
+     if len(_prefix_without_bonus(d, v)) < len(d) else d + [v[-1]], "not the rejected draft"),
+    (checks.check_tokens_per_round, lambda a, k: sum(a ** i for i in range(1, k + 1)), "bonus"),
+    (checks.check_tokens_per_round, lambda a, k: 1 + a * k, "a\\^i"),
+    (checks.check_tokens_per_round, lambda a, k: 1 / (1 - a) if a < 1 else k + 1, "at most max_draft"),
+])
+def test_speculative_checks_explain_wrong_answers(check, answer, message):
+    with pytest.raises(AssertionError, match=message):
+        check(answer)
