@@ -12,6 +12,8 @@ thresholds with a guarantee, early exit with a reject option under a FLOPs budge
 sample's exit), :mod:`eelib.lm` (the course language model: GPT-2 loading, scoring,
 training), :mod:`eelib.lm_exits` (exits after GPT-2's layers: logit lens, trained exit heads),
 :mod:`eelib.lm_generate` (early-exit generation with a correct key/value cache),
+:mod:`eelib.lm_speculative` (self-speculative decoding: an early exit drafts, the full model verifies),
+:mod:`eelib.lm_confidence` (CALM's cheap exit decisions from the hidden state),
 :mod:`eelib.tokens` (token difficulty: kinds of token, coloured text), :mod:`eelib.plots` (figures), :mod:`eelib.widgets` (lecture sliders),
 :mod:`eelib.checks` (exercise checks), :mod:`eelib.course` (exercise generation, headless
 notebook runs).
@@ -23,11 +25,13 @@ from .data import DATASETS, OFFLINE_DEFAULT, DataSplits, load_data
 from .device import get_device, seed_everything
 from .dynamic import DynamicResult, Speedup, dynamic_inference, measure_speedup
 from .exits import EarlyExitNet, ExitConfig, ExitHead, ExitOutputs, exit_outputs, torchvision_early_exit
-from .lm import COURSE_MODEL, LanguageModel, LMEval, ModelUnavailableError, evaluate_text, load_lm, token_losses
-from .lm_exits import (EarlyExitLM, TokenExits, course_exits, heldout_text, load_exit_heads, oracle_layers,
+from .lm import COURSE_EE_MODEL, COURSE_MODEL, LanguageModel, LMEval, ModelUnavailableError, evaluate_text, load_lm, token_losses
+from .lm_exits import (EarlyExitLM, TokenExits, agreement_by_layer, course_exits, heldout_text, load_exit_heads, oracle_layers,
                        perplexity, threshold_for_agreement, token_exit_outputs, train_exit_heads)
-from .lm_generate import (Decoder, ForcedEval, Generation, GenerationSpeed, TokenCosts, early_exit_generate,
+from .lm_generate import (Decoder, ForcedEval, Generation, GenerationSpeed, Round, TokenCosts, early_exit_generate,
                           measure_generation_speed, teacher_forced_eval, token_exit_costs)
+from .lm_speculative import SpeculativeSettings, self_speculative_generate
+from .lm_confidence import StateGate, calibrate_gate, train_exit_classifiers
 from .tokens import difficulty_by_kind, token_html, token_kinds, token_strings
 from .policies import (MEASURES, Calibration, ExitPolicy, PolicyEval, PolicyResult, apply_policy, calibrate,
                        confidence, evaluate_oracle, evaluate_policy, oracle_exits, static_exit, tradeoff_curve)
@@ -42,6 +46,9 @@ from .zoo import RECIPES, Recipe, TrainedModel, load_trained
 __version__ = "0.1.0"
 
 __all__ = [
+    # chapter 8: self-speculative decoding, CALM's cheap decisions
+    "COURSE_EE_MODEL", "Round", "SpeculativeSettings", "StateGate", "agreement_by_layer", "calibrate_gate",
+    "self_speculative_generate", "train_exit_classifiers",
     "Decoder", "EarlyExitLM", "ForcedEval", "Generation", "GenerationSpeed", "measure_generation_speed",
     "teacher_forced_eval", "TokenCosts", "TokenExits", "course_exits", "difficulty_by_kind",
     "early_exit_generate", "heldout_text", "load_exit_heads", "oracle_layers", "perplexity",

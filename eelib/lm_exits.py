@@ -458,7 +458,8 @@ def save_trained_exits(lm: LanguageModel, adapters: nn.ModuleList, folder: Path,
     every = list(range(1, lm.n_layers))
     ee = EarlyExitLM(lm, every, adapters=adapters)
     ee.save_heads(folder / HEADS_FOLDER)
-    test = val_text[val_text.index("\n\n", len(val_text) // 2) + 2:]  # the test half, as heldout_text("test")
+    cut = val_text.find("\n\n", len(val_text) // 2)  # the test half, as heldout_text("test") splits it
+    test = val_text[cut + 2:] if cut >= 0 else val_text[len(val_text) // 2:]
     agreement = agreement_by_layer(ee, test)[:-1]
     course = load_lm(COURSE_MODEL, device=lm.device)
     course_agreement = agreement_by_layer(course_exits(course, list(range(1, course.n_layers))), test)[:-1]

@@ -237,3 +237,53 @@ def test_training_end_to_end(tmp_path):
     assert lmlib.evaluate_text(loaded, lmlib.split_corpus(text)[1]) == result.validation
     with pytest.raises(ValueError, match="text has 100 characters; training needs at least 640"):
         lmlib.train_course_model("x" * 100, tmp_path / "other", config=TINY, device="cpu", progress=False)
+
+
+def test_training_for_early_exit(tmp_path):
+    import dataclasses
+    import json
+
+    from eelib.lm_exits import load_exit_heads
+
+    text = _tiny_text(6000)
+    config = dataclasses.replace(TINY, early_exit=True, exit_positions=0.5)
+    out = tmp_path / "ee"
+    lines = []
+    result = lmlib.train_course_model(text, out, config=config, device="cpu", progress=False, log=lines.append)
+    assert any("exit losses by layer" in line for line in lines)
+    summary = json.loads((out / "exit_heads" / "training.json").read_text())
+    assert len(summary["agreement_by_layer"]) == 1 and summary["weights"] == [0.8]  # 2 layers: one early exit
+    assert len(summary["course_agreement_by_layer"]) == 7  # the course model's, for comparison
+    loaded = lmlib.load_lm(out, device="cpu")
+    ee = load_exit_heads(loaded, [1], out / "exit_heads")
+    assert ee.adapters[0].proj.weight.abs().sum() > 0  # trained jointly: no longer the zero init of the logit lens
+    card = (out / "README.md").read_text()
+    assert "## Trained for early exit" in card and f"{summary['agreement_by_layer'][0]:.1%}" in card
+    assert result.folder_bytes == sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    # continuing from a model keeps its tokenizer and needs the same shape
+    again = lmlib.train_course_model(text, tmp_path / "again", config=dataclasses.replace(config, init=str(out)),
+                                     device="cpu", progress=False)
+    assert (again.path / "tokenizer.json").read_text() == (out / "tokenizer.json").read_text()
+    with pytest.raises(ValueError, match="init="):
+        lmlib.train_course_model(text, tmp_path / "bad", config=dataclasses.replace(config, init=str(out), n_embd=48),
+                                 device="cpu", progress=False)
+    with pytest.raises(ValueError, match="exit_weights"):
+        dataclasses.replace(config, exit_weights=(0.5, 0.5))
+
+
+def test_course_ee_is_shipped_and_trained_for_early_exit():
+    import json
+
+    from eelib.lm_exits import HEADS_FOLDER, course_exits
+
+    folder = lmlib.course_model_path(lmlib.COURSE_EE_MODEL)
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    everything = sum(f.stat().st_size for f in folder.parent.rglob("*") if f.is_file())
+    assert size <= 8 * 2 ** 20 and everything <= 16 * 2 ** 20  # the package stays small
+    ee_lm = lmlib.load_lm(lmlib.COURSE_EE_MODEL, device="cpu")
+    course = lmlib.load_lm(lmlib.COURSE_MODEL, device="cpu")
+    assert ee_lm.tokenizer.get_vocab() == course.tokenizer.get_vocab()  # tokens compare one to one
+    summary = json.loads((folder / HEADS_FOLDER / "training.json").read_text())
+    quarter = ee_lm.n_layers // 4
+    assert summary["agreement_by_layer"][quarter - 1] > summary["course_agreement_by_layer"][quarter - 1]
+    assert course_exits(ee_lm).kind == "trained heads"
