@@ -127,6 +127,27 @@ def chapter7_figures(lm, prompts, args) -> dict:
             **figures}
 
 
+TABLE_HEADER = ("| model | exact | speedup | vs HF generate | vs HF prompt lookup | tokens/s plain / self-speculative "
+                "| acceptance | tokens per round | draft (layer, threshold, max, vocabulary) | bpc final "
+                "| agreement at layer 2 | chapter 7 at 95%: speedup max_prob / saturation / classifier |")
+
+
+def readme_rows(results: dict) -> list[str]:
+    """The README's table of this benchmark, one row per model (a test checks that the README shows these)."""
+    rows = [TABLE_HEADER, "|" + "---|" * TABLE_HEADER.count(" | ") + "---|"]
+    for name, m in results["models"].items():
+        acc = "-" if m["acceptance"] is None else f"{m['acceptance']:.2f}"
+        vocab = "all" if m["draft_vocab"] is None else f"{m['draft_vocab']:,}"
+        ch7 = m["early_exit"]
+        rows.append(f"| {name} | {m['exact']:.3f} | {m['speedup']:.2f}x | {m['speedup_vs_hf_generate']:.2f}x | "
+                    f"{m['speedup_vs_hf_prompt_lookup']:.2f}x | {m['tokens_per_second']['plain']:.0f} / "
+                    f"{m['tokens_per_second']['self_speculative']:.0f} | {acc} | {m['tokens_per_round']:.2f} | "
+                    f"{m['draft_exit']}, {m['threshold']:g}, {m['max_draft']}, {vocab} | {m['bpc_final']:.3f} | "
+                    f"{100 * m['agreement_by_layer'][1]:.1f}% | {ch7['max_prob']['speedup']:.2f}x / "
+                    f"{ch7['saturation']['speedup']:.2f}x / {ch7['classifier']['speedup']:.2f}x |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=12)
@@ -154,14 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     tmp.replace(args.out)
-    print(f"{'model':>10} {'exact':>6} {'speedup':>8} {'vs HF':>6} {'vs lookup':>9} {'tok/s':>7} {'accept':>7} "
-          f"{'tok/round':>9} {'draft':>5} {'bpc':>6} {'ch7 speedup':>11}")
-    for name, m in models.items():
-        acc = "-" if m["acceptance"] is None else f"{m['acceptance']:.2f}"
-        print(f"{name:>10} {m['exact']:6.3f} {m['speedup']:7.2f}x {m['speedup_vs_hf_generate']:5.2f}x "
-              f"{m['speedup_vs_hf_prompt_lookup']:8.2f}x {m['tokens_per_second']['self_speculative']:7.0f} {acc:>7} "
-              f"{m['tokens_per_round']:9.2f} {m['draft_exit']:5d} {m['bpc_final']:6.3f} "
-              f"{m['early_exit']['max_prob']['speedup']:10.2f}x")
+    print("\n".join(readme_rows(results)))
     if "course_ee_vs_course_plain" in results:
         print(f"course-ee self-speculative vs the course model's plain loop: {results['course_ee_vs_course_plain']:.2f}x")
     print(f"written to {args.out}")

@@ -60,6 +60,9 @@ class SpeculativeSettings:
     draft_vocab: tuple[int, ...] | None
 
 
+_FREQUENT: dict[tuple[int, int], tuple[int, ...]] = {}  # (tokenizer, k) -> the k most frequent of the calibration half
+
+
 def frequent_tokens(lm: LanguageModel, text: str, k: int) -> tuple[int, ...]:
     """The ``k`` most frequent token ids of ``text`` (ties by id), for a trimmed draft head."""
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= lm.model.config.vocab_size:
@@ -116,7 +119,13 @@ def resolve_settings(ee: EarlyExitLM, draft_exit: int | None = None, threshold: 
             raise ValueError(f"draft_vocab must be 'default', None, a number of tokens or token ids, got {draft_vocab!r}")
         draft_vocab = saved.get("draft_vocab")
     if isinstance(draft_vocab, int) and not isinstance(draft_vocab, bool):
-        draft_vocab = None if draft_vocab == vocab else frequent_tokens(ee.lm, heldout_text("calibration"), draft_vocab)
+        if not 1 <= draft_vocab <= vocab:
+            raise ValueError(f"draft_vocab must be a number of tokens from 1 to {vocab} (or token ids, or None), "
+                             f"got {draft_vocab}")
+        key = (id(ee.lm.tokenizer), draft_vocab)  # tokenising the text takes longer than a short generation
+        if key not in _FREQUENT:
+            _FREQUENT[key] = frequent_tokens(ee.lm, heldout_text("calibration"), draft_vocab)
+        draft_vocab = None if draft_vocab == vocab else _FREQUENT[key]
     if draft_vocab is not None:
         ids = tuple(int(t) for t in torch.as_tensor(draft_vocab).flatten().tolist())
         if not ids or any(not 0 <= t < vocab for t in ids) or len(set(ids)) != len(ids):

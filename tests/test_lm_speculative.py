@@ -165,7 +165,7 @@ def test_bad_input(shipped):
         (dict(threshold=1.5), "threshold"), (dict(threshold=-0.1), "threshold"), (dict(threshold="high"), "threshold"),
         (dict(max_draft=0), "max_draft"), (dict(max_draft=2.5), "max_draft"), (dict(max_new_tokens=0), "max_new_tokens"),
         (dict(draft_vocab=[5, 5]), "draft_vocab"), (dict(draft_vocab=[10 ** 6]), "draft_vocab"),
-        (dict(draft_vocab="all"), "draft_vocab"),
+        (dict(draft_vocab="all"), "draft_vocab"), (dict(draft_vocab=0), "draft_vocab"),
     ]
     for kwargs, word in cases:
         with pytest.raises(ValueError, match=word):
@@ -181,3 +181,21 @@ def test_missing_course_ee_says_how_to_get_it(monkeypatch, tmp_path):
     monkeypatch.setitem(lmlib._SHIPPED, lmlib.COURSE_EE_MODEL, tmp_path / "nowhere")
     with pytest.raises(lmlib.ModelUnavailableError, match="--early-exit"):
         lmlib.load_lm(lmlib.COURSE_EE_MODEL)
+
+
+def test_readme_shows_the_benchmark():
+    """The README's self-speculative table is the benchmark's results file, row for row."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("self_speculative_benchmark", root / "benchmarks" / "self_speculative.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = json.loads((root / "benchmarks" / "results" / "self_speculative.json").read_text())
+    assert set(results["models"]) == {"course", "course-ee"}
+    assert all(m["exact"] == 1.0 for m in results["models"].values())
+    readme = (root / "README.md").read_text()
+    for row in bench.readme_rows(results):
+        assert row in readme, f"the README does not show this row of benchmarks/results/self_speculative.json:\n{row}"
