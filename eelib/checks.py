@@ -613,7 +613,7 @@ def check_accepted_tokens(accepted_tokens: Callable) -> None:
         elif len(got) > len(expected):
             hint = ("stop at the first draft that differs from the full model's token: the drafts after it were "
                     "conditioned on a wrong token")
-        elif got and got[-1] == drafts[len(got) - 1] and got[-1] != verified[len(got) - 1]:
+        elif got and len(got) <= len(drafts) and got[-1] == drafts[len(got) - 1] and got[-1] != verified[len(got) - 1]:
             hint = "the last token is the full model's (verified), not the rejected draft"
         else:
             hint = "accepted drafts are the longest prefix of drafts equal to verified; then add verified at that position"

@@ -1,7 +1,7 @@
 """Cheaper exit decisions for tokens (CALM, Schuster et al. 2022): decide from the hidden state, pay a head only to leave.
 
 max_prob, entropy and margin (:mod:`eelib.policies`) need the exit's logits: a ``d x vocab``
-product at every exit a token passes, as dear as a block of the course model. CALM's two cheap
+product at every exit a token passes, about two blocks' FLOPs on the course model. CALM's two cheap
 measures look at the hidden state instead, so a token that goes on pays no head at all:
 
 * **saturation** — the cosine between the hidden state after the exit's layer and the one before

@@ -217,7 +217,7 @@ class Round:
 
 @dataclass(frozen=True)
 class Generation:
-    """The result of :func:`early_exit_generate`.
+    """The result of :func:`early_exit_generate` and of :func:`eelib.lm_speculative.self_speculative_generate`.
 
     Attributes:
         prompt_ids: the prompt's tokens.
@@ -385,6 +385,8 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
                     before = x
                     x = dec.step_block(l, x, pos)
                 done = layer
+                if gate is not None and k == len(layers) - 1:
+                    score = float("nan")  # the final exit takes every token left: no decision
                 if gate is not None and k < len(layers) - 1:  # decide from the state; a head only to leave
                     score = float(gate.score(k, x, before))
                     if score >= gate.thresholds[k]:
@@ -546,8 +548,12 @@ def measure_generation_speed(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | S
     ``max_new_tokens`` tokens. With ``gate`` (and ``policy=None``), ``"early exit"`` decides with that
     hidden-state gate (:mod:`eelib.lm_confidence`).
     """
-    from .lm_speculative import self_speculative_generate
+    from .lm_speculative import resolve_settings, self_speculative_generate
 
+    if "self-speculative" in loops:  # resolved once, outside the timed calls
+        settings = resolve_settings(ee, **(speculative or {}))
+        speculative = dict(draft_exit=settings.draft_exit, threshold=settings.threshold,
+                           max_draft=settings.max_draft, draft_vocab=settings.draft_vocab)
     unknown = [name for name in loops if name not in LOOPS]
     if unknown or not loops:
         raise ValueError(f"loops must be some of {', '.join(LOOPS)}, got {list(loops)}")

@@ -17,14 +17,15 @@ keys and values to every later token. Self-speculative decoding (Draft & Verify,
    beyond it are simply overwritten by the next round.
 
 The output is the full model's greedy decoding, token for token (tested against Hugging Face
-``generate``), whatever the draft exit, threshold or length: the draft only decides how many
+``generate`` in float32 on the CPU; as with any batched computation, a near-tie between two tokens
+could in principle round the other way in half precision), whatever the draft exit, threshold or length: the draft only decides how many
 tokens one verification pass produces. It pays because at batch size 1 a block call costs
 about the same for 1 or a few rows (it is bound by the calls and by reading the weights, not by
-arithmetic): a round of ``k`` drafts costs ``(k + 1) L`` small calls + ``k`` draft heads +
+arithmetic): a round of ``k`` drafts costs ``(k + 1) L`` small calls + up to ``k + 1`` draft heads +
 ``N - L`` calls of ``k + 1`` rows, and yields ``accepted + 1`` tokens.
 
-**A cheaper draft head.** The exit head is a ``d x vocab`` product, as dear as a block at this
-size. ``draft_vocab`` lets the draft score only the most frequent tokens (a slice of ``lm_head``):
+**A cheaper draft head.** The exit head is a ``d x vocab`` product, about two blocks' FLOPs on the
+course model. ``draft_vocab`` lets the draft score only the most frequent tokens (a slice of ``lm_head``):
 a draft outside them cannot be proposed, and the verification still makes the output exact.
 """
 
@@ -96,7 +97,7 @@ def resolve_settings(ee: EarlyExitLM, draft_exit: int | None = None, threshold: 
     """
     from .lm_exits import heldout_text
 
-    saved = shipped_settings(ee)
+    saved = shipped_settings(ee) if ee.adapters is not None else {}  # calibrated for the trained heads only
     by_layer = {int(layer): values for layer, values in saved.get("by_layer", {}).items()}
     if draft_exit is None:  # the fastest calibrated exit that ee has, else its first
         have = [l for l in sorted(by_layer, key=lambda l: -by_layer[l]["speedup"]) if l in ee.exit_layers]
@@ -143,13 +144,14 @@ class DraftHead:
         self.norm = tf.ln_f if ee.adapters is None else ee.adapters[ee.layers[k] - 1]
         weight = ee.model.lm_head.weight  # (vocab, d), tied to the token embedding
         if vocab is None:
-            self.weight, self.ids = weight, None
+            self.ids = None
         else:
             self.ids = torch.tensor(vocab, dtype=torch.long, device=weight.device)
-            self.weight = weight[self.ids].contiguous()  # (V', d)
+            weight = weight[self.ids]  # (V', d)
+        self.weight_t = weight.float().T.contiguous()  # (d, V'), converted once, not at every draft step
 
     def __call__(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (1, d) -> (), ()
-        probs = torch.softmax(self.norm(h)[0].float() @ self.weight.T.float(), -1)
+        probs = torch.softmax(self.norm(h)[0].float() @ self.weight_t, -1)  # renormalised over its vocabulary
         conf, idx = probs.max(-1)
         return conf, (idx if self.ids is None else self.ids[idx])
 
