@@ -198,7 +198,7 @@ def test_decoder_prefill_matches_the_model(tiny):
 def test_early_exit_skips_the_layers_above_and_copies_the_state_up(course):
     ee = course_exits(course, (2, 4))
     calls = [0] * course.n_layers
-    hooks = [blk.mlp.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
+    hooks = [blk.mlp.c_fc.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
              for i, blk in enumerate(course.model.transformer.h)]
     try:
         always = ExitPolicy("max_prob", (-math.inf, -math.inf))  # every token leaves at the first exit
