@@ -174,6 +174,15 @@ class Decoder:
         else:
             self.pending[pos] = [layer, h]
 
+    def begin(self, ids: torch.Tensor) -> torch.Tensor:
+        """Start decoding a prompt ``ids`` ``(T,)``: every token but the last into the cache (prefill); returns
+        the last one ``(1,)``, the first input of the decoding loop."""
+        if len(ids) > 1:
+            self.prefill(ids[:-1])
+        else:
+            self.reset()
+        return ids[-1:]
+
     def prefill(self, ids: torch.Tensor) -> None:
         """Run every layer on ``ids`` ``(T,)`` from position 0 and cache their keys/values."""
         self.reset()
@@ -370,11 +379,7 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
     if counter is not None:
         counter.__enter__()
     try:
-        if len(ids) > 1:
-            dec.prefill(ids[:-1])
-        else:
-            dec.reset()
-        token = ids[-1:]
+        token = dec.begin(ids)
         for i in range(n_new):
             t0 = time.perf_counter()
             pos = dec.length

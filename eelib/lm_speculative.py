@@ -205,11 +205,7 @@ def self_speculative_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | tor
     if counter is not None:
         counter.__enter__()
     try:
-        if len(ids) > 1:
-            dec.prefill(ids[:-1])
-        else:
-            dec.reset()
-        token = ids[-1:]  # (1,): the next input, not yet in the cache
+        token = dec.begin(ids)  # (1,): the next input, not yet in the cache
         _sync(device)
         while len(produced) < n_new:
             t0 = time.perf_counter()

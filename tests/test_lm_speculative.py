@@ -199,3 +199,14 @@ def test_readme_shows_the_benchmark():
     readme = (root / "README.md").read_text()
     for row in bench.readme_rows(results):
         assert row in readme, f"the README does not show this row of benchmarks/results/self_speculative.json:\n{row}"
+
+
+def test_a_one_token_prompt(tmp_path):
+    """Nothing to prefill: the first round starts from an empty cache."""
+    tiny = _tiny(1, False, tmp_path)
+    ee = EarlyExitLM(tiny, [2])
+    prompt = lmlib.encode(tiny, "the")[:1]
+    assert len(prompt) == 1
+    for threshold in (0.0, 1.0):
+        g = self_speculative_generate(ee, prompt, max_new_tokens=12, threshold=threshold, max_draft=3, draft_vocab=None)
+        assert g.tokens == _hf(tiny, prompt, 12)
