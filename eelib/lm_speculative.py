@@ -36,7 +36,6 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -354,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .cache import atomic_path
     from .lm import load_lm
-    from .lm_exits import course_exits, heldout_text
+    from .lm_exits import course_exits
 
     parser = argparse.ArgumentParser(prog="python -m eelib.lm_speculative", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
