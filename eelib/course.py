@@ -182,15 +182,18 @@ def run_notebooks(paths: list[Path], out_dir: Path, *, timeout: int = 900) -> di
 
 
 def prepare_models(*, progress: bool = True) -> dict[str, str]:
-    """Train (or find in the cache) every course model; return ``{name: what happened}``."""
+    """Load every course model (shipped, else cached, else trained now); return ``{name: what happened}``."""
     from . import zoo
 
     done = {}
     for name in zoo.RECIPES:
         start = time.perf_counter()
         run = zoo.load_trained(name, progress=progress)
-        done[name] = ("found in the cache" if run.from_cache
-                      else f"trained in {time.perf_counter() - start:.0f} s") + f" ({zoo.cache_path(name)})"
+        if run.source == "shipped":
+            done[name] = f"shipped with eelib ({zoo.SHIPPED_DIR / zoo.shipped_models()[name]['file']})"
+        else:
+            done[name] = ("found in the cache" if run.source == "cache"
+                          else f"trained in {time.perf_counter() - start:.0f} s") + f" ({zoo.cache_path(name)})"
         print(f"course model {name}: {done[name]}", flush=True)
     return done
 
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("exercises", help="generate exercises/ from solutions/")
     ex.add_argument("--check", action="store_true", help="only check that exercises/ is up to date")
-    sub.add_parser("models", help="train the course models that are not cached yet")
+    sub.add_parser("models", help="load every course model: shipped, cached, or trained now")
     run = sub.add_parser("run", help="execute the notebooks; write HTML and figures into build/")
     run.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: notebooks/*.ipynb)")
     run.add_argument("--solutions", action="store_true", help="run solutions/ too")

@@ -7,8 +7,11 @@ notebook on the CPU of a machine that has a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import time
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -81,3 +84,87 @@ def seed_everything(seed: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
+
+
+def synchronize(device: torch.device | str | None = None) -> None:
+    """Wait until every kernel queued on ``device`` has finished (nothing to wait for on the CPU).
+
+    Timings call this before reading the clock: GPU work is queued, so without it a timer
+    measures how fast work is *queued*, not done. ``device`` is the device of the tensors being
+    timed (``cuda:1`` waits for GPU 1, not for the current GPU).
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def timed(fn: Callable[[], object], device: torch.device | str | None = None) -> float:
+    """Seconds that ``fn()`` takes, synchronised on ``device`` before and after (see :func:`synchronize`).
+
+    The one timing helper of eelib: every measured time in the package goes through it.
+    """
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
+    """Run a block with ``modules`` in eval mode; restore every submodule's own mode afterwards.
+
+    Restores on error too, and restores each submodule's flag (a frozen backbone kept in eval
+    mode inside a training model stays so). Nothing is moved to another device.
+
+    Example::
+
+        with eval_mode(model):
+            logits = model(x)
+    """
+    for m in modules:
+        if not isinstance(m, torch.nn.Module):
+            raise TypeError(f"eval_mode takes torch.nn.Module objects, got {type(m).__name__}")
+    flags = [[(sub, sub.training) for sub in m.modules()] for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for saved in flags:
+            for sub, flag in saved:
+                sub.training = flag
+
+
+TRAINING_THREADS = 1  # CPU threads for the course models' training (see reproducible_training)
+
+
+@contextlib.contextmanager
+def reproducible_training(device: torch.device | str | None = None) -> Iterator[None]:
+    """Settings under which training gives the same weights on every machine of the same kind.
+
+    On the CPU, PyTorch splits reductions (batch norm's statistics and gradients, the sums in
+    a convolution's weight gradient) between its threads, so the result depends on the number
+    of threads: the same seed trained with 1 and with 2 threads gave weights that differ by up
+    to 0.2 after one epoch. Inside this block the CPU uses ``TRAINING_THREADS`` (1) threads, so
+    the thread count of the machine no longer matters. On CUDA, cuDNN is asked for deterministic
+    kernels and no benchmarking (same GPU model and software, same weights). The previous
+    settings are restored afterwards.
+
+    What still differs: another PyTorch version, another CPU instruction set (oneDNN picks
+    AVX2, AVX-512 or ARM kernels, which round differently), and a GPU against a CPU.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    threads = torch.get_num_threads()
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.deterministic, cudnn.benchmark)
+    try:
+        if device.type == "cpu":
+            torch.set_num_threads(TRAINING_THREADS)
+        cudnn.deterministic, cudnn.benchmark = True, False
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        cudnn.deterministic, cudnn.benchmark = saved

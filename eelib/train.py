@@ -100,17 +100,19 @@ def evaluate(model: nn.Module, loader: DataLoader, *, device: torch.device | str
     device = torch.device(device) if device is not None else get_device()
     was_training = model.training
     model.eval().to(device)
-    total_loss, correct, n = 0.0, 0, 0
+    wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    total_loss = torch.zeros((), dtype=wide, device=device)  # summed on the device: one sync at the end
+    correct, n = torch.zeros((), dtype=torch.long, device=device), 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         logits = model(x)
-        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        total_loss += F.cross_entropy(logits, y, reduction="sum").to(wide)
+        correct += (logits.argmax(1) == y).sum()
         n += len(y)
     model.train(was_training)
     if n == 0:
         raise ValueError("loader is empty: nothing to evaluate")
-    return EvalResult(loss=total_loss / n, accuracy=correct / n, n=n)
+    return EvalResult(loss=float(total_loss) / n, accuracy=int(correct) / n, n=n)
 
 
 @torch.no_grad()
@@ -159,9 +161,9 @@ def train(model: nn.Module, train_loader: DataLoader, *, epochs: int = 5, lr: fl
     bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False)
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        losses, correct, seen = [], 0, 0
+        losses, correct, seen = [], torch.zeros((), dtype=torch.long, device=device), 0
         model.train()
-        for x, y in train_loader:
+        for step, (x, y) in enumerate(train_loader):
             x, y = x.to(device), y.to(device)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -169,19 +171,31 @@ def train(model: nn.Module, train_loader: DataLoader, *, epochs: int = 5, lr: fl
             loss.backward()
             optimizer.step()
             schedule.step()
-            losses.append(loss.item())
-            correct += (logits.argmax(1) == y).sum().item()
+            losses.append(loss.detach())  # kept on the device: no host sync per step
+            correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
+            _progress(bar, step, steps_per_epoch, epoch, losses)
+        losses = torch.stack(losses).tolist()  # one sync per epoch
         val = evaluate(model, val_loader, device=device) if val_loader is not None else None
         records.append(EpochRecord(
-            epoch=epoch, train_loss=sum(losses) / len(losses), train_accuracy=correct / seen,
+            epoch=epoch, train_loss=sum(losses) / len(losses), train_accuracy=int(correct) / seen,
             val_loss=val.loss if val else None, val_accuracy=val.accuracy if val else None,
             seconds=time.perf_counter() - start, step_losses=tuple(losses)))
     bar.close()
     model.eval()
     return History(tuple(records))
+
+
+_PROGRESS_EVERY = 25  # steps between two updates of the progress bar's loss (each one syncs the host)
+
+
+def _progress(bar, step: int, steps_per_epoch: int, epoch: int, losses: list[torch.Tensor]) -> None:
+    """Advance the progress bar; show the latest loss every few steps only (reading it syncs the device)."""
+    bar.update(1)
+    if bar.disable:
+        return
+    if step % _PROGRESS_EVERY == 0 or step == steps_per_epoch - 1:
+        bar.set_postfix(epoch=epoch, loss=f"{losses[-1].item():.3f}")
 
 
 def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -274,6 +288,13 @@ def exit_loss(logits: list[torch.Tensor], y: torch.Tensor, *, mode: str = "joint
       "Be Your Own Teacher"): ``alpha * CE(logits_k, y) + (1 - alpha) * T^2 * KL(p_final^T || p_k^T)``,
       the final exit's logits detached (the teacher is not pulled towards its students).
     """
+    total, ces = _exit_loss(logits, y, mode=mode, exit_weights=exit_weights, distill_alpha=distill_alpha,
+                            temperature=temperature)
+    return total, torch.stack(ces).tolist()
+
+
+def _exit_loss(logits: list[torch.Tensor], y: torch.Tensor, *, mode: str, exit_weights: tuple[float, ...] | None,
+               distill_alpha: float, temperature: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
     if mode not in EXIT_MODES:
         raise ValueError(f"mode={mode!r} is not a training mode; allowed: {', '.join(EXIT_MODES)}")
     if exit_weights is not None and len(exit_weights) != len(logits):
@@ -291,7 +312,7 @@ def exit_loss(logits: list[torch.Tensor], y: torch.Tensor, *, mode: str = "joint
             total = total + w * (distill_alpha * ce + (1 - distill_alpha) * kd)
     else:
         total = sum(w * ce for w, ce in zip(weights, ces))
-    return total, [ce.item() for ce in ces]
+    return total, [ce.detach() for ce in ces]
 
 
 @torch.no_grad()
@@ -364,22 +385,23 @@ def train_exits(model: nn.Module, train_loader: DataLoader, *, mode: str = "join
             if frozen:
                 model.backbone.eval()  # frozen batch norm: running statistics stay as trained
             losses, per_exit = [], []
-            for x, y in train_loader:
+            for step, (x, y) in enumerate(train_loader):
                 x, y = x.to(device), y.to(device)
-                total, ces = exit_loss(model(x), y, mode=mode, exit_weights=exit_weights,
-                                       distill_alpha=distill_alpha, temperature=temperature)
+                total, ces = _exit_loss(model(x), y, mode=mode, exit_weights=exit_weights,
+                                        distill_alpha=distill_alpha, temperature=temperature)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
                 schedule.step()
-                losses.append(total.item())
-                per_exit.append(ces)
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
+                losses.append(total.detach())  # kept on the device: no host sync per step
+                per_exit.append(torch.stack(ces))
+                _progress(bar, step, steps_per_epoch, epoch, losses)
+            losses = torch.stack(losses).tolist()  # one sync per epoch
+            exit_losses = torch.stack(per_exit).mean(0).tolist()
             val = _exit_accuracies(model, val_loader, device) if val_loader is not None else None
             records.append(ExitEpochRecord(
                 epoch=epoch, train_loss=sum(losses) / len(losses),
-                exit_losses=tuple(float(v) for v in torch.tensor(per_exit).mean(0)),
+                exit_losses=tuple(float(v) for v in exit_losses),
                 val_accuracy=val, seconds=time.perf_counter() - start, step_losses=tuple(losses)))
     finally:
         bar.close()
