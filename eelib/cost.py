@@ -10,12 +10,12 @@ that rarely fires still costs everyone who passes it.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .device import eval_mode, timed
 from .exits import EarlyExitNet
 from .resnet import ResNet
 
@@ -93,11 +93,9 @@ def exit_costs(model: EarlyExitNet, input_shape: tuple[int, int, int] | None = N
         return cache[shape]
     param = next(model.parameters())
     x = torch.zeros((1, *shape), dtype=param.dtype, device=param.device)
-    was_training = model.training
-    model.eval()
     backbone, heads, params = [], [], []
     total, start = 0, 0
-    try:
+    with eval_mode(model):
         for k in range(model.num_exits):
             total += count_flops(model.segment, k, x)
             with torch.no_grad():
@@ -109,8 +107,6 @@ def exit_costs(model: EarlyExitNet, input_shape: tuple[int, int, int] | None = N
             head_module = model.heads[k] if k < model.num_exits - 1 else model.backbone.fc
             params.append(_n_params([u for _, u in model._units[start:end]]) + _n_params([head_module]))
             start = end
-    finally:
-        model.train(was_training)
     flops = [b + sum(heads[:k + 1]) for k, b in enumerate(backbone)]
     cum_params = [sum(params[:k + 1]) for k in range(len(params))]
     costs = ExitCosts(model.exit_names, tuple(backbone), tuple(heads), tuple(flops), backbone[-1] + heads[-1],
@@ -120,38 +116,26 @@ def exit_costs(model: EarlyExitNet, input_shape: tuple[int, int, int] | None = N
 
 
 def _timed(fn, x, repeats: int, warmup: int) -> float:
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     with torch.inference_mode():
         for _ in range(warmup):
             fn(x)
-        sync()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(x)
-            sync()
-            times.append(time.perf_counter() - start)
-    return min(times)
+        return min(timed(lambda: fn(x), x.device) for _ in range(repeats))
 
 
 def latency_per_exit(model: EarlyExitNet, x: torch.Tensor, *, repeats: int = 20, warmup: int = 3) -> list[float]:
     """Wall-clock seconds to compute exit ``k`` alone on batch ``x`` (backbone up to it + its head).
 
-    Measured on ``x``'s device (CUDA is synchronised), in eval mode; the fastest of ``repeats``
+    Measured on ``x``'s device (:func:`eelib.device.timed` synchronises it), in eval mode; the fastest of ``repeats``
     runs counts (the least disturbed by other work, as in :func:`eelib.dynamic.measure_speedup`).
     The last value is the full backbone with its own classifier, no early heads.
     """
     model.check_input(x)
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         times = [_timed(lambda inp, k=k: model.forward_until(inp, k), x, repeats, warmup)
                  for k in range(model.num_exits - 1)]
         times.append(_timed(model.backbone, x, repeats, warmup))
-    finally:
-        model.train(was_training)
     return times
 
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .validation import check_finite
 from .cost import exit_costs
+from .device import eval_mode, timed
 from .exits import EarlyExitNet
 from .policies import ExitPolicy, get_measure
 
@@ -33,14 +35,18 @@ def route(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) -> tuple[tor
     """The routing loop alone: ``(predictions, exits)`` of a batch, nothing else computed.
 
     Written for little overhead per exit (at batch size 1 the decision must cost much less than
-    a block): one device-to-host sync per exit (how many samples leave), no bookkeeping while
-    every sample is still in the batch, and the results assembled once at the end.
+    a block): exactly one device-to-host sync per early exit (how many samples leave: the host
+    must know it to choose the next batch), no other sync (the samples that stay are picked by a
+    stable sort of the decisions and ``index_select``, never by a boolean mask, whose size the
+    host would have to wait for), no bookkeeping while every sample is still in the batch, and
+    the results written once at the end with ``index_copy_``.
     """
     if model.training:
         raise ValueError("model is in training mode: call model.eval() first (batch norm must use its running statistics)")
     model.check_input(x)
     policy.check(model.num_exits, model.num_classes)
     measure = get_measure(policy.measure)
+    thresholds = policy.thresholds
     last = model.num_exits - 1
     n = x.shape[0]
     done: list[tuple[torch.Tensor | None, torch.Tensor, int]] = []  # (batch indices or None = all, predictions, exit)
@@ -59,32 +65,36 @@ def route(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) -> tuple[tor
         else:  # patience: consecutive exits that agree, this one included
             run = torch.ones_like(pred, dtype=torch.float32) if run is None else torch.where(pred == previous, run + 1, 1.0)
             score = run
-        leave = measure.passes(score, policy.thresholds[k])
-        n_leave = int(leave.sum())
+        leave = measure.passes(score, thresholds[k])
+        b = leave.shape[0]
+        n_leave = int(leave.item()) if b == 1 else int(leave.sum())  # the one sync of this exit
         if n_leave == 0:
             previous = pred
             continue
         if pred is None:
             pred = logits.argmax(1)
-        if n_leave == len(pred):
+        if n_leave == b:
             done.append((active, pred, k))  # everyone left: the rest of the network is skipped
             break
-        index = leave.nonzero()[:, 0] if active is None else active[leave]
-        done.append((index, pred[leave], k))
-        keep = ~leave
-        active = keep.nonzero()[:, 0] if active is None else active[keep]
-        h, previous = h[keep], pred[keep]
+        order = torch.argsort(leave.to(torch.uint8), stable=True)  # staying samples first, each group in order
+        keep, gone = order[:b - n_leave], order[b - n_leave:]
+        done.append((gone if active is None else active.index_select(0, gone), pred.index_select(0, gone), k))
+        active = keep if active is None else active.index_select(0, keep)
+        h, previous = h.index_select(0, keep), pred.index_select(0, keep)
         if run is not None:
-            run = run[keep]
+            run = run.index_select(0, keep)
     if len(done) == 1 and done[0][0] is None:  # the whole batch left at one exit
         _, pred, k = done[0]
         return pred, torch.full_like(pred, k)
     predictions = torch.empty(n, dtype=torch.long, device=x.device)
     exits = torch.empty(n, dtype=torch.long, device=x.device)
     for index, pred, k in done:
-        index = slice(None) if index is None else index
-        predictions[index] = pred
-        exits[index] = k
+        if index is None:  # only the first exit can see the whole batch; nothing left earlier
+            predictions.copy_(pred)
+            exits.fill_(k)
+        else:
+            predictions.index_copy_(0, index, pred)
+            exits.index_fill_(0, index, k)
     return predictions, exits
 
 
@@ -103,14 +113,12 @@ def dynamic_inference(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) 
         while the routing runs (tested).
     """
     model.check_input(x)
-    was_training = model.training
-    model.eval()
-    try:
+    check_finite(x, "x")
+    with eval_mode(model):
         costs = exit_costs(model, tuple(x.shape[1:]))
         predictions, exits = route(model, x, policy)
-    finally:
-        model.train(was_training)
-    flops = int(torch.as_tensor(costs.flops, dtype=torch.float64)[exits.cpu()].sum().item())
+    counts = torch.bincount(exits, minlength=model.num_exits).cpu()  # one transfer of num_exits numbers
+    flops = int(sum(c * f for c, f in zip(counts.tolist(), costs.flops)))
     return DynamicResult(predictions, exits, flops)
 
 
@@ -139,38 +147,30 @@ def measure_speedup(model: EarlyExitNet, images: torch.Tensor, policy: ExitPolic
                     repeats: int = 3) -> Speedup:
     """Time the full network and dynamic inference over ``images`` in batches of ``batch_size``.
 
-    Both run in inference mode on ``images``' device (CUDA is synchronised), over the same
+    Both run in inference mode on ``images``' device (timed by :func:`eelib.device.timed`, which
+    synchronises that device), over the same
     batches; each is timed ``repeats`` times (interleaved) after a warm-up and the fastest pass counts
     (the least disturbed by other work on the machine). The ideal speedup comes from the FLOPs
     the policy spends on exactly these images. ``never_exit_seconds`` times the same routing
     with a policy that lets no image leave early: every head and decision is paid, nothing is
     skipped — what the heads and decisions cost in time.
     """
-    import time
-
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     model.check_input(images)
-    was_training = model.training
-    model.eval()
+    check_finite(images, "images")
     batches = list(torch.split(images, batch_size))
-    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
 
     def one_pass(fn) -> float:
-        sync()
-        start = time.perf_counter()
-        for b in batches:
-            fn(b)
-        sync()
-        return time.perf_counter() - start
+        return timed(lambda: [fn(b) for b in batches], images.device)
 
     never = ExitPolicy.never_exit(model.num_exits, policy.measure)
     runs = {"full": model.backbone, "dynamic": lambda b: route(model, b, policy),
             "never": lambda b: route(model, b, never)}
     best = dict.fromkeys(runs, float("inf"))
-    try:
+    with eval_mode(model):
         with torch.inference_mode():
             for fn in runs.values():
                 for b in batches[:2]:
@@ -181,6 +181,4 @@ def measure_speedup(model: EarlyExitNet, images: torch.Tensor, policy: ExitPolic
         full, dynamic, never_exit = best["full"], best["dynamic"], best["never"]
         costs = exit_costs(model, tuple(images.shape[1:]))
         spent = sum(dynamic_inference(model, b, policy).flops for b in batches)
-    finally:
-        model.train(was_training)
     return Speedup(batch_size, len(images), full, dynamic, never_exit, costs.full_flops * len(images) / spent)
