@@ -289,9 +289,13 @@ def token_exit_outputs(ee: EarlyExitLM, text: str, *, max_tokens: int = 2048,
 def oracle_layers(outputs: ExitOutputs) -> torch.Tensor:
     """Each token's oracle exit: the earliest exit from which **every later exit** agrees with the final one.
 
-    The final exit always agrees with itself, so every token has one. Returns exit indices ``(N,)``.
+    The final exit always agrees with itself, so every token has one: agreement is measured
+    against the final exit's own prediction, not against ``outputs.labels`` (which may differ from
+    it, e.g. labels from another pass of the model that a near-tie in float16 decided otherwise).
+    Returns exit indices ``(N,)``, each in ``0 .. num_exits - 1``.
     """
-    correct = outputs.correct  # (E, N): agrees with the final exit
+    preds = outputs.predictions  # (E, N)
+    correct = preds == preds[-1]  # (E, N): agrees with the final exit
     stays = correct.flip(0).to(torch.int64).cumprod(0).flip(0)  # 1 where this exit and all later agree
     return outputs.num_exits - stays.sum(0)
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .exits import ExitOutputs
+from .validation import check_finite
 
 
 def max_prob(logits: torch.Tensor) -> torch.Tensor:
@@ -55,10 +56,10 @@ def patience(logits: torch.Tensor) -> torch.Tensor:
     if logits.ndim != 3:
         raise ValueError(f"patience needs the logits of every exit, shape (E, N, C), got {tuple(logits.shape)}")
     preds = logits.argmax(-1)
-    runs = torch.ones(preds.shape, dtype=torch.float32)
+    runs = [torch.ones(preds.shape[1:], dtype=torch.float32, device=preds.device)]
     for k in range(1, preds.shape[0]):
-        runs[k] = torch.where(preds[k] == preds[k - 1], runs[k - 1] + 1, torch.ones_like(runs[k]))
-    return runs
+        runs.append(torch.where(preds[k] == preds[k - 1], runs[-1] + 1, 1.0))
+    return torch.stack(runs)
 
 
 @dataclass(frozen=True)
@@ -153,10 +154,11 @@ def first_exits(scores: torch.Tensor, thresholds: Sequence[float], measure: Meas
         scores: the measure at every exit, ``(E, N)``.
         thresholds: one per early exit (``E - 1``).
     """
-    leave = torch.ones(scores.shape, dtype=torch.bool)
-    for k, t in enumerate(thresholds):
-        leave[k] = measure.passes(scores[k], t)
-    return leave.to(torch.uint8).argmax(0)  # argmax returns the first of equal maxima
+    if len(thresholds) != scores.shape[0] - 1:
+        raise ValueError(f"thresholds has {len(thresholds)} values for {scores.shape[0]} exits: give one per early exit")
+    leave = [measure.passes(scores[k], t) for k, t in enumerate(thresholds)]
+    leave.append(torch.ones_like(scores[-1], dtype=torch.bool))  # the final exit takes every sample left
+    return torch.stack(leave).to(torch.uint8).argmax(0)  # argmax returns the first of equal maxima
 
 
 def apply_policy(policy: ExitPolicy, logits: torch.Tensor) -> PolicyResult:
@@ -165,6 +167,7 @@ def apply_policy(policy: ExitPolicy, logits: torch.Tensor) -> PolicyResult:
         raise ValueError(f"logits must have shape (num_exits, N, num_classes), got {tuple(logits.shape)}")
     num_exits, n, num_classes = logits.shape
     policy.check(num_exits, num_classes)
+    check_finite(logits, "logits")
     measure = get_measure(policy.measure)
     exits = first_exits(measure.fn(logits), policy.thresholds, measure)
     predictions = logits.argmax(-1).gather(0, exits[None]).squeeze(0)
@@ -230,6 +233,7 @@ def evaluate_policy(policy: ExitPolicy, outputs: ExitOutputs, exit_flops: Sequen
                     full_flops: float) -> PolicyEval:
     """Simulate ``policy`` on ``outputs`` and measure it (see :func:`evaluate_result`)."""
     _check_costs(exit_flops, outputs.num_exits)
+    check_finite(outputs.logits, "outputs.logits")
     return evaluate_result(apply_policy(policy, outputs.logits), outputs.labels, exit_flops, full_flops)
 
 
@@ -305,6 +309,7 @@ def calibrate(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: flo
     if (max_accuracy_drop is None) == (flops_budget is None):
         raise ValueError("give exactly one target: max_accuracy_drop (fraction) or flops_budget (FLOPs per sample)")
     _check_costs(exit_flops, outputs.num_exits)
+    check_finite(outputs.logits, "outputs.logits")
     if max_accuracy_drop is not None:
         if not 0 <= max_accuracy_drop < 1:
             raise ValueError(f"max_accuracy_drop must be a fraction in [0, 1), got {max_accuracy_drop!r}")

@@ -33,6 +33,7 @@ import torch
 
 from .exits import ExitOutputs
 from .policies import candidate_thresholds, first_exits, get_measure
+from .validation import check_finite
 
 EXIT, CONTINUE, REJECT = 0, 1, 2  # the three decisions at an exit (see decide)
 DECISIONS = ("exit", "continue", "reject")
@@ -129,7 +130,7 @@ class RiskCoverage:
         """Selective risk of the first point whose coverage reaches ``coverage`` (in (0, 1])."""
         if not 0 < coverage <= 1:
             raise ValueError(f"coverage must be in (0, 1], got {coverage!r}")
-        i = int(torch.searchsorted(self.coverage, torch.tensor([coverage - 1e-12], dtype=self.coverage.dtype)))
+        i = int(torch.searchsorted(self.coverage, torch.tensor([coverage - 1e-12], dtype=self.coverage.dtype, device=self.coverage.device)))
         return float(self.risk[min(i, len(self.risk) - 1)])
 
 
@@ -147,9 +148,9 @@ def risk_coverage_curve(scores, correct, measure: str = "max_prob") -> RiskCover
     conf_sorted = conf[order]
     errors = torch.cumsum((~correct[order]).long(), 0)
     # the last position of each group of equal scores: a threshold cannot split a tie
-    last = torch.ones(len(conf_sorted), dtype=torch.bool)
+    last = torch.ones(len(conf_sorted), dtype=torch.bool, device=conf_sorted.device)
     last[:-1] = conf_sorted[1:] != conf_sorted[:-1]
-    n_acc = torch.arange(1, len(conf_sorted) + 1)[last]
+    n_acc = torch.arange(1, len(conf_sorted) + 1, device=conf_sorted.device)[last]
     n_err = errors[last]
     thresholds = scores[order][last]
     return RiskCoverage(thresholds, n_acc.double() / len(scores), n_err.double() / n_acc.double(), n_acc, n_err)
@@ -162,8 +163,9 @@ def oracle_risk_coverage(correct) -> RiskCoverage:
     """
     correct = torch.as_tensor(correct).bool()
     n = len(correct)
-    rank = torch.empty(n, dtype=torch.float64)
-    rank[torch.argsort(correct.long(), descending=True, stable=True)] = torch.arange(n, 0, -1, dtype=torch.float64)
+    rank = torch.empty(n, dtype=torch.float64, device=correct.device)
+    rank[torch.argsort(correct.long(), descending=True, stable=True)] = torch.arange(n, 0, -1, dtype=torch.float64,
+                                                                                     device=correct.device)
     return risk_coverage_curve(rank, correct, "max_prob")  # distinct scores, right samples highest
 
 
@@ -184,7 +186,7 @@ def binomial_tail(errors, n, p: float) -> torch.Tensor:
         raise ValueError(f"p must be in [0, 1], got {p!r}")
     if p == 0 or p == 1:
         return (errors >= n).double() if p == 1 else torch.ones_like(n)
-    i = torch.arange(int(errors.max()) + 1 if errors.numel() else 1, dtype=torch.float64)  # (K,)
+    i = torch.arange(int(errors.max()) + 1 if errors.numel() else 1, dtype=torch.float64, device=errors.device)  # (K,)
     nn_, ii = n[..., None], i
     log_terms = (torch.lgamma(nn_ + 1) - torch.lgamma(ii + 1) - torch.lgamma((nn_ - ii).clamp(min=0) + 1)
                  + ii * math.log(p) + (nn_ - ii) * math.log1p(-p))
@@ -267,9 +269,9 @@ def guaranteed_threshold(scores, correct, *, alpha: float, delta: float,
     alpha, delta = _check_fraction("alpha", alpha), _check_fraction("delta", delta)
     curve = risk_coverage_curve(scores, correct, measure)
     n = len(torch.as_tensor(scores))
-    p_values = binomial_tail(curve.n_errors, curve.n_accepted, alpha)
+    p_values = binomial_tail(curve.n_errors, curve.n_accepted, alpha).tolist()  # one transfer: the test runs on the host
     n_min = math.ceil(math.log(delta) / math.log1p(-alpha))
-    start = int(torch.searchsorted(curve.n_accepted, torch.tensor([n_min])))  # first candidate with n_j >= n_min
+    start = int(torch.searchsorted(curve.n_accepted, torch.tensor([n_min], device=curve.n_accepted.device)))  # first candidate with n_j >= n_min
     chosen, tested = None, 0
     for j in range(start, len(p_values)):
         tested += 1
@@ -516,6 +518,7 @@ def calibrate_reject(outputs: ExitOutputs, costs: CostModel, *, flops_budget: fl
         raise ValueError(f"exit_flops has {len(costs.exit_flops)} values but there are {outputs.num_exits} exits")
     if len(outputs.labels) == 0:
         raise ValueError("the calibration set is empty: outputs needs at least one sample")
+    check_finite(outputs.logits, "outputs.logits")
     flops = torch.as_tensor(costs.exit_flops, dtype=torch.float64)
     if flops_budget is not None:
         if isinstance(flops_budget, bool) or not isinstance(flops_budget, (int, float)) or flops_budget <= 0:
@@ -543,9 +546,11 @@ def calibrate_reject(outputs: ExitOutputs, costs: CostModel, *, flops_budget: fl
         order = torch.argsort(c, stable=True)  # least confident first: the ones to reject first
         c_sorted, wrong = c[order], ~correct[-1, at_final][order]
         # rejecting the r least confident: r = 0, or the end of a group of equal scores
-        ends = [0] + [r for r in range(1, len(c_sorted) + 1) if r == len(c_sorted) or c_sorted[r] != c_sorted[r - 1]]
-        cum_wrong = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(wrong.long(), 0)])
-        r = torch.tensor(ends)
+        group_end = torch.ones(len(c_sorted), dtype=torch.bool, device=c_sorted.device)
+        group_end[:-1] = c_sorted[1:] != c_sorted[:-1]
+        r = torch.cat([group_end.new_zeros(1, dtype=torch.long), group_end.nonzero()[:, 0] + 1])  # one sync, not one per row
+        ends = r.tolist()
+        cum_wrong = torch.cat([wrong.new_zeros(1, dtype=torch.long), torch.cumsum(wrong.long(), 0)])
         cost = (costs.error_cost * (base_err - cum_wrong[r]) + costs.reject_cost * (base_rej + r)) / n \
             + costs.compute_cost * avg / costs.full_flops
         i = int(torch.argmin(cost))  # the first minimum: the fewest rejections
