@@ -22,7 +22,7 @@ notebook runs).
 from .cache import DownloadError
 from .cost import ExitCosts, count_flops, energy_estimate, exit_costs, latency_per_exit
 from .data import DATASETS, OFFLINE_DEFAULT, DataSplits, load_data
-from .device import get_device, seed_everything
+from .device import eval_mode, get_device, reproducible_training, seed_everything, synchronize, timed
 from .dynamic import DynamicResult, Speedup, dynamic_inference, measure_speedup
 from .exits import EarlyExitNet, ExitConfig, ExitHead, ExitOutputs, exit_outputs, torchvision_early_exit
 from .lm import COURSE_EE_MODEL, COURSE_MODEL, LanguageModel, LMEval, ModelUnavailableError, evaluate_text, load_lm, token_losses
@@ -60,6 +60,7 @@ __all__ = [
     "ModelUnavailableError", "PolicyEval", "PolicyResult", "Recipe", "ResNet", "ResNetConfig", "Speedup",
     "TrainedModel", "apply_policy", "calibrate", "confidence", "count_flops", "count_parameters",
     "dynamic_inference", "energy_estimate", "evaluate", "evaluate_oracle", "evaluate_policy", "evaluate_text",
+    "eval_mode", "reproducible_training", "synchronize", "timed",
     "exit_costs", "exit_loss", "exit_outputs", "get_device", "gradient_norms", "latency_per_exit", "load_data",
     "load_lm", "load_trained", "measure_speedup", "oracle_exits", "plain_net", "predict", "resnet",
     "seed_everything", "static_exit", "token_losses", "torchvision_early_exit", "tradeoff_curve", "train",

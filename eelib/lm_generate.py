@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from .device import timed
 from .lm import encode
 from .lm_exits import EarlyExitLM
 from .policies import ExitPolicy, get_measure
@@ -87,6 +88,8 @@ class Decoder:
         self.values = torch.zeros(shape, device=dev, dtype=dtype)
         # additive causal mask: row p is 0 up to column p, -inf after it
         self.causal = torch.full((self.max_length, self.max_length), float("-inf"), device=dev, dtype=dtype).triu(1)
+        self.positions = torch.arange(self.max_length, device=dev)  # index tensors are cut from it (_index)
+        self.upcast = bool(getattr(cfg, "reorder_and_upcast_attn", False))
         self.fused_gelu = cfg.activation_function == "gelu_new"
         base = 1 / math.sqrt(self.head_dim) if cfg.scale_attn_weights else 1.0
         self.scales = [base / (l + 1) if cfg.scale_attn_by_inverse_layer_idx else base for l in range(self.n_layers)]
@@ -116,21 +119,29 @@ class Decoder:
             end = positions + T
             self.keys[l, :, positions:end] = k
             self.values[l, :, positions:end] = v
-        else:
-            end = int(positions[-1]) + 1
-            self.keys[l, :, positions] = k
-            self.values[l, :, positions] = v
+        else:  # increasing positions, known on the host: an index made on the device, written by index_copy_
+            end = positions[-1] + 1
+            index = self._index(positions)
+            self.keys[l].index_copy_(1, index, k)
+            self.values[l].index_copy_(1, index, v)
         keys, values = self.keys[l, :, :end], self.values[l, :, :end]  # (nh, end, hd)
-        att = (q @ keys.transpose(1, 2)) * self.scales[l]  # (nh, T, end)
+        if self.upcast:  # reorder_and_upcast_attn: scores and softmax in float32, as transformers does
+            att = (q.float() @ keys.float().transpose(1, 2)) * self.scales[l]
+        else:
+            att = (q @ keys.transpose(1, 2)) * self.scales[l]  # (nh, T, end)
         if T > 1:  # causal: the token at position p sees keys 0 .. p
             if isinstance(positions, int):  # row i is position positions + i: a slice of the causal mask
                 att = att + self.causal[positions:end, :end]
-            else:
-                allowed = torch.arange(end, device=x.device)[None, :] <= positions[:, None]  # (T, end)
-                att = att.masked_fill(~allowed, float("-inf"))
-        y = (F.softmax(att, dim=-1) @ values).transpose(0, 1).reshape(T, self.d)  # (T, d)
+            else:  # row i is position positions[i]: those rows of the causal mask
+                att = att + self.causal[:end, :end].index_select(0, index)
+        y = (F.softmax(att, dim=-1).to(values.dtype) @ values).transpose(0, 1).reshape(T, self.d)  # (T, d)
         x = x + blk.attn.c_proj(y)
         return x + self.mlp(blk.mlp, blk.ln_2(x))
+
+    def _index(self, positions: Sequence[int]) -> torch.Tensor:
+        """``positions`` (host integers) as an index tensor on the cache's device, without a host-to-device
+        copy: views of a resident ``arange`` joined on the device."""
+        return torch.cat([self.positions[p:p + 1] for p in positions])
 
     def mlp(self, mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """GPT-2's MLP in eval mode; ``gelu_new`` as one fused ``F.gelu(approximate="tanh")`` call (the
@@ -146,7 +157,7 @@ class Decoder:
         if not join:
             return self.block(l, x, pos)
         states = torch.cat([self.pending[p][1] for p in join] + [x])
-        out = self.block(l, states, torch.tensor(join + [pos], device=x.device))
+        out = self.block(l, states, join + [pos])
         self.filled_rows += len(join)
         for i, p in enumerate(join):
             if l + 1 == self.n_layers:
@@ -174,9 +185,17 @@ class Decoder:
         else:
             self.pending[pos] = [layer, h]
 
+    def check_eval(self) -> None:
+        """Raise unless the model is in eval mode: this decoder computes attention by hand (no dropout) and
+        calls the MLP's modules, whose dropout would be active in training mode."""
+        if self.ee.model.training:
+            raise ValueError("the model is in training mode: call .eval() on it (or decode inside "
+                             "`with eelib.eval_mode(model):`); decoding needs dropout off")
+
     def begin(self, ids: torch.Tensor) -> torch.Tensor:
         """Start decoding a prompt ``ids`` ``(T,)``: every token but the last into the cache (prefill); returns
         the last one ``(1,)``, the first input of the decoding loop."""
+        self.check_eval()
         if len(ids) > 1:
             self.prefill(ids[:-1])
         else:
@@ -424,6 +443,7 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
                 token = torch.tensor([force[i]], device=ids.device)
             else:
                 token = logits.argmax(-1)
+            # the step's time: int(logits.argmax()) above has waited for the device, so the clock reads finished work
             steps.append(TokenStep(pred, k, layer, score, time.perf_counter() - t0, logprob))
     finally:
         if counter is not None:
@@ -527,14 +547,6 @@ class GenerationSpeed:
         return self.seconds[baseline] / self.seconds[loop]
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for the device's queued work, so that a timer read after it measures the work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 def measure_generation_speed(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | Sequence[int] | str],
                              policy: ExitPolicy | None, *, max_new_tokens: int = 40, repeats: int = 3,
                              kv: str = "lazy", loops: Sequence[str] = LOOPS[:4],
@@ -589,11 +601,7 @@ def measure_generation_speed(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | S
         best = {name: math.inf for name in loops}
         for _ in range(repeats):
             for name in loops:
-                _sync(ids.device)
-                start = time.perf_counter()
-                calls[name]()
-                _sync(ids.device)
-                best[name] = min(best[name], time.perf_counter() - start)
+                best[name] = min(best[name], timed(calls[name], ids.device))
         for name in loops:
             seconds[name] += best[name]
         total += n_new
@@ -651,7 +659,7 @@ def teacher_forced_eval(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | Sequen
         computed += forced.avg_layers_computed * len(target)
         counts += torch.bincount(torch.tensor([s.exit for s in forced.steps]), minlength=ee.num_exits).double()
         with torch.no_grad():  # every exit's prediction at every position, in one pass of the full model
-            logits = ee.exit_logits(torch.cat([ids, torch.tensor(target[:-1], dtype=torch.long)]))[:, len(ids) - 1:]
+            logits = ee.exit_logits(torch.cat([ids, torch.tensor(target[:-1], dtype=torch.long, device=ids.device)]))[:, len(ids) - 1:]
         outputs = ExitOutputs(logits.float().cpu(), torch.tensor(target), ee.exit_names)
         oracle += float(layer_of[oracle_layers(outputs)].sum())
         n += len(target)

@@ -43,7 +43,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .lm import _SHIPPED, LanguageModel, course_model_path, encode
 from .lm_exits import HEADS_FOLDER, EarlyExitLM
-from .lm_generate import Decoder, Generation, Round, TokenStep, _prompt_ids, _sync
+from .device import synchronize as _sync, timed
+from .lm_generate import Decoder, Generation, Round, TokenStep, _prompt_ids
 
 SETTINGS_FILE = "speculative.json"  # beside the exit heads of a shipped course model: the calibrated defaults
 FALLBACK = dict(threshold=0.5, max_draft=8, draft_vocab=None)  # for an exit (or a model) without calibrated settings
@@ -294,12 +295,9 @@ def measure_block_time(ee: EarlyExitLM, rows: Sequence[int] = (1, 2, 4, 8, 16), 
     with torch.inference_mode():
         for i in range(repeats + 5):  # 5 warm-up rounds
             for r in rows:
-                _sync(device)
-                t0 = time.perf_counter()
-                dec.block(layer, xs[r], context)
-                _sync(device)
+                seconds = timed(lambda: dec.block(layer, xs[r], context), device)
                 if i >= 5:
-                    times[r].append(time.perf_counter() - t0)
+                    times[r].append(seconds)
     return [times[r] for r in rows]
 
 

@@ -279,7 +279,8 @@ def test_course_ee_is_shipped_and_trained_for_early_exit():
     folder = lmlib.course_model_path(lmlib.COURSE_EE_MODEL)
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     everything = sum(f.stat().st_size for f in folder.parent.rglob("*") if f.is_file())
-    assert size <= 8 * 2 ** 20 and everything <= 16 * 2 ** 20  # the package stays small
+    # the package stays small: both course LMs with their heads, and the five image course models (4.3 MB)
+    assert size <= 8 * 2 ** 20 and everything <= 20 * 2 ** 20
     ee_lm = lmlib.load_lm(lmlib.COURSE_EE_MODEL, device="cpu")
     course = lmlib.load_lm(lmlib.COURSE_MODEL, device="cpu")
     assert ee_lm.tokenizer.get_vocab() == course.tokenizer.get_vocab()  # tokens compare one to one
