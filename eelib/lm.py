@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .cache import DownloadError, _check_host_resolves, atomic_path, data_dir, download, file_digest
+from .cache import DownloadError, _check_host_resolves, atomic_path, data_dir, download, file_digest, folder_ready
 from .device import get_device, seed_everything
 
 if TYPE_CHECKING:  # transformers is imported when a model is loaded, not with eelib
@@ -131,6 +131,16 @@ def _in_hf_cache(source: str) -> bool:
     return True
 
 
+SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")  # one file, or the index of shards
+
+
+def _weights_in_hf_cache(repo_id: str) -> bool:
+    """True when the local Hugging Face cache holds ``repo_id``'s safetensors weights (or their index)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in SAFETENSORS_FILES)
+
+
 def _check_hub_reachable(name: str, timeout: float = 5.0) -> None:
     """Raise `ModelUnavailableError` at once when the Hub is off (``HF_HUB_OFFLINE``) or its host
     does not resolve; otherwise the Hub client retries for half a minute before failing."""
@@ -172,11 +182,11 @@ def load_lm(name: str | os.PathLike = COURSE_MODEL, *, device: str | torch.devic
     if label in _SHIPPED:
         source = str(course_model_path(label))
         if not (course_model_path(label) / "config.json").is_file():
-            how = ("`python -m eelib.lm train`" if label == COURSE_MODEL else
-                   f"`python -m eelib.lm train --early-exit --init course --out {source}`")
+            how = ("`python -m eelib.lm train --into-package`" if label == COURSE_MODEL else
+                   "`python -m eelib.lm train --early-exit --init course --into-package`")
             raise ModelUnavailableError(f"the course model {label!r} is missing from {source!r}; reinstall eelib "
                                         f"(`pip install -e .` in the course folder), or retrain it with {how}")
-    elif Path(name).expanduser().is_dir():
+    elif folder_ready(Path(name).expanduser()):  # a folder (waits if another process is replacing it)
         source = str(Path(name).expanduser())
         if not (Path(source) / "config.json").is_file():
             raise ValueError(f"name={label!r} is a folder without config.json; give a folder written by "
@@ -184,6 +194,16 @@ def load_lm(name: str | os.PathLike = COURSE_MODEL, *, device: str | torch.devic
     else:
         source = label
     cached = _in_hf_cache(source)
+    if cached and not _weights_in_hf_cache(source):  # the config is cached, the weights are not
+        try:
+            _check_hub_reachable(label)
+        except ModelUnavailableError as err:
+            raise ModelUnavailableError(
+                f"the Hugging Face cache has {label!r}'s config.json but not its weights "
+                f"({' or '.join(SAFETENSORS_FILES)}), and the Hub cannot be reached now to download them "
+                f"(offline, or HF_HUB_OFFLINE is set); "
+                f"download them once while online (eelib.load_lm({label!r})), or use {COURSE_MODEL!r}") from err
+        cached = False  # online: let from_pretrained download the missing weights
     if not cached and not Path(source).is_dir():
         _check_hub_reachable(label)  # fail in seconds, not after the Hub client's retries
     try:
@@ -193,6 +213,12 @@ def load_lm(name: str | os.PathLike = COURSE_MODEL, *, device: str | torch.devic
     if config.model_type != "gpt2":
         raise ValueError(f"name={label!r} is a {config.model_type!r} model; load_lm loads GPT-2-family "
                          f"models only (model_type 'gpt2': gpt2, distilgpt2, gpt2-medium, ...)")
+    if Path(source).is_dir() and not any((Path(source) / f).is_file() for f in SAFETENSORS_FILES):
+        found = sorted(p.name for p in Path(source).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        raise ValueError(f"name={label!r} is a folder with no safetensors weights ({' or '.join(SAFETENSORS_FILES)})"
+                         + (f"; it has {', '.join(found)}, which eelib does not load: pickled weights can run "
+                            f"code. If you trust them, convert once with transformers: "
+                            f"GPT2LMHeadModel.from_pretrained(folder).save_pretrained(folder)" if found else ""))
     try:
         model = GPT2LMHeadModel.from_pretrained(source, use_safetensors=True, trust_remote_code=False,
                                                 local_files_only=cached)
@@ -792,15 +818,25 @@ Prompt `{prompt!r}`, sampled (temperature 0.8, top-k 40, seed {config.seed}):
 
 # --- command line ----------------------------------------------------------------------------
 
+def default_train_folder(name: str = COURSE_MODEL) -> Path:
+    """Where ``python -m eelib.lm train`` writes by default: ``<cache root>/models/<name>`` (never the package)."""
+    from .cache import models_dir
+
+    return models_dir() / name
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m eelib.lm train|eval``: retrain the course model, or measure a model."""
     parser = argparse.ArgumentParser(prog="python -m eelib.lm", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train_p = sub.add_parser("train", help="train the course model from Tiny Shakespeare")
     train_p.add_argument("--corpus", type=Path, help="the Tiny Shakespeare text (default: download it)")
-    train_p.add_argument("--out", type=Path, default=None,
-                         help="model folder to write (default: the course model inside the package, or "
-                              "course-ee's with --early-exit)")
+    where = train_p.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, default=None,
+                       help="model folder to write (default: <eelib cache>/models/course, or .../course-ee "
+                            "with --early-exit; the installed package is not touched)")
+    where.add_argument("--into-package", action="store_true",
+                       help="replace the model shipped inside the package (for the course's maintainers)")
     defaults = LMTrainConfig()
     for field in ("steps", "max_minutes", "seed", "n_layer", "n_embd", "n_head", "vocab_size",
                   "context_length", "batch_size", "lr", "warmup_steps", "dropout", "eval_every"):
@@ -831,12 +867,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         config = LMTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LMTrainConfig)
                                   if hasattr(args, f.name)})
-        out = args.out or course_model_path(COURSE_EE_MODEL if config.early_exit else COURSE_MODEL)
+        name = COURSE_EE_MODEL if config.early_exit else COURSE_MODEL
+        out = (course_model_path(name) if args.into_package
+               else args.out if args.out is not None else default_train_folder(name))
         result = train_course_model(text, out, config=config, device=args.device,
                                     log=lambda line: print(line, flush=True))
         print(f"saved {result.path} ({result.folder_bytes:,} bytes, {result.n_parameters:,} parameters) in "
               f"{result.seconds / 60:.1f} min: validation {result.validation.loss_per_token:.4f} nats/token, "
               f"{result.validation.bits_per_character:.4f} bits/character")
+        if not args.into_package:
+            print(f"load it with eelib.load_lm({str(result.path)!r}); eelib.load_lm({name!r}) still loads the "
+                  f"shipped model")
     else:
         try:
             lm = load_lm(args.model)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -116,7 +118,7 @@ def test_torchvision_model_routes_too():
 
 def test_latency_and_energy(model):
     seconds = latency_per_exit(model, torch.randn(2, 1, 16, 16), repeats=2, warmup=1)
-    assert len(seconds) == 4 and all(s > 0 for s in seconds)
+    assert len(seconds) == 4 and all(math.isfinite(s) for s in seconds)
     assert energy_estimate(1e9) == pytest.approx(2.3e-3)
     with pytest.raises(ValueError, match="flops must be >= 0"):
         energy_estimate(-1)
@@ -146,7 +148,97 @@ def test_routing_needs_eval_mode_and_speedup_is_measured(model):
         model.eval()
     s = measure_speedup(model, torch.randn(8, 1, 16, 16), ExitPolicy("max_prob", (0.1, 0.1, 0.1)), batch_size=4,
                         repeats=1)
-    assert s.full_seconds > 0 and s.dynamic_seconds > 0 and s.never_exit_seconds > 0
     assert s.ideal_speedup == pytest.approx(exit_costs(model, (1, 16, 16)).full_flops / exit_costs(model, (1, 16, 16)).flops[0])
     with pytest.raises(ValueError, match="batch_size"):
         measure_speedup(model, torch.randn(8, 1, 16, 16), ExitPolicy("max_prob", (0.1, 0.1, 0.1)), batch_size=0)
+
+
+class FakeClock:
+    """A perf_counter that moves only when the code under test says work was done."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_measure_speedup_times_each_run_and_keeps_the_fastest(model, monkeypatch):
+    """A fake clock: the full network costs 1 per image, routing 0.2 (0.3 on the first pass), never-exit
+    routing 1.1; the measured figures must be exactly those sums, the fastest pass of each."""
+    import eelib.device
+    from eelib import dynamic
+
+    clock = FakeClock()
+    monkeypatch.setattr(eelib.device.time, "perf_counter", clock)
+    passes = {"dynamic": 0}
+    real_route = dynamic.route
+
+    def route(m, x, policy):
+        never = math.isinf(policy.thresholds[0])
+        passes["dynamic"] += not never
+        clock.now += len(x) * (1.1 if never else 0.3 if passes["dynamic"] <= 4 else 0.2)  # 2 warm-up + 2 batches
+        return real_route(m, x, policy)
+
+    def backbone(x):
+        clock.now += len(x) * 1.0
+        return torch.zeros(len(x), model.num_classes)
+
+    monkeypatch.setattr(dynamic, "route", route)
+    monkeypatch.setattr(model.backbone, "forward", backbone)
+    s = dynamic.measure_speedup(model, torch.randn(8, 1, 16, 16), ExitPolicy("max_prob", (0.1, 0.1, 0.1)),
+                                batch_size=4, repeats=3)
+    assert s.full_seconds == pytest.approx(8.0) and s.never_exit_seconds == pytest.approx(8.8)
+    assert s.dynamic_seconds == pytest.approx(1.6)  # the first timed pass (0.3 per image) was slower: not kept
+    assert s.speedup == pytest.approx(5.0) and s.overhead == pytest.approx(0.1)
+
+
+def test_latency_per_exit_times_each_exit_alone(model, monkeypatch):
+    import eelib.device
+
+    clock = FakeClock()
+    monkeypatch.setattr(eelib.device.time, "perf_counter", clock)
+    real = model.forward_until
+
+    def forward_until(x, k):
+        clock.now += k + 1
+        return real(x, k)
+
+    def backbone(x):
+        clock.now += 10
+        return torch.zeros(len(x), model.num_classes)
+
+    monkeypatch.setattr(model, "forward_until", forward_until)
+    monkeypatch.setattr(model.backbone, "forward", backbone)
+    assert latency_per_exit(model, torch.randn(2, 1, 16, 16), repeats=3, warmup=1) == [1, 2, 3, 10]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_images_are_refused_by_name(model, bad):
+    from eelib.dynamic import measure_speedup
+
+    x = torch.randn(3, 1, 16, 16)
+    x[1, 0, 4, 4] = bad
+    with pytest.raises(ValueError, match=r"^x holds 1 non-finite value"):
+        dynamic_inference(model, x, ExitPolicy("max_prob", (0.5, 0.5, 0.5)))
+    with pytest.raises(ValueError, match=r"^images holds 1 non-finite value"):
+        measure_speedup(model, x, ExitPolicy("max_prob", (0.5, 0.5, 0.5)), batch_size=2)
+
+
+def test_folded_heads_compute_the_pooled_heads_logits():
+    from eelib.exits import ExitHead
+
+    torch.manual_seed(0)
+    for pool, shape in [(4, (16, 28, 28)), (4, (32, 14, 14)), (4, (64, 7, 7)), (2, (8, 5, 3)), (1, (8, 4, 4))]:
+        head = ExitHead(shape[0], 10, pool_size=pool).eval()
+        x = torch.randn(5, *shape)
+        pooled = head(x)  # gradients on: the pooling itself
+        with torch.no_grad():
+            folded = head(x)
+            assert head.folded_weight(shape) is not None
+        torch.testing.assert_close(folded, pooled, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # weights changed in place: the folded weight follows
+        head.fc.weight.mul_(2)
+        torch.testing.assert_close(head(x), 2 * pooled - head.fc.bias)
+    big = ExitHead(64, 1000).eval()  # a 1000-class head: pooling first is cheaper, nothing folded
+    assert big.folded_weight((64, 56, 56)) is None

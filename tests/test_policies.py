@@ -150,3 +150,31 @@ def test_widget_logic_and_widget():
     sliders[0].value = 0.99  # moving a slider recomputes the summary
     expected = policy_summary(out, [20, 45, 70, 101], 100, ExitPolicy("max_prob", (0.99, 0.6, 0.6)))[1]
     assert expected in box.children[3].value
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_logits_are_refused_by_name(bad):
+    from eelib.policies import calibrate, evaluate_policy
+
+    outputs = random_outputs(n=50, exits=3)
+    logits = outputs.logits.clone()
+    logits[1, 7, 2] = bad
+    with pytest.raises(ValueError, match=r"logits holds 1 non-finite value\(s\)"):
+        apply_policy(ExitPolicy("max_prob", (0.5, 0.5)), logits)
+    broken = ExitOutputs(logits, outputs.labels, outputs.exit_names)
+    with pytest.raises(ValueError, match=r"outputs.logits holds 1 non-finite"):
+        calibrate(broken, [1.0, 2.0, 3.0], 3.0, max_accuracy_drop=0.01)
+    with pytest.raises(ValueError, match=r"outputs.logits holds 1 non-finite"):
+        evaluate_policy(ExitPolicy("max_prob", (0.5, 0.5)), broken, [1.0, 2.0, 3.0], 3.0)
+
+
+def test_patience_and_first_exits_keep_their_inputs_device_and_dtype():
+    from eelib.policies import MEASURES, first_exits, patience
+
+    logits = torch.tensor([[[0.0, 1.0]], [[0.0, 2.0]], [[3.0, 0.0]], [[4.0, 0.0]]])  # one sample, 4 exits
+    assert patience(logits).tolist() == [[1.0], [2.0], [1.0], [2.0]]
+    meta = torch.zeros(4, 5, 3, device="meta")  # a device that is not the CPU: nothing may be made on the CPU
+    assert patience(meta).device.type == "meta"
+    assert first_exits(torch.zeros(3, 5, device="meta"), (0.5, 0.5), MEASURES["max_prob"]).device.type == "meta"
+    with pytest.raises(ValueError, match="one per early exit"):
+        first_exits(torch.zeros(3, 5), (0.5,), MEASURES["max_prob"])

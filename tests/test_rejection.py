@@ -401,3 +401,51 @@ def test_rejection_figures_are_labelled():
         plots.plot_risk_coverage({})
     with pytest.raises(ValueError, match="the policy has 4 exits but outputs has 3"):
         plots.plot_reject_regions(policy, _outputs(exits=3))
+
+
+def _true_risk_dip(t):
+    """P(error | s) = 0.2 on [0.5, 0.8), else 0, s uniform: the selective risk of s >= t is 0 above 0.8,
+    rises to 0.12 at 0.5 and falls to 0.06 at 0 — not monotone in the threshold."""
+    wrong_mass = 0.2 * max(0.0, 0.8 - max(t, 0.5))
+    return wrong_mass / (1 - t) if t < 1 else 0.0
+
+
+def test_guarantee_holds_when_the_risk_is_not_monotone():
+    alpha, delta, runs = 0.05, 0.1, 200
+    generator = torch.Generator().manual_seed(2)
+    violations, accepted_some = 0, 0
+    for _ in range(runs):
+        s = torch.rand(600, generator=generator, dtype=torch.float64)
+        wrong = (s >= 0.5) & (s < 0.8) & (torch.rand(600, generator=generator, dtype=torch.float64) < 0.2)
+        g = guaranteed_threshold(s, ~wrong, alpha=alpha, delta=delta)
+        violations += _true_risk_dip(min(max(g.threshold, 0.0), 1.0)) > alpha
+        accepted_some += g.n_accepted > 0
+        assert g.n_accepted == int((s >= g.threshold).sum())
+    # the low-risk region at the bottom (t near 0: 0.06 > alpha) must never be reached by skipping the bump
+    assert violations / runs <= delta
+    assert accepted_some / runs > 0.9  # the safe top region (s >= 0.73) is found, not everything rejected
+
+
+def test_guarantee_holds_with_heavily_tied_scores():
+    """Patience-like scores (1..4, hundreds of samples per value): a threshold cannot split a tie."""
+    from eelib.rejection import binomial_upper_bound
+
+    alpha, delta, runs = 0.1, 0.1, 200
+    error_rate = {1: 0.4, 2: 0.15, 3: 0.06, 4: 0.02}
+    generator = torch.Generator().manual_seed(3)
+    violations = 0
+    for _ in range(runs):
+        s = torch.randint(1, 5, (800,), generator=generator).double()
+        p = torch.tensor([error_rate[int(v)] for v in range(1, 5)], dtype=torch.float64)[s.long() - 1]
+        wrong = torch.rand(800, generator=generator, dtype=torch.float64) < p
+        g = guaranteed_threshold(s, ~wrong, alpha=alpha, delta=delta, measure="patience")
+        assert g.threshold in (1.0, 2.0, 3.0, 4.0, math.inf)
+        accepted = s >= g.threshold
+        assert g.n_accepted == int(accepted.sum()) and g.n_errors == int((wrong & accepted).sum())  # ties together
+        if g.n_accepted:
+            assert g.risk_bound == binomial_upper_bound(g.n_errors, g.n_accepted, delta) <= alpha
+        # true risk of accepting the scores >= threshold (each value is a quarter of the samples)
+        values = [v for v in range(1, 5) if v >= g.threshold]
+        true = sum(error_rate[v] for v in values) / len(values) if values else 0.0
+        violations += true > alpha
+    assert violations / runs <= delta
