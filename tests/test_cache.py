@@ -90,3 +90,48 @@ def test_an_unknown_host_is_a_download_error(tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "_lookup", lambda host: OSError("Name or service not known"))
     with pytest.raises(cache.DownloadError, match="cannot resolve"):
         cache.download("https://example.invalid/file", tmp_path / "f", checksum="0" * 32)
+
+
+_SWAP = """
+import sys, time
+from pathlib import Path
+from eelib.cache import atomic_path
+dest, tag, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+for i in range(rounds):
+    with atomic_path(dest) as tmp:
+        tmp.mkdir()
+        (tmp / "a.txt").write_text(f"{tag}{i}")
+        time.sleep(0.005)
+        (tmp / "b.txt").write_text(f"{tag}{i}")  # a complete folder has both files, from the same writer and round
+"""
+
+
+def test_two_processes_replace_a_folder_and_a_reader_never_sees_it_missing(tmp_path):
+    import subprocess
+    import sys
+
+    from eelib.cache import atomic_path, folder_ready
+
+    dest = tmp_path / "model"
+    with atomic_path(dest) as tmp:
+        tmp.mkdir()
+        (tmp / "a.txt").write_text("first")
+        (tmp / "b.txt").write_text("first")
+    writers = [subprocess.Popen([sys.executable, "-c", _SWAP, str(dest), tag, "25"]) for tag in ("x", "y")]
+    seen, missing = set(), 0
+    while any(w.poll() is None for w in writers):
+        if not folder_ready(dest):
+            missing += 1
+            continue
+        try:
+            a, b = (dest / "a.txt").read_text(), (dest / "b.txt").read_text()
+        except FileNotFoundError:  # the folder was swapped between the check and the read: a new one is there
+            assert folder_ready(dest)
+            continue
+        seen.update((a, b))  # (two reads may straddle a swap: each file is whole, from some complete folder)
+    assert [w.returncode for w in writers] == [0, 0]  # both writers succeeded
+    assert missing == 0
+    assert all(v == "first" or (v[0] in "xy" and 0 <= int(v[1:]) < 25) for v in seen) and len(seen) > 1
+    assert (dest / "a.txt").read_text() in {"x24", "y24"}
+    assert (dest / "a.txt").read_text() == (dest / "b.txt").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model"]  # nothing left beside it

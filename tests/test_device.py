@@ -55,3 +55,52 @@ def test_seed_everything_repeats_cpu_results():
 def test_seed_must_be_a_non_negative_int(seed):
     with pytest.raises(ValueError, match="seed"):
         eelib.seed_everything(seed)
+
+
+def test_timed_synchronises_the_device_it_is_given(monkeypatch):
+    import eelib.device as dev
+
+    calls = []
+    monkeypatch.setattr(dev.torch.cuda, "synchronize", lambda device=None: calls.append(("sync", str(device))))
+    ticks = iter([10.0, 12.5])
+    monkeypatch.setattr(dev.time, "perf_counter", lambda: next(ticks))
+    seconds = dev.timed(lambda: calls.append(("work", None)), "cuda:1")
+    assert seconds == 2.5
+    assert calls == [("sync", "cuda:1"), ("work", None), ("sync", "cuda:1")]  # before and after, on GPU 1
+    calls.clear()
+    dev.synchronize("cpu")
+    dev.synchronize(None)
+    assert calls == []  # nothing to wait for on the CPU
+
+
+def test_eval_mode_restores_every_submodule_even_on_error():
+    import torch
+
+    from eelib.device import eval_mode
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(2))
+    net.train()
+    net[2].eval()  # a frozen batch norm inside a training model
+    param = net[0].weight
+    try:
+        with eval_mode(net):
+            assert not any(m.training for m in net.modules())
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert [m.training for m in net.modules()] == [True, True, True, False]
+    assert net[0].weight is param  # nothing moved or copied
+    with pytest.raises(TypeError, match="nn.Module"):
+        with eval_mode("model"):
+            pass
+
+
+def test_reproducible_training_pins_the_threads_and_restores_them():
+    import torch
+
+    from eelib.device import TRAINING_THREADS, reproducible_training
+
+    before = torch.get_num_threads()
+    with reproducible_training("cpu"):
+        assert torch.get_num_threads() == TRAINING_THREADS and torch.backends.cudnn.deterministic
+    assert torch.get_num_threads() == before

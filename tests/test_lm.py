@@ -288,3 +288,64 @@ def test_course_ee_is_shipped_and_trained_for_early_exit():
     quarter = ee_lm.n_layers // 4
     assert summary["agreement_by_layer"][quarter - 1] > summary["course_agreement_by_layer"][quarter - 1]
     assert course_exits(ee_lm).kind == "trained heads"
+
+
+def test_a_folder_with_only_pickled_weights_says_so(tiny_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "bin-only"
+    shutil.copytree(tiny_folder[0], folder)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")  # what an old save_pretrained writes
+    with pytest.raises(ValueError, match=r"no safetensors weights .*it has pytorch_model.bin, which eelib does not load"):
+        lmlib.load_lm(folder, device="cpu")
+
+
+def _hf_cache_with(root, repo, files):
+    """A Hugging Face cache folder holding ``files`` (name -> path to copy) of ``repo`` at one snapshot."""
+    import shutil
+
+    base = root / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(commit)
+    snapshot = base / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, source in files.items():
+        shutil.copy(source, snapshot / name)
+    return root
+
+
+def test_a_hf_cache_with_the_config_but_not_the_weights(tiny_folder, tmp_path, offline, monkeypatch):
+    import huggingface_hub.constants
+
+    folder = tiny_folder[0]
+    names = ["config.json", "tokenizer.json", "tokenizer_config.json"]
+    cache = _hf_cache_with(tmp_path / "hub", "eelib-test/tiny", {n: folder / n for n in names if (folder / n).is_file()})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    with pytest.raises(lmlib.ModelUnavailableError, match="has 'eelib-test/tiny''s config.json but not its weights"):
+        lmlib.load_lm("eelib-test/tiny", device="cpu")
+    # with the weights cached too, it loads offline
+    _hf_cache_with(tmp_path / "hub2", "eelib-test/tiny", {n: folder / n for n in names + ["model.safetensors"]
+                                                          if (folder / n).is_file()})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub2"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub2"))
+    assert lmlib.load_lm("eelib-test/tiny", device="cpu").n_layers == 2
+
+
+def test_train_writes_to_the_cache_by_default_never_into_the_package(tmp_cache, monkeypatch, capsys):
+    written = []
+
+    def fake_train(text, out, **kwargs):
+        written.append(Path(out))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(lmlib, "train_course_model", fake_train)
+    monkeypatch.setattr(lmlib, "load_corpus", lambda path: "text")
+    for argv, expected in [(["train"], tmp_cache / "models" / lmlib.COURSE_MODEL),
+                           (["train", "--early-exit"], tmp_cache / "models" / lmlib.COURSE_EE_MODEL),
+                           (["train", "--into-package"], lmlib.course_model_path(lmlib.COURSE_MODEL))]:
+        with pytest.raises(SystemExit):
+            lmlib.main(argv)
+        assert written[-1] == expected
+    assert not str(written[0]).startswith(str(lmlib.course_model_path(lmlib.COURSE_MODEL).parent))

@@ -210,3 +210,27 @@ def test_a_one_token_prompt(tmp_path):
     for threshold in (0.0, 1.0):
         g = self_speculative_generate(ee, prompt, max_new_tokens=12, threshold=threshold, max_draft=3, draft_vocab=None)
         assert g.tokens == _hf(tiny, prompt, 12)
+
+
+def test_reorder_and_upcast_attn_is_honoured(tmp_path):
+    """A bfloat16 model with reorder_and_upcast_attn: attention scores and softmax in float32, as transformers
+    computes them; the decoder's plain loop and self-speculative decoding give generate's tokens."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(4)
+    tokenizer = lmlib.train_tokenizer(_tiny_text(seed=4), vocab_size=300)
+    eot = tokenizer.convert_tokens_to_ids(lmlib.END_OF_TEXT)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=40, n_embd=32, n_layer=4, n_head=2,
+                                       bos_token_id=eot, eos_token_id=eot, reorder_and_upcast_attn=True,
+                                       scale_attn_by_inverse_layer_idx=True))
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path)
+    tiny = lmlib.load_lm(tmp_path, device="cpu", dtype=torch.bfloat16)
+    ee = EarlyExitLM(tiny, [2])
+    assert Decoder(ee).upcast
+    prompt = lmlib.encode(tiny, "the king and the queen of Verona")
+    want = _hf(tiny, prompt, 16)
+    assert early_exit_generate(ee, prompt, None, max_new_tokens=16).tokens == want
+    g = self_speculative_generate(ee, prompt, max_new_tokens=16, draft_exit=0, threshold=0.0, max_draft=3,
+                                  draft_vocab=None)
+    assert g.tokens == want
