@@ -4,9 +4,10 @@
   before nbval starts a kernel, so each kernel inherits them (set ``EELIB_DEVICE=cuda`` to run
   the notebooks on a GPU instead).
 * Under pytest-xdist, each worker and the kernels it starts compute on one thread.
-* Before any notebook runs, the course models (``eelib.zoo.RECIPES``) are trained once, in the
-  main process, into the eelib cache (``$EELIB_CACHE``), exactly as the first notebook that
-  needs them would; the notebooks then load them. Runs that collect no notebook skip this.
+* Before any notebook runs, the course models (``eelib.zoo.RECIPES``) are loaded once in the main
+  process (``prepare_models``): they ship with eelib, so nothing is trained; a recipe changed
+  since its shipped model would be trained here, once, into ``$EELIB_CACHE``. Runs that collect
+  no notebook skip this.
 * In ``exercises/``, every cell that nbval lets raise (tag ``raises-exception``) must actually
   raise — a ``NotImplementedError`` from a blank exercise or an ``AssertionError`` from its check.
   nbval alone accepts a tagged cell that passes; this hook turns that into a failure, so the
