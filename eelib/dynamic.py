@@ -88,13 +88,9 @@ def route(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) -> tuple[tor
         return pred, torch.full_like(pred, k)
     predictions = torch.empty(n, dtype=torch.long, device=x.device)
     exits = torch.empty(n, dtype=torch.long, device=x.device)
-    for index, pred, k in done:
-        if index is None:  # only the first exit can see the whole batch; nothing left earlier
-            predictions.copy_(pred)
-            exits.fill_(k)
-        else:
-            predictions.index_copy_(0, index, pred)
-            exits.index_fill_(0, index, k)
+    for index, pred, k in done:  # several groups: each has its batch indices (None only when alone, above)
+        predictions.index_copy_(0, index, pred)
+        exits.index_fill_(0, index, k)
     return predictions, exits
 
 
