@@ -39,13 +39,13 @@ Run: ``python benchmarks/gpt2_exits.py`` (a few minutes on 2 CPU cores).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from pathlib import Path
 
 import torch
 
 import eelib
+from eelib.cache import save_json
 from eelib.lm import encode
 from eelib.lm_exits import course_exits, heldout_text, token_exit_outputs
 from eelib.lm_generate import early_exit_generate, measure_generation_speed, teacher_forced_eval, token_exit_costs
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
                     f"torch {torch.__version__}",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    save_json(results, args.out)
     print(f"exits after layers {list(ee.exit_layers)} of {n}; {args.measure} thresholds "
           f"{', '.join(f'{t:.3f}' for t in policy.thresholds)} (calibration agreement {cal.val.accuracy:.3f})")
     print(f"{'agreement':>10} {'avg_layers':>10} {'exit layer':>10} {'oracle':>7} {'ideal':>7} {'speedup':>8} {'vs HF':>7}")

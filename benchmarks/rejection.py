@@ -52,7 +52,6 @@ Writes ``benchmarks/results/rejection.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -60,6 +59,7 @@ from pathlib import Path
 import torch
 
 import eelib
+from eelib.cache import save_json
 from eelib.exits import ExitOutputs
 from eelib.policies import confidence
 from eelib.rejection import (CostModel, calibrate_reject, evaluate_reject_policy, evaluate_selective,
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    save_json(results, args.out)
     print(f"guarantee: alpha {args.alpha}, delta {args.delta}, {args.splits} splits")
     print(f"{'cal/test':10s} {'violation (test)':>16s} {'violation (pool)':>16s} {'coverage':>9s} "
           f"{'test risk':>9s} {'pool risk':>9s}")

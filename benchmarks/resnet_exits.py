@@ -32,7 +32,6 @@ Run: ``python benchmarks/resnet_exits.py`` (about a minute once the model is cac
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from pathlib import Path
 import torch
 
 import eelib
+from eelib.cache import save_json
 from eelib.policies import calibrate, evaluate_oracle, evaluate_policy
 
 RESULTS = Path(__file__).resolve().parent / "results" / "resnet_exits.json"
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    save_json(results, args.out)
     print(f"{'accuracy, final exit':38s} {results['accuracy_full']:.4f}")
     print(f"{'accuracy, policy (<= 0.5 pp drop on val)':38s} {results['accuracy_policy']:.4f}")
     print(f"{'FLOPs saved, policy':38s} {results['flops_saved']:.3f}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -119,6 +120,17 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)  # the temporary folder, and an old folder moved aside
+
+
+def save_json(data, dest: str | os.PathLike, *, indent: int = 2) -> Path:
+    """Write ``data`` as JSON to ``dest`` atomically: a temporary file, read back and checked, then renamed."""
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        text = json.dumps(data, indent=indent) + "\n"
+        tmp.write_text(text, encoding="utf-8")
+        if json.loads(tmp.read_text(encoding="utf-8")) != json.loads(text):  # pragma: no cover - a failing disk
+            raise OSError(f"{tmp} does not read back as written; {dest} was left unchanged")
+    return dest
 
 
 def _swap_lock(dest: Path) -> Path:

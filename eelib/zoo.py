@@ -198,6 +198,15 @@ def shipped_models() -> dict[str, dict]:
     return json.loads(MANIFEST.read_text(encoding="utf-8"))
 
 
+def shipped_metadata(name: str) -> dict:
+    """What the shipped file of course model ``name`` records: recipe, history, test accuracy,
+    torch version, machine and ``train_seconds`` (the training time on the machine that built it)."""
+    entry = shipped_models().get(name)
+    if entry is None:
+        raise ValueError(f"name={name!r} is not a shipped course model; shipped: {', '.join(shipped_models()) or 'none'}")
+    return _read_metadata(SHIPPED_DIR / entry["file"])
+
+
 def _load_shipped(label: str, recipe: Recipe, device: torch.device) -> TrainedModel | None:
     """The shipped model of a named recipe, or None when there is none for this exact recipe."""
     entry = shipped_models().get(label)

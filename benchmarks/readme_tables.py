@@ -1,0 +1,255 @@
+"""The README's result tables, rendered from the results files, so that no figure is copied by hand.
+
+Each result table in ``README.md`` sits between two markers::
+
+    <!-- table: NAME -->
+    | ... rendered from the results file ... |
+    <!-- /table -->
+
+``python benchmarks/readme_tables.py`` rewrites every marked table from its source
+(``benchmarks/results/*.json``, or a file shipped with eelib); ``--check`` only says which tables
+differ and exits with status 1 if any does. ``tests/test_readme_results.py`` runs the check, and
+also fails when a table of the README's results sections has no marker. After a benchmark run:
+``python benchmarks/readme_tables.py`` and commit the JSON and the README together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+MARKER = re.compile(r"^<!-- table: (?P<name>[a-z0-9_]+) -->\n(?P<body>.*?)^<!-- /table -->$", re.M | re.S)
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def pct(x: float, digits: int = 1) -> str:
+    return f"{100 * x:.{digits}f}%"
+
+
+def times(x: float, digits: int = 2) -> str:
+    return f"{x:.{digits}f}x"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def exit_label(name: str) -> str:
+    return "final" if name == "final" else f"`{name}`"
+
+
+# --- the tables ----------------------------------------------------------------------------
+
+def course_ee_agreement() -> str:
+    info = _load(ROOT / "eelib" / "models" / "shakespeare-gpt2-ee" / "exit_heads" / "training.json")
+    ee, course = info["agreement_by_layer"], info["course_agreement_by_layer"]
+    return table(["layer", *map(str, range(1, len(ee) + 1))],
+                 [["`course-ee` (jointly trained exits)", *map(pct, ee)],
+                  ["`course` + its tuned heads", *map(pct, course)]])
+
+
+def chapter1() -> str:
+    rows = _load(RESULTS / "course_models.json")["chapter1"]
+    out = []
+    for r in rows.values():
+        ratio = r["gradient_norm_first_over_last_conv"]
+        out.append(["residual" if r["residual"] else "plain", str(r["layers"]), f"{r['parameters']:,}",
+                    f"{r['train_loss_last_epoch']:.3f}", pct(r["test_accuracy"]),
+                    f"{ratio:,.1f}x" if ratio < 100 else f"{ratio:,.0f}x", f"{r['train_seconds']:.0f} s"])
+    return table(["network", "layers", "parameters", "training loss, last epoch (nats)",
+                  "test accuracy (1,000 digits)", "gradient norm, first layer / last conv, at init",
+                  "training time (1 thread)"], out)
+
+
+def chapter2() -> str:
+    c = _load(RESULTS / "course_models.json")["chapter2"]
+    rows = [[exit_label(name), pct(cost, 0), pct(j), pct(f)]
+            for name, cost, j, f in zip(c["exits"], c["relative_flops"], c["joint"], c["frozen"])]
+    return table(["exit", "cost", "joint training", "frozen backbone, heads only"], rows)
+
+
+def chapter4() -> str:
+    c = _load(RESULTS / "course_models.json")["chapter4"]
+    p = c["policies"]
+    names = {"max_prob": "max probability", "entropy": "entropy", "margin": "margin", "patience": "patience"}
+    rows = []
+    for measure, r in p.items():
+        t = r["threshold"]
+        shown = {"entropy": f"{t:.3f} nats", "patience": f"{t:.0f} exits agree"}.get(measure, f"{t:.3f}")
+        rows.append([names[measure], shown, pct(r["val_accuracy"]), pct(r["test_accuracy"]),
+                     pct(r["test_flops_saved"])])
+    rows.append(["oracle (earliest exit that is right)", "—", "—", pct(c["oracle"]["test_accuracy"]),
+                 pct(c["oracle"]["test_flops_saved"])])
+    rows.append(["final exit only", "—", pct(c["final_exit"]["val_accuracy"]), pct(c["final_exit"]["test_accuracy"]),
+                 "0%"])
+    return table(["measure", "threshold", "validation accuracy", "test accuracy", "test FLOPs saved"], rows)
+
+
+def resnet_exits() -> str:
+    r = _load(RESULTS / "resnet_exits.json")
+    return table(["accuracy, final exit", "accuracy, policy", "FLOPs saved", "FLOPs saved, oracle",
+                  "ideal speedup", "speedup, batch 1", "speedup, batch 256"],
+                 [[f"{r['accuracy_full']:.3f}", f"{r['accuracy_policy']:.3f}", f"{r['flops_saved']:.3f}",
+                   f"{r['oracle_flops_saved']:.3f}", times(r["ideal_speedup"]), times(r["speedup_batch1"]),
+                   times(r["speedup_batch256"])]])
+
+
+def resnet_exits_overhead() -> str:
+    r = _load(RESULTS / "resnet_exits.json")
+    return table(["never-exit overhead, batch 1", "never-exit overhead, batch 256",
+                  "ideal speedup on the batch-1 digits", "latency-ideal speedup, batch 256"],
+                 [[f"{100 * r['never_exit_overhead_batch1']:+.0f}%", f"{100 * r['never_exit_overhead_batch256']:+.0f}%",
+                   times(r["details"]["batch1"]["ideal"]), times(r["latency_ideal_speedup_batch256"])]])
+
+
+def rejection_guarantee() -> str:
+    r = _load(RESULTS / "rejection.json")
+    rows = []
+    for k, g in enumerate(r["details"]["guarantee_by_split"].values()):
+        label = f"{g['calibration']:,} / {g['test']:,}"
+        if k == 0:  # the first split size is the default, the one of the top-level figures
+            label += " (the default, `violation_rate` in the JSON)"
+        rows.append([label, f"{g['violation_rate']:.3f}", f"{g['pool_violation_rate']:.3f}",
+                     pct(g["test_risk_mean"], 2), pct(g["pool_risk_mean"], 2), pct(g["coverage"])])
+    return table(["calibration / test digits", "violation rate: test risk above alpha",
+                  "risk above alpha on the whole pool", "mean test risk", "mean pool risk", "mean test coverage"], rows)
+
+
+def rejection_policies() -> str:
+    r = _load(RESULTS / "rejection.json")
+    full, budget = r["full_flops"], r["details"]["budget_fraction_of_full"]
+    rows = []
+    for key, label in (("combined", f"early exit + reject (combined, budget {pct(budget, 0)})"),
+                       ("exit_only", f"early exit only (budget {pct(budget, 0)})"),
+                       ("reject_only", "reject only (full network)")):
+        coverage = r[f"{key}_coverage"]
+        rows.append([label, pct(r[f"{key}_accuracy"], 2), "100%" if coverage == 1 else pct(coverage),
+                     pct(r[f"{key}_avg_flops"] / full)])
+    return table(["policy (500 / 1,500 splits)", "accuracy of the accepted digits", "coverage",
+                  "average FLOPs (% of the full network)"], rows)
+
+
+def chapter6() -> str:
+    c = _load(RESULTS / "course_models.json")["chapter6"]
+    layers = [str(n) for n in c["layers"]]
+    layers[-1] += " (final)"
+    return table(["layer", *layers], [["logit lens (`ln_f` + `lm_head`)", *map(pct, c["logit_lens"])],
+                                      ["trained exit heads (shipped)", *map(pct, c["trained_heads"])]])
+
+
+def gpt2_exits() -> str:
+    r = _load(RESULTS / "gpt2_exits.json")
+    return table(["n_layers", "agreement", "avg_layers (computed)", "mean exit layer", "oracle_avg_layers",
+                  "ideal_speedup", "speedup", "speedup_vs_hf_generate"],
+                 [[str(r["n_layers"]), f"{r['agreement']:.3f}", f"{r['avg_layers']:.2f}", f"{r['avg_exit_layer']:.2f}",
+                   f"{r['oracle_avg_layers']:.2f}", times(r["ideal_speedup"]), times(r["speedup"]),
+                   times(r["speedup_vs_hf_generate"])]])
+
+
+def self_speculative() -> str:
+    r = _load(RESULTS / "self_speculative.json")
+    rows = []
+    for name, m in r["models"].items():
+        t, e = m["tokens_per_second"], m["early_exit"]
+        rows.append([name, f"{m['exact']:.3f}", times(m["speedup"]), times(m["speedup_vs_hf_generate"]),
+                     times(m["speedup_vs_hf_prompt_lookup"]), f"{t['plain']:.0f} / {t['self_speculative']:.0f}",
+                     f"{m['acceptance']:.2f}", f"{m['tokens_per_round']:.2f}",
+                     f"{m['draft_exit']}, {m['threshold']:g}, {m['max_draft']}, {m['draft_vocab']:,}",
+                     f"{m['bpc_final']:.3f}", pct(m["agreement_by_layer"][1]),
+                     " / ".join(times(e[d]["speedup"]) for d in ("max_prob", "saturation", "classifier"))])
+    return table(["model", "exact", "speedup", "vs HF generate", "vs HF prompt lookup",
+                  "tokens/s plain / self-speculative", "acceptance", "tokens per round",
+                  "draft (layer, threshold, max, vocabulary)", "bpc final", "agreement at layer 2",
+                  "chapter 7 at 95%: speedup max_prob / saturation / classifier"], rows)
+
+
+def run_times() -> str:
+    """Notebook times (``benchmarks/run_times.py``): one row per chapter, lecture / solution / exercise."""
+    r = _load(RESULTS / "run_times.json")
+    notebook = re.compile(r"^`(\S+\.ipynb)`$")  # a notebook's row: its path in backquotes
+    seconds = {(notebook.match(row["what"]) or [None, row["what"]])[1]: row["seconds"] for row in r["rows"]}
+    chapters = sorted({Path(w).stem for w in seconds if w.endswith(".ipynb")})
+    rows = [[f"`{ch}`", *(f"{seconds[f'{folder}/{ch}.ipynb']:.0f} s" if f"{folder}/{ch}.ipynb" in seconds else "—"
+                          for folder in ("notebooks", "solutions", "exercises"))] for ch in chapters]
+    table_text = table(["chapter", "lecture (`notebooks/`)", "solution", "exercise (blank: checks fail)"], rows)
+    others = [[w, f"{t:,.0f} s"] for w, t in seconds.items() if not w.endswith(".ipynb")]
+    return table_text + "\n" + table(["what", "time"], others)
+
+
+def benchmark_times() -> str:
+    """How long each benchmark and training run took, as its own results file records it."""
+    course = _load(RESULTS / "course_models.json")
+    spec = _load(RESULTS / "self_speculative.json")
+    heads = _load(ROOT / "eelib" / "models" / "shakespeare-gpt2" / "exit_heads" / "training.json")
+    rows = [[f"training `{name}` (`benchmarks/train_zoo.py`, 1 thread)", f"{r['train_seconds']:,.0f} s",
+             "the shipped file's metadata"] for name, r in course["chapter1"].items()]
+    rows += [["`python benchmarks/course_models.py` (1 thread)", f"{course['details']['seconds']:,.0f} s",
+              "`course_models.json`"],
+             ["`python benchmarks/resnet_exits.py`: the timed passes (1 thread)",
+              f"{_load(RESULTS / 'resnet_exits.json')['details']['timing_seconds']:,.0f} s", "`resnet_exits.json`"],
+             ["`python benchmarks/rejection.py` (200 splits, 1 thread)",
+              f"{_load(RESULTS / 'rejection.json')['details']['seconds']:,.0f} s", "`rejection.json`"]]
+    rows += [[f"`python benchmarks/self_speculative.py`, `{name}` (1 thread)", f"{m['seconds']:,.0f} s",
+              "`self_speculative.json`"] for name, m in spec["models"].items()]
+    rows.append([f"`python -m eelib.lm_exits train` (the shipped heads: {heads['steps']} steps, 1 thread)",
+                 f"{heads['seconds']:,.0f} s", "`exit_heads/training.json`"])
+    return table(["what", "time", "recorded in"], rows)
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "course_ee_agreement": course_ee_agreement, "chapter1": chapter1, "chapter2": chapter2, "chapter4": chapter4,
+    "resnet_exits": resnet_exits, "resnet_exits_overhead": resnet_exits_overhead,
+    "rejection_guarantee": rejection_guarantee, "rejection_policies": rejection_policies, "chapter6": chapter6,
+    "gpt2_exits": gpt2_exits, "self_speculative": self_speculative, "run_times": run_times,
+    "benchmark_times": benchmark_times,
+}
+
+
+def render(text: str) -> str:
+    """``text`` (the README) with every marked table rendered afresh; an unknown name is an error."""
+    def one(match: re.Match) -> str:
+        name = match["name"]
+        if name not in TABLES:
+            raise ValueError(f"README marker 'table: {name}' names no table; known: {', '.join(TABLES)}")
+        return f"<!-- table: {name} -->\n{TABLES[name]()}<!-- /table -->"
+    return MARKER.sub(one, text)
+
+
+def stale(text: str) -> list[str]:
+    """The names of the marked tables whose text differs from their rendering."""
+    fresh = {m["name"]: m["body"] for m in MARKER.finditer(render(text))}
+    return [m["name"] for m in MARKER.finditer(text) if m["body"] != fresh[m["name"]]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only report stale tables (exit status 1 if any)")
+    parser.add_argument("--readme", type=Path, default=README)
+    args = parser.parse_args(argv)
+    text = args.readme.read_text(encoding="utf-8")
+    names = stale(text)
+    if args.check:
+        print("stale tables: " + ", ".join(names) if names else "every table is up to date")
+        return 1 if names else 0
+    if names:
+        tmp = args.readme.with_name(args.readme.name + ".tmp")
+        tmp.write_text(render(text), encoding="utf-8")
+        tmp.replace(args.readme)
+    print("rewritten: " + ", ".join(names) if names else "every table was up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
