@@ -1,3 +1,4 @@
+import json
 import hashlib
 
 import pytest
@@ -135,3 +136,15 @@ def test_two_processes_replace_a_folder_and_a_reader_never_sees_it_missing(tmp_p
     assert (dest / "a.txt").read_text() in {"x24", "y24"}
     assert (dest / "a.txt").read_text() == (dest / "b.txt").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model"]  # nothing left beside it
+
+
+def test_save_json_writes_atomically_and_leaves_nothing_beside(tmp_path):
+    from eelib.cache import save_json
+
+    dest = tmp_path / "results" / "r.json"
+    assert save_json({"a": 1.5, "b": [1, 2]}, dest) == dest
+    assert json.loads(dest.read_text(encoding="utf-8")) == {"a": 1.5, "b": [1, 2]}
+    with pytest.raises(TypeError):
+        save_json({"bad": object()}, dest)  # not JSON: the old file stays as it was
+    assert json.loads(dest.read_text(encoding="utf-8")) == {"a": 1.5, "b": [1, 2]}
+    assert [p.name for p in dest.parent.iterdir()] == ["r.json"]
