@@ -11,11 +11,13 @@ that rarely fires still costs everyone who passes it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .device import eval_mode, timed
+from .device import eval_mode, synchronize, timed
 from .exits import EarlyExitNet
 from .resnet import ResNet
 
@@ -115,28 +117,36 @@ def exit_costs(model: EarlyExitNet, input_shape: tuple[int, int, int] | None = N
     return costs
 
 
-def _timed(fn, x, repeats: int, warmup: int) -> float:
+def _timed_runs(fns, x, repeats: int, warmup: int) -> list[list[float]]:
+    """Every repeat of every function on ``x``, interleaved (one run of each in turn), so that a
+    disturbance of the machine falls on all of them alike."""
+    runs: list[list[float]] = [[] for _ in fns]
     with torch.inference_mode():
-        for _ in range(warmup):
-            fn(x)
-        return min(timed(lambda: fn(x), x.device) for _ in range(repeats))
+        for fn in fns:
+            for _ in range(warmup):
+                fn(x)
+        for _ in range(repeats):
+            for k, fn in enumerate(fns):
+                runs[k].append(timed(lambda: fn(x), x.device))
+    return runs
 
 
-def latency_per_exit(model: EarlyExitNet, x: torch.Tensor, *, repeats: int = 20, warmup: int = 3) -> list[float]:
+def latency_per_exit(model: EarlyExitNet, x: torch.Tensor, *, repeats: int = 20, warmup: int = 3,
+                     all_runs: bool = False) -> list[float] | list[list[float]]:
     """Wall-clock seconds to compute exit ``k`` alone on batch ``x`` (backbone up to it + its head).
 
     Measured on ``x``'s device (:func:`eelib.device.timed` synchronises it), in eval mode; the fastest of ``repeats``
     runs counts (the least disturbed by other work, as in :func:`eelib.dynamic.measure_speedup`).
-    The last value is the full backbone with its own classifier, no early heads.
+    The last value is the full backbone with its own classifier, no early heads. With
+    ``all_runs`` every exit's ``repeats`` times are returned instead (for a figure of the spread).
     """
     model.check_input(x)
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     with eval_mode(model):
-        times = [_timed(lambda inp, k=k: model.forward_until(inp, k), x, repeats, warmup)
-                 for k in range(model.num_exits - 1)]
-        times.append(_timed(model.backbone, x, repeats, warmup))
-    return times
+        fns = [lambda inp, k=k: model.forward_until(inp, k) for k in range(model.num_exits - 1)] + [model.backbone]
+        runs = _timed_runs(fns, x, repeats, warmup)
+    return runs if all_runs else [min(r) for r in runs]
 
 
 def energy_estimate(flops: float, *, joules_per_flop: float = JOULES_PER_FLOP) -> float:
@@ -149,3 +159,75 @@ def energy_estimate(flops: float, *, joules_per_flop: float = JOULES_PER_FLOP) -
     if flops < 0 or joules_per_flop <= 0:
         raise ValueError(f"flops must be >= 0 and joules_per_flop > 0, got {flops}, {joules_per_flop}")
     return flops * joules_per_flop
+
+
+# --- measured energy, where the machine has a counter ---------------------------------------------
+
+RAPL_ROOT = Path("/sys/class/powercap")  # Linux's RAPL energy counters (Intel and AMD CPUs)
+
+
+class EnergyUnavailable(RuntimeError):
+    """This machine offers no energy counter that eelib can read (the message says why)."""
+
+
+def energy_counter(device: torch.device | str | None = None) -> Callable[[], float]:
+    """A function returning a running energy count in joules, for ``device``:
+
+    * CUDA: the GPU's total energy counter through NVML (``pip install nvidia-ml-py``; NVIDIA
+      GPUs from Volta on), the whole board;
+    * CPU: Linux's RAPL package counters (``/sys/class/powercap/intel-rapl:N/energy_uj``, summed
+      over the packages; readable by root only on most systems), the whole CPU package, so any
+      other work on the machine is counted too.
+
+    Raises :class:`EnergyUnavailable`, naming what is missing, where neither can be read.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda":
+        try:
+            import pynvml
+        except ImportError:
+            raise EnergyUnavailable("no NVML: pip install nvidia-ml-py to read the GPU's energy counter") from None
+        try:
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+        except pynvml.NVMLError as err:
+            raise EnergyUnavailable(f"NVML cannot read this GPU's energy counter: {err}") from None
+        return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1e3  # millijoules
+    if device.type != "cpu":
+        raise EnergyUnavailable(f"no energy counter for device type {device.type!r} (only cuda and cpu)")
+    zones = sorted(p for p in RAPL_ROOT.glob("intel-rapl:*") if p.name.count(":") == 1)  # packages, not subzones
+    if not zones:
+        raise EnergyUnavailable(f"no RAPL counters under {RAPL_ROOT} (a virtual machine, or not Linux)")
+    try:
+        ranges = [int((z / "max_energy_range_uj").read_text()) for z in zones]
+        [int((z / "energy_uj").read_text()) for z in zones]
+    except (OSError, ValueError) as err:
+        raise EnergyUnavailable(f"the RAPL counters cannot be read ({err}); they are usually root-only") from None
+    state = {"last": [int((z / "energy_uj").read_text()) for z in zones], "total": 0}
+
+    def read() -> float:
+        now = [int((z / "energy_uj").read_text()) for z in zones]
+        for i, (before, after) in enumerate(zip(state["last"], now)):
+            state["total"] += after - before if after >= before else after + ranges[i] - before  # the counter wrapped
+        state["last"] = now
+        return state["total"] / 1e6
+
+    return read
+
+
+def measure_energy(fn: Callable[[], object], device: torch.device | str | None = None, *,
+                   repeats: int = 20) -> float:
+    """Measured joules per call of ``fn`` (the average over ``repeats`` calls, after one warm-up),
+    from :func:`energy_counter`: the whole CPU package or GPU board, idle power included, so
+    compare runs made side by side. Raises :class:`EnergyUnavailable` where there is no counter."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    read = energy_counter(device)
+    fn()
+    synchronize(device)
+    start = read()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return (read() - start) / repeats

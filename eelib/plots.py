@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+import functools
+
 import matplotlib.pyplot as plt
+from cycler import cycler
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -16,6 +19,12 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from matplotlib.ticker import MaxNLocator
 
 from .train import History
+
+# Okabe & Ito's qualitative palette: its colours stay distinct with deuteranopia and protanopia
+# (red-green colour blindness) and in greyscale print; sequential scales use viridis / cividis.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442", "#000000")
+BLUE, ORANGE, GREEN, VERMILLION, SKY, PURPLE, YELLOW, BLACK = PALETTE
+RIGHT, WRONG = BLUE, VERMILLION  # right and wrong predictions: never green against red
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +38,16 @@ if TYPE_CHECKING:
     from .rejection import RejectEval, RejectPolicy, RiskCoverage
 
 
+def _styled(fn):
+    """Draw with the course's colour-blind-safe colour cycle, leaving the caller's settings alone."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context({"axes.prop_cycle": cycler(color=PALETTE)}):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@_styled
 def plot_training_curves(histories: Mapping[str, History], *, title: str = "Training") -> Figure:
     """Training loss per step (left) and validation accuracy per epoch (right), one line per run."""
     if not histories:
@@ -61,6 +80,7 @@ def plot_training_curves(histories: Mapping[str, History], *, title: str = "Trai
     return fig
 
 
+@_styled
 def plot_gradient_norms(norms: Mapping[str, Mapping[str, float]], *, relative_depth: bool = False,
                         title: str = "Gradient norm per layer") -> Figure:
     """Gradient norm of each layer's weights (log scale), layers in forward order, one line per model.
@@ -86,6 +106,7 @@ def plot_gradient_norms(norms: Mapping[str, Mapping[str, float]], *, relative_de
     return fig
 
 
+@_styled
 def draw_residual_block(ax: Axes | None = None) -> Figure:
     """Diagram of a residual block: two weight layers, and the skip connection that adds x back."""
     if ax is None:
@@ -106,14 +127,15 @@ def draw_residual_block(ax: Axes | None = None) -> Figure:
     for top, bottom in zip(centres[:-1], centres[1:]):
         ax.add_patch(FancyArrowPatch((4, top - 0.55), (4, bottom + 0.55), arrowstyle="-|>", mutation_scale=15))
     ax.add_patch(FancyArrowPatch((6.6, 10.2), (4.8, 2.8), connectionstyle="arc3,rad=-0.5", arrowstyle="-|>",
-                                 mutation_scale=15, color="tab:red", linewidth=2))
+                                 mutation_scale=15, color=VERMILLION, linewidth=2))
     ax.text(8.4, 6.6, "skip connection:\nx itself, or a\n1x1 conv + batch norm\nwhen the shape changes",
-            color="tab:red", ha="left", va="center", fontsize=10)
+            color=VERMILLION, ha="left", va="center", fontsize=10)
     ax.plot([1.1, 0.9, 0.9, 1.1], [8.75, 8.75, 4.45, 4.45], color="black", linewidth=1)  # bracket: F(x)
     ax.text(0.4, 6.6, "F(x)", fontsize=13, ha="center", va="center", style="italic")
     return fig
 
 
+@_styled
 def plot_image_grid(data: "DataSplits", split: str = "test", *, n: int = 16, indices: Sequence[int] | None = None,
                     title: str | None = None) -> Figure:
     """A grid of images from a :class:`eelib.data.DataSplits` split, each titled with its label."""
@@ -135,6 +157,7 @@ def plot_image_grid(data: "DataSplits", split: str = "test", *, n: int = 16, ind
     return fig
 
 
+@_styled
 def plot_feature_maps(features: Mapping[str, "torch.Tensor"], *, channels: int = 4,
                       title: str = "Feature maps of one image, stage by stage") -> Figure:
     """The first ``channels`` feature maps of one image at each attach point (one row per point).
@@ -163,6 +186,7 @@ def plot_feature_maps(features: Mapping[str, "torch.Tensor"], *, channels: int =
 
 # --- early exits (chapters 2-4) -------------------------------------------------------------
 
+@_styled
 def plot_cost_per_head(costs: "ExitCosts", *, title: str = "Computation cost per exit") -> Figure:
     """The talk's figure 4: cumulative FLOPs per exit (left) and what each exit adds (right).
 
@@ -176,14 +200,14 @@ def plot_cost_per_head(costs: "ExitCosts", *, title: str = "Computation cost per
     total = np.asarray(costs.flops, dtype=float) / 1e6
     full = costs.full_flops / 1e6
     fig, (ax_cum, ax_diff) = plt.subplots(1, 2, figsize=(12, 4.2))
-    ax_cum.bar(x, backbone, color="tab:blue", label="backbone up to the exit")
-    ax_cum.bar(x, heads, bottom=backbone, color="tab:orange", label="exit heads evaluated on the way")
+    ax_cum.bar(x, backbone, color=BLUE, label="backbone up to the exit")
+    ax_cum.bar(x, heads, bottom=backbone, color=ORANGE, label="exit heads evaluated on the way")
     ax_cum.axhline(full, color="black", linestyle="--", linewidth=1, label=f"network without exits: {full:.1f} MFLOPs")
     for xi, t in zip(x, total):  # each exit's share of the network without exits, inside its bar
         ax_cum.text(xi, t / 2, f"{100 * t / full:.0f}%", ha="center", va="center", fontsize=9, color="white")
     ax_cum.set(title=f"{title}: cumulative", xlabel="exit (attach point)", ylabel="MFLOPs per image")
     diff = np.diff(np.concatenate([[0.0], total]))
-    ax_diff.bar(x, diff, color="tab:green")
+    ax_diff.bar(x, diff, color=GREEN)
     ax_diff.set(title="Difference of computation cost per head", xlabel="exit (attach point)",
                 ylabel="MFLOPs added since the previous exit")
     for ax in (ax_cum, ax_diff):
@@ -194,6 +218,119 @@ def plot_cost_per_head(costs: "ExitCosts", *, title: str = "Computation cost per
     return fig
 
 
+@_styled
+def plot_exit_architecture(model, costs: "ExitCosts | None" = None, *,
+                           title: str = "An early-exit ResNet: the backbone and its exit branches") -> Figure:
+    """The talk's figure 3, drawn from the model itself: the backbone's blocks left to right (one
+    colour per stage, output channels in each box), an exit branch below each attach point with
+    its head, and, given ``costs`` (:func:`eelib.cost.exit_costs`), the cost of leaving there as a
+    share of the network without exits.
+
+    Args:
+        model: an :class:`eelib.exits.EarlyExitNet` on eelib's ResNet or torchvision's.
+        costs: the model's exit costs (optional: without them the branches carry no cost).
+    """
+    from .exits import EarlyExitNet, backbone_units
+
+    if not isinstance(model, EarlyExitNet):
+        raise ValueError(f"model must be an EarlyExitNet, got {type(model).__name__}")
+    if costs is not None and tuple(costs.exit_names) != tuple(model.exit_names):
+        raise ValueError(f"costs are for exits {costs.exit_names}, the model has {model.exit_names}")
+    units, channels, _ = backbone_units(model.backbone)
+    names = [name for name, _ in units]
+    stages = {n.split(".")[0] for n in names}
+    stage_colour = {stage: PALETTE[i % 6] for i, stage in enumerate(dict.fromkeys(n.split(".")[0] for n in names))}
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.95 * (n + 2)), 4.2))
+    w, h, gap = 0.8, 0.9, 1.0
+    attach = {model._ends[k] - 1: k for k in range(model.num_exits - 1)}  # unit index -> early exit
+    for i, name in enumerate(names):
+        colour = stage_colour[name.split(".")[0]]
+        ax.add_patch(FancyBboxPatch((i * gap, 2), w, h, boxstyle="round,pad=0.03", fc=colour, ec="black", alpha=0.35))
+        ax.text(i * gap + w / 2, 2 + h / 2, f"{name}\n{channels.get(name, '')} ch", ha="center", va="center", fontsize=8)
+        if i + 1 < n:
+            ax.add_patch(FancyArrowPatch((i * gap + w, 2 + h / 2), ((i + 1) * gap, 2 + h / 2),
+                                         arrowstyle="-|>", mutation_scale=9))
+    ends = {**attach, n - 1: model.num_exits - 1}
+    for i, k in ends.items():
+        final = k == model.num_exits - 1
+        x0 = i * gap + w / 2 if not final else n * gap + 0.1
+        if final:
+            ax.add_patch(FancyArrowPatch(((n - 1) * gap + w, 2 + h / 2), (x0, 2 + h / 2), arrowstyle="-|>",
+                                         mutation_scale=9))
+            y_box, label = 2, "pool + fc\n(the backbone's)"
+        else:
+            ax.add_patch(FancyArrowPatch((x0, 2), (x0, 1.15), arrowstyle="-|>", mutation_scale=10, color=VERMILLION))
+            y_box, label = 0.35, "exit head\npool + fc"
+        ax.add_patch(FancyBboxPatch((x0 - 0.42 if not final else x0, y_box), 0.84, 0.75, boxstyle="round,pad=0.03",
+                                    fc="white", ec=VERMILLION, lw=1.5))
+        cx = x0 if not final else x0 + 0.42
+        ax.text(cx, y_box + 0.375, label, ha="center", va="center", fontsize=7)
+        cost = "" if costs is None else f"\n{100 * costs.relative_flops[k]:.0f}% of the FLOPs"
+        ax.text(cx, y_box - 0.1, f"exit {k}: {model.exit_names[k]}{cost}", ha="center", va="top", fontsize=7,
+                color=VERMILLION)
+    handles = [plt.Rectangle((0, 0), 1, 1, fc=stage_colour[st], alpha=0.35, ec="black") for st in stage_colour]
+    ax.legend(handles, list(stage_colour), loc="upper left", fontsize=8, ncols=len(stages), title="stage",
+              title_fontsize=8, frameon=False, bbox_to_anchor=(0, 1.0))
+    ax.set(xlim=(-0.3, n * gap + 1.2), ylim=(-0.9, 3.6), title=title)
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+@_styled
+def plot_energy(costs: "ExitCosts", policies: Mapping[str, "PolicyEval"] | None = None, *,
+                joules_per_flop: float | None = None, measured: Mapping[str, float] | None = None,
+                title: str = "Estimated energy per image") -> Figure:
+    """Estimated energy per image (µJ) of leaving at each exit (left) and of each policy (right).
+
+    The estimate is arithmetic only (:func:`eelib.cost.energy_estimate`: FLOPs x joules per FLOP,
+    the assumption written on the figure); ``measured`` (``{label: joules per image}``, e.g. from
+    :func:`eelib.cost.measure_energy` where the machine has a power counter) is drawn beside it.
+
+    Args:
+        costs: the exits' costs (:func:`eelib.cost.exit_costs`).
+        policies: ``{label: PolicyEval}`` (e.g. calibrated policies, the oracle), by their average FLOPs.
+        joules_per_flop: the assumption (default: ``eelib.cost.JOULES_PER_FLOP``).
+    """
+    from .cost import JOULES_PER_FLOP, energy_estimate
+
+    jpf = JOULES_PER_FLOP if joules_per_flop is None else joules_per_flop
+    per_exit = [1e6 * energy_estimate(f, joules_per_flop=jpf) for f in costs.flops]
+    full = 1e6 * energy_estimate(costs.full_flops, joules_per_flop=jpf)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    x = np.arange(len(per_exit))
+    bars = a.bar(x, per_exit, color=BLUE)
+    a.bar_label(bars, fmt="%.0f", fontsize=8)
+    a.axhline(full, color="black", ls="--", lw=1, label=f"network without exits: {full:.0f} µJ")
+    a.set_xticks(x, list(costs.exit_names), rotation=20)
+    a.set(title="Leaving at each exit", xlabel="exit (attach point)", ylabel="estimated energy per image (µJ)",
+          ylim=(0, 1.25 * max(per_exit + [full])))
+    a.legend(loc="upper left", fontsize=8)
+    labels = ["no exits"] + list(policies or {})
+    values = [full] + [1e6 * energy_estimate(e.avg_flops, joules_per_flop=jpf) for e in (policies or {}).values()]
+    y = np.arange(len(labels))
+    bars = b.barh(y, values, color=[BLACK] + [ORANGE] * (len(labels) - 1), alpha=0.8)
+    b.bar_label(bars, labels=[f"{v:.0f} µJ ({100 * v / full:.0f}%)" for v in values], fontsize=8)
+    if measured:
+        m_labels = [l for l in labels if l in measured]
+        b.scatter([1e6 * measured[l] for l in m_labels], [labels.index(l) for l in m_labels], marker="D",
+                  color=VERMILLION, zorder=3, label="measured (power counter)")
+    b.set_yticks(y, labels, fontsize=8)
+    b.invert_yaxis()
+    b.set(title="Policies (average per image)", xlabel="energy per image (µJ)", ylabel="policy",
+          xlim=(0, 1.45 * max(values)))
+    if measured:
+        b.legend(loc="lower right", fontsize=8)
+    for ax in (a, b):
+        ax.grid(alpha=0.3, axis="y" if ax is a else "x")
+    fig.suptitle(f"{title} — assumption: {1e12 * jpf:.1f} pJ per FLOP, arithmetic only "
+                 "(memory, idle power and the rest of the machine not counted)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+@_styled
 def plot_accuracy_per_exit(accuracies: Mapping[str, Sequence[float]], exit_names: Sequence[str], *,
                            relative_flops: Sequence[float] | None = None,
                            title: str = "Accuracy of each exit") -> Figure:
@@ -226,6 +363,7 @@ def plot_accuracy_per_exit(accuracies: Mapping[str, Sequence[float]], exit_names
     return fig
 
 
+@_styled
 def plot_tradeoff(curve: Sequence[tuple[float, "PolicyEval"]] | Mapping[str, Sequence[tuple[float, "PolicyEval"]]],
                   *, static: Sequence["PolicyEval"] = (),
                   exit_names: Sequence[str] = (), oracle: "PolicyEval | None" = None,
@@ -258,7 +396,7 @@ def plot_tradeoff(curve: Sequence[tuple[float, "PolicyEval"]] | Mapping[str, Seq
                         color="grey")
     if oracle is not None:
         ax.plot([100 * oracle.avg_flops / oracle.full_flops], [100 * oracle.accuracy], "*", markersize=14,
-                color="tab:red", label="oracle: earliest exit that is right")
+                color=VERMILLION, label="oracle: earliest exit that is right")
     if chosen is not None:
         ax.plot([100 * chosen.avg_flops / chosen.full_flops], [100 * chosen.accuracy], "o", markersize=11,
                 markerfacecolor="none", markeredgecolor="black", markeredgewidth=2, label="calibrated policy")
@@ -270,9 +408,10 @@ def plot_tradeoff(curve: Sequence[tuple[float, "PolicyEval"]] | Mapping[str, Seq
     return fig
 
 
+@_styled
 def plot_exit_histogram(exit_fractions: Sequence[float], exit_names: Sequence[str], *, ax: Axes | None = None,
-                        title: str = "Where the images leave") -> Figure:
-    """Bar chart: the share (%) of samples that leave at each exit."""
+                        title: str = "Where the images leave", unit: str = "images") -> Figure:
+    """Bar chart: the share (%) of samples that leave at each exit; ``unit`` names them ("images", "tokens")."""
     if len(exit_fractions) != len(exit_names):
         raise ValueError(f"exit_fractions has {len(exit_fractions)} values for {len(exit_names)} exits")
     if ax is None:
@@ -280,15 +419,16 @@ def plot_exit_histogram(exit_fractions: Sequence[float], exit_names: Sequence[st
     else:
         fig = ax.figure
     x = np.arange(len(exit_names))
-    bars = ax.bar(x, 100 * np.asarray(exit_fractions), color="tab:purple")
+    bars = ax.bar(x, 100 * np.asarray(exit_fractions), color=PURPLE)
     ax.bar_label(bars, fmt="%.1f%%", fontsize=8)
     ax.set_xticks(x, list(exit_names), rotation=20)
-    ax.set(title=title, xlabel="exit (attach point)", ylabel="images leaving here (%)", ylim=(0, 110))
+    ax.set(title=title, xlabel="exit (attach point)", ylabel=f"{unit} leaving here (%)", ylim=(0, 110))
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig
 
 
+@_styled
 def plot_easy_and_hard(data: "DataSplits", easy: Sequence[int], hard: Sequence[int], outputs: "ExitOutputs",
                        exits: "torch.Tensor", *, split: str = "test",
                        title: str = "Easiest and hardest images") -> Figure:
@@ -317,7 +457,7 @@ def plot_easy_and_hard(data: "DataSplits", easy: Sequence[int], hard: Sequence[i
             pred = int(preds[k, i])
             ax.imshow(data.to_image(x), cmap="gray")
             ax.set_title(f"{data.class_names[int(y)]}→{data.class_names[pred]}\nexit {k}", fontsize=9,
-                         color="black" if pred == int(y) else "tab:red")
+                         color="black" if pred == int(y) else VERMILLION)
         axes[row][0].text(-0.3, 0.5, label, transform=axes[row][0].transAxes, rotation=90, va="center",
                           ha="right", fontsize=12)
     fig.suptitle(f"{title}\n(top: left at the first exit, most confident; bottom: wrong, or needed the "
@@ -326,6 +466,7 @@ def plot_easy_and_hard(data: "DataSplits", easy: Sequence[int], hard: Sequence[i
     return fig
 
 
+@_styled
 def plot_overthinking(fractions: Sequence[float], exit_names: Sequence[str], *,
                       title: str = "Overthinking: right early, wrong at the end") -> Figure:
     """Bar chart: for each early exit, the share (%) of images it gets right that the final exit gets wrong."""
@@ -333,7 +474,7 @@ def plot_overthinking(fractions: Sequence[float], exit_names: Sequence[str], *,
         raise ValueError(f"fractions has {len(fractions)} values for {len(exit_names)} early exits")
     fig, ax = plt.subplots(figsize=(7, 3.6))
     x = np.arange(len(exit_names))
-    bars = ax.bar(x, 100 * np.asarray(fractions), color="tab:red")
+    bars = ax.bar(x, 100 * np.asarray(fractions), color=VERMILLION)
     ax.bar_label(bars, fmt="%.2f%%", fontsize=8)
     ax.set_xticks(x, list(exit_names), rotation=20)
     ax.set(title=title, xlabel="early exit (attach point)",
@@ -343,30 +484,42 @@ def plot_overthinking(fractions: Sequence[float], exit_names: Sequence[str], *,
     return fig
 
 
-def plot_latency(costs: "ExitCosts", seconds: Sequence[float], *, batch_size: int,
+@_styled
+def plot_latency(costs: "ExitCosts", seconds: Sequence[float] | Sequence[Sequence[float]], *, batch_size: int,
                  title: str = "Measured latency per exit") -> Figure:
-    """Measured time to reach each exit (bars, ms) beside its share of the FLOPs (line, %)."""
+    """Measured time to reach each exit (bars, ms) beside its share of the FLOPs (line, %).
+
+    ``seconds``: one time per exit, or (e.g. ``latency_per_exit(..., all_runs=True)``) every
+    repeat per exit: then the bar is the median and the error bar the spread (min to max), so
+    timing noise shows as noise (two exits whose spreads overlap are not told apart).
+    """
     if len(seconds) != len(costs.exit_names):
         raise ValueError(f"seconds has {len(seconds)} values for {len(costs.exit_names)} exits")
+    runs = [np.atleast_1d(np.asarray(s, dtype=float)) * 1000 for s in seconds]
+    ms = np.array([np.median(r) for r in runs])
+    lo, hi = np.array([r.min() for r in runs]), np.array([r.max() for r in runs])
     fig, ax = plt.subplots(figsize=(8, 4))
     x = np.arange(len(seconds))
-    ms = 1000 * np.asarray(seconds)
-    ax.bar(x, ms, color="tab:blue", label="measured time (median)")
+    spread = max(len(r) for r in runs) > 1
+    ax.bar(x, ms, color=BLUE, yerr=[ms - lo, hi - ms] if spread else None, capsize=4 if spread else 0,
+           label="measured time (median; bars: min-max of the repeats)" if spread else "measured time")
     ax.set_xticks(x, list(costs.exit_names), rotation=20)
     ax.set(title=f"{title} (batch of {batch_size})", xlabel="exit (attach point)", ylabel="milliseconds per batch")
+    ax.set_ylim(0, 1.3 * hi.max())  # room above the bars for the legend
     ax2 = ax.twinx()
-    ax2.plot(x, 100 * ms / ms[-1], "o-", color="tab:orange", label="time, % of the full network")
+    ax2.plot(x, 100 * ms / ms[-1], "o-", color=ORANGE, label="time, % of the full network")
     alone = [(b + h) / costs.full_flops for b, h in zip(costs.backbone_flops, costs.head_flops)]  # what was timed
-    ax2.plot(x, [100 * r for r in alone], "s--", color="tab:green", label="FLOPs, % of the full network")
-    ax2.set(ylabel="% of the full network", ylim=(0, 110))
+    ax2.plot(x, [100 * r for r in alone], "s--", color=GREEN, label="FLOPs, % of the full network")
+    ax2.set(ylabel="% of the full network", ylim=(0, 130))
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8)
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8, ncols=2)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig
 
 
+@_styled
 def plot_confidence(outputs: "ExitOutputs", k: int = 0, *, measure: str = "max_prob",
                     threshold: float | None = None, title: str | None = None) -> Figure:
     """Histogram of a confidence measure at exit ``k``, for the images it gets right and wrong."""
@@ -378,8 +531,8 @@ def plot_confidence(outputs: "ExitOutputs", k: int = 0, *, measure: str = "max_p
     right = outputs.correct[k].numpy()
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     bins = np.linspace(scores.min(), scores.max(), 31) if scores.max() > scores.min() else 10
-    ax.hist(scores[right], bins=bins, alpha=0.6, color="tab:green", label=f"right ({right.sum()})")
-    ax.hist(scores[~right], bins=bins, alpha=0.8, color="tab:red", label=f"wrong ({(~right).sum()})")
+    ax.hist(scores[right], bins=bins, alpha=0.6, color=RIGHT, label=f"right ({right.sum()})")
+    ax.hist(scores[~right], bins=bins, alpha=0.8, color=WRONG, label=f"wrong ({(~right).sum()})")
     if threshold is not None:
         ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
     direction = "higher" if get_measure(measure).higher_is_confident else "lower"
@@ -393,6 +546,7 @@ def plot_confidence(outputs: "ExitOutputs", k: int = 0, *, measure: str = "max_p
 
 # --- chapter 5: rejection -----------------------------------------------------------------------
 
+@_styled
 def plot_risk_coverage(curves: Mapping[str, "RiskCoverage"], *, oracle: "RiskCoverage | None" = None,
                        alpha: float | None = None, chosen: tuple[float, float] | None = None,
                        min_coverage: float = 0.0, title: str = "Risk–coverage") -> Figure:
@@ -417,7 +571,7 @@ def plot_risk_coverage(curves: Mapping[str, "RiskCoverage"], *, oracle: "RiskCov
         ax.step(100 * oracle.coverage.numpy(), 100 * oracle.risk.numpy(), where="post", color="black", linestyle="--",
                 label=f"oracle: reject the errors first (AURC {100 * oracle.aurc:.2f}%)")
     if alpha is not None:
-        ax.axhline(100 * alpha, color="tab:red", linestyle=":", label=f"target risk α = {100 * alpha:.3g}%")
+        ax.axhline(100 * alpha, color=VERMILLION, linestyle=":", label=f"target risk α = {100 * alpha:.3g}%")
     if chosen is not None:
         ax.plot([100 * chosen[0]], [100 * chosen[1]], "o", markersize=11, markerfacecolor="none",
                 markeredgecolor="black", markeredgewidth=2, label="chosen threshold")
@@ -430,6 +584,7 @@ def plot_risk_coverage(curves: Mapping[str, "RiskCoverage"], *, oracle: "RiskCov
     return fig
 
 
+@_styled
 def plot_reject_regions(policy: "RejectPolicy", outputs: "ExitOutputs", *, n: int = 300, seed: int = 0,
                         title: str = "Exit, continue or reject") -> Figure:
     """The accept / continue / reject regions of a :class:`~eelib.rejection.RejectPolicy`, exit by exit.
@@ -450,8 +605,8 @@ def plot_reject_regions(policy: "RejectPolicy", outputs: "ExitOutputs", *, n: in
     lo, hi = m.range(outputs.logits.shape[-1], outputs.num_exits)
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(exits), size=min(n, len(exits)), replace=False)
-    fig, ax = plt.subplots(figsize=(9, 5))
-    colours = {"exit": "tab:green", "continue": "lightgrey", "reject": "tab:red"}
+    fig, ax = plt.subplots(figsize=(11, 5))
+    colours = {"exit": GREEN, "continue": "lightgrey", "reject": VERMILLION}
     for k in range(policy.num_exits):
         final = k == policy.num_exits - 1
         r = min(max(policy.reject_thresholds[k], lo), hi)
@@ -470,13 +625,14 @@ def plot_reject_regions(policy: "RejectPolicy", outputs: "ExitOutputs", *, n: in
         right = outputs.correct[k, reach].numpy()
         x = k + rng.uniform(-0.3, 0.3, size=len(reach))
         y = scores[k, reach].numpy()
-        ax.scatter(x[right], y[right], s=6, color="darkgreen", alpha=0.6)
-        ax.scatter(x[~right], y[~right], s=14, color="darkred", marker="x")
+        ax.scatter(x[right], y[right], s=6, color=RIGHT, alpha=0.6)
+        ax.scatter(x[~right], y[~right], s=14, color=WRONG, marker="x")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[c], alpha=0.4) for c in ("exit", "continue", "reject")]
-    handles += [plt.Line2D([], [], marker="o", linestyle="", color="darkgreen", markersize=4),
-                plt.Line2D([], [], marker="x", linestyle="", color="darkred")]
+    handles += [plt.Line2D([], [], marker="o", linestyle="", color=RIGHT, markersize=4),
+                plt.Line2D([], [], marker="x", linestyle="", color=WRONG)]
     ax.legend(handles, ["exit with the prediction (accept)", "continue to the next exit", "reject (stop, abstain)",
-                        "a sample, right at this exit", "a sample, wrong at this exit"], loc="lower left", fontsize=8)
+                        "a sample, right at this exit", "a sample, wrong at this exit"], loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the plot: no band or sample hidden
     ax.set_xticks(range(outputs.num_exits), list(outputs.exit_names))
     direction = "higher" if m.higher_is_confident else "lower"
     ax.set(title=f"{title} ({len(idx)} samples at the exits they reach)", xlabel="exit (attach point)",
@@ -485,6 +641,7 @@ def plot_reject_regions(policy: "RejectPolicy", outputs: "ExitOutputs", *, n: in
     return fig
 
 
+@_styled
 def plot_reject_tradeoff(results: Mapping[str, Sequence["RejectEval"]], *, budget: float | None = None,
                          title: str = "Cost, accuracy and coverage") -> Figure:
     """Accuracy of the accepted samples (left) and coverage (right) against average FLOPs.
@@ -518,6 +675,7 @@ def plot_reject_tradeoff(results: Mapping[str, Sequence["RejectEval"]], *, budge
 
 # --- language models (chapters 6 and 7) ----------------------------------------------------------
 
+@_styled
 def draw_transformer_stack(n_layers: int, exit_layers: Sequence[int] = (), *, ax: Axes | None = None,
                            title: str | None = None) -> Figure:
     """The talk's figure 5: a token goes up a stack of transformer blocks; exits branch off after some.
@@ -546,8 +704,8 @@ def draw_transformer_stack(n_layers: int, exit_layers: Sequence[int] = (), *, ax
         box(0.55 * l, f"block {l}: attention + MLP", "#f5e6c8")
         if l in exit_layers:
             ax.add_patch(FancyArrowPatch((3.05, 0.55 * l + h / 2), (3.8, 0.55 * l + h / 2), arrowstyle="-|>",
-                                         mutation_scale=12, color="tab:green"))
-            ax.text(3.85, 0.55 * l + h / 2, f"exit after layer {l}", va="center", fontsize=9, color="tab:green")
+                                         mutation_scale=12, color=GREEN))
+            ax.text(3.85, 0.55 * l + h / 2, f"exit after layer {l}", va="center", fontsize=9, color=GREEN)
     top = 0.55 * (n_layers + 1)
     box(top, "ln_f + lm_head → next token", "#d8f0d8")
     for y in np.arange(0, top, 0.55):
@@ -559,6 +717,7 @@ def draw_transformer_stack(n_layers: int, exit_layers: Sequence[int] = (), *, ax
     return fig
 
 
+@_styled
 def plot_logit_lens(tokens: Sequence[str], predictions: Sequence[Sequence[str]], agree: "torch.Tensor",
                     exit_names: Sequence[str], *, title: str = "The logit lens: each layer's guess of the next token") -> Figure:
     """A grid: columns are the positions of a text, rows the exits; each cell shows that exit's top-1
@@ -576,19 +735,22 @@ def plot_logit_lens(tokens: Sequence[str], predictions: Sequence[Sequence[str]],
     if len(tokens) != T or len(predictions) != E or len(exit_names) != E:
         raise ValueError(f"tokens ({len(tokens)}), predictions ({len(predictions)}) and exit_names "
                          f"({len(exit_names)}) must match agree's shape {agree.shape}")
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * T, 1.2 + 0.42 * E))
-    ax.imshow(agree, cmap="RdYlGn", vmin=-0.3, vmax=1.3, aspect="auto")
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * T, 1.4 + 0.5 * E))
+    # cividis (colour-blind safe): light yellow = agrees with the final layer, dark blue = differs
+    ax.imshow(agree, cmap="cividis", vmin=0.0, vmax=1.0, aspect="auto")
     for e in range(E):
         for t in range(T):
-            ax.text(t, e, repr(predictions[e][t])[1:-1][:8], ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(T), [repr(s)[1:-1][:8] for s in tokens], rotation=60, fontsize=8)
-    ax.set_yticks(range(E), list(exit_names), fontsize=8)
-    ax.set(title=title + "\n(green: same as the final layer)", xlabel="input token (position in the text)",
-           ylabel="exit")
+            ax.text(t, e, repr(predictions[e][t])[1:-1][:8], ha="center", va="center", fontsize=9,
+                    color="black" if agree[e, t] > 0.5 else "white")
+    ax.set_xticks(range(T), [repr(s)[1:-1][:8] for s in tokens], rotation=60, fontsize=9)
+    ax.set_yticks(range(E), list(exit_names), fontsize=9)
+    ax.set(title=title + "\n(light: same as the final layer; dark: differs)",
+           xlabel="input token (position in the text)", ylabel="exit")
     fig.tight_layout()
     return fig
 
 
+@_styled
 def plot_agreement_per_layer(agreement: Mapping[str, Sequence[float]], layers: Sequence[int], *,
                              title: str = "Agreement of each exit with the final layer") -> Figure:
     """Lines: the share (%) of tokens whose top-1 at each layer equals the final layer's, one line per kind of exit."""
@@ -606,18 +768,19 @@ def plot_agreement_per_layer(agreement: Mapping[str, Sequence[float]], layers: S
     return fig
 
 
+@_styled
 def plot_token_costs(costs: "TokenCosts", *, title: str = "What a token costs, by where it leaves") -> Figure:
     """Left: the FLOPs of one layer, one exit head and one copied-up key/value; right: each exit's cost
     per token as a share (%) of the model without exits (:func:`eelib.lm_generate.token_exit_costs`)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
     parts = {"one layer": costs.layer_flops, "one exit head": costs.head_flops,
              "keys+values of\na skipped layer": costs.kv_flops}
-    bars = a.bar(list(parts), np.asarray(list(parts.values())) / 1e6, color=["tab:blue", "tab:orange", "tab:gray"])
+    bars = a.bar(list(parts), np.asarray(list(parts.values())) / 1e6, color=[BLUE, ORANGE, "grey"])
     a.bar_label(bars, fmt="%.2f", fontsize=8)
     a.set(title=f"Pieces (context {costs.context} tokens)", xlabel="piece of work", ylabel="MFLOPs per token")
     a.grid(alpha=0.3, axis="y")
     x = np.arange(len(costs.exit_names))
-    bars = b.bar(x, 100 * np.asarray(costs.relative_flops), color="tab:purple")
+    bars = b.bar(x, 100 * np.asarray(costs.relative_flops), color=PURPLE)
     b.bar_label(bars, fmt="%.0f%%", fontsize=8)
     b.axhline(100, color="black", lw=1, ls="--", label="model without exits")
     b.set_xticks(x, list(costs.exit_names), rotation=15)
@@ -629,6 +792,7 @@ def plot_token_costs(costs: "TokenCosts", *, title: str = "What a token costs, b
     return fig
 
 
+@_styled
 def plot_difficulty_by_kind(rows: Sequence["KindDifficulty"], n_layers: int, *,
                             title: str = "Which tokens are easy?") -> Figure:
     """Bars: mean exit layer per kind of token (:func:`eelib.tokens.difficulty_by_kind`), with the token counts."""
@@ -636,7 +800,7 @@ def plot_difficulty_by_kind(rows: Sequence["KindDifficulty"], n_layers: int, *,
         raise ValueError("rows is empty: no kinds of token to show")
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     x = np.arange(len(rows))
-    bars = ax.bar(x, [r.mean_layers for r in rows], color="tab:olive")
+    bars = ax.bar(x, [r.mean_layers for r in rows], color=SKY)
     ax.bar_label(bars, labels=[f"{r.mean_layers:.1f}\n({r.count})" for r in rows], fontsize=8)
     ax.set_xticks(x, [r.kind for r in rows], rotation=20)
     ax.set(title=title + " (label: mean layer, number of tokens)", xlabel="kind of predicted token",
@@ -646,6 +810,7 @@ def plot_difficulty_by_kind(rows: Sequence["KindDifficulty"], n_layers: int, *,
     return fig
 
 
+@_styled
 def plot_block_time(rows: Sequence[int], seconds: Sequence[Sequence[float]], *,
                     title: str = "One block call, by the number of rows (tokens) it processes") -> Figure:
     """Median time (µs) of one transformer block call against its rows, with the spread of the repeats
@@ -662,11 +827,12 @@ def plot_block_time(rows: Sequence[int], seconds: Sequence[Sequence[float]], *,
            ylim=(0, max(hi.max(), med[0] * 4) * 1.1))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
+    ax.legend(loc="best")
     fig.tight_layout()
     return fig
 
 
+@_styled
 def plot_speculative_grid(grid: Sequence[Mapping], *, max_draft: int | None = None, draft_vocab="all",
                           title: str = "Self-speculative decoding: draft layer and threshold") -> Figure:
     """From a calibration grid (``speculative.json``'s ``"grid"``): tokens per round (left) and measured speedup
@@ -696,7 +862,7 @@ def plot_speculative_grid(grid: Sequence[Mapping], *, max_draft: int | None = No
     for ax in (a, b):
         ax.grid(alpha=0.3)
     a.legend(loc="upper right", fontsize=8)
-    b.legend(loc="lower left", fontsize=8)
+    b.legend(loc="best", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

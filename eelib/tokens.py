@@ -102,18 +102,36 @@ def difficulty_by_kind(kinds: Sequence[str], layers: Sequence[int] | torch.Tenso
     return rows
 
 
-def layer_colours(n_layers: int, cmap: str = "RdYlGn_r") -> list[str]:
-    """A hex colour for each layer 1..n_layers: green (early) to red (late)."""
+def layer_colours(n_layers: int, cmap: str = "viridis") -> list[str]:
+    """A hex colour for each layer 1..n_layers on a colour-blind-safe sequential scale (viridis:
+    dark blue for early layers to yellow for late ones; its lightness alone orders the layers, so
+    it also reads in greyscale print)."""
     import matplotlib
 
     colours = matplotlib.colormaps[cmap]
-    return [matplotlib.colors.to_hex(colours(0.1 + 0.8 * (l - 1) / max(n_layers - 1, 1))) for l in range(1, n_layers + 1)]
+    return [matplotlib.colors.to_hex(colours(0.1 + 0.85 * (l - 1) / max(n_layers - 1, 1))) for l in range(1, n_layers + 1)]
+
+
+def text_colour(background: str) -> str:
+    """Black or white, whichever reads better on ``background`` (a hex colour; WCAG relative luminance)."""
+    import matplotlib
+
+    def linear(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(c) for c in matplotlib.colors.to_rgb(background))
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return "#000" if (luminance + 0.05) / 0.05 >= 1.05 / (luminance + 0.05) else "#fff"
 
 
 def token_html(tokens: Sequence[str], layers: Sequence[int | None], n_layers: int, *,
                confidences: Sequence[float] | None = None, measure: str = "max_prob",
-               legend: Sequence[int] | None = None) -> str:
+               legend: Sequence[int] | None = None, labels: bool = True) -> str:
     """A text as HTML, each token's background coloured by its exit layer; hovering shows layer and confidence.
+
+    The colours are viridis (colour-blind safe), with black or white text, whichever contrasts
+    more; with ``labels`` each predicted token also carries its layer as a small subscript, so the
+    text reads without colour (printed in greyscale, or by a colour-blind reader).
 
     Args:
         tokens: the tokens' texts (:func:`token_strings`).
@@ -142,10 +160,12 @@ def token_html(tokens: Sequence[str], layers: Sequence[int | None], n_layers: in
         tip = f"layer {int(layer)} of {n_layers}"
         if confidences is not None:
             tip += f" | {measure} {float(confidences[i]):.3f}"
-        spans.append(f'<span title="{html.escape(tip)}" style="background:{colours[int(layer) - 1]};'
-                     f'border-radius:3px">{text}</span>')
+        colour = colours[int(layer) - 1]
+        label = f'<sub style="font-size:60%">{int(layer)}</sub>' if labels else ""
+        spans.append(f'<span title="{html.escape(tip)}" style="background:{colour};color:{text_colour(colour)};'
+                     f'border-radius:3px">{text}{label}</span>')
     shown = sorted({int(l) for l in layers if l is not None}) if legend is None else list(legend)
-    keys = " ".join(f'<span style="background:{colours[l - 1]};padding:0 6px;border-radius:3px">layer {l}</span>'
-                    for l in shown)
+    keys = " ".join(f'<span style="background:{colours[l - 1]};color:{text_colour(colours[l - 1])};padding:0 6px;'
+                    f'border-radius:3px">layer {l}</span>' for l in shown)
     return (f'<div style="font-family:monospace;line-height:1.9;white-space:pre-wrap">{"".join(spans)}</div>'
             f'<div style="margin-top:6px;font-size:90%">exit layer: {keys} (hover over a token for details)</div>')

@@ -242,3 +242,47 @@ def test_folded_heads_compute_the_pooled_heads_logits():
         torch.testing.assert_close(head(x), 2 * pooled - head.fc.bias)
     big = ExitHead(64, 1000).eval()  # a 1000-class head: pooling first is cheaper, nothing folded
     assert big.folded_weight((64, 56, 56)) is None
+
+
+def _fake_rapl(root, packages=(("intel-rapl:0", 1_000_000, 10_000_000),)):
+    for name, energy, top in packages:
+        zone = root / name
+        zone.mkdir(parents=True)
+        (zone / "energy_uj").write_text(str(energy))
+        (zone / "max_energy_range_uj").write_text(str(top))
+    (root / "intel-rapl:0:0").mkdir()  # a subzone (core): not counted again
+
+
+def test_measured_energy_from_rapl_counters_with_wraparound(tmp_path, monkeypatch):
+    from eelib import cost
+
+    _fake_rapl(tmp_path, (("intel-rapl:0", 9_000_000, 10_000_000), ("intel-rapl:1", 100, 10_000_000)))
+    monkeypatch.setattr(cost, "RAPL_ROOT", tmp_path)
+    calls = []
+
+    def work():  # each call "uses" 0.5 J on package 0 (wrapping past its range) and 0.25 J on package 1
+        calls.append(1)
+        for name, step in (("intel-rapl:0", 500_000), ("intel-rapl:1", 250_000)):
+            f = tmp_path / name / "energy_uj"
+            f.write_text(str((int(f.read_text()) + step) % 10_000_000))
+
+    joules = cost.measure_energy(work, "cpu", repeats=4)
+    assert len(calls) == 5  # one warm-up and four measured
+    assert joules == pytest.approx(0.75)
+
+
+def test_measured_energy_says_why_it_is_unavailable(tmp_path, monkeypatch):
+    from eelib import cost
+
+    monkeypatch.setattr(cost, "RAPL_ROOT", tmp_path / "none")
+    with pytest.raises(cost.EnergyUnavailable, match="no RAPL counters"):
+        cost.measure_energy(lambda: None, "cpu")
+    _fake_rapl(tmp_path / "locked")
+    (tmp_path / "locked" / "intel-rapl:0" / "energy_uj").write_text("not a number")
+    monkeypatch.setattr(cost, "RAPL_ROOT", tmp_path / "locked")
+    with pytest.raises(cost.EnergyUnavailable, match="cannot be read"):
+        cost.energy_counter("cpu")
+    with pytest.raises(cost.EnergyUnavailable, match="'meta'"):
+        cost.energy_counter("meta")
+    with pytest.raises(ValueError, match="repeats"):
+        cost.measure_energy(lambda: None, "cpu", repeats=0)

@@ -59,6 +59,20 @@ def test_token_html():
     assert "&lt;b&gt;" in html and "<b>" not in html  # token text is escaped
     assert "&#8629;<br>" in html  # a newline is shown and breaks the line
     assert html.count("background:") == 3 + 3  # three coloured tokens and a legend of three layers
+    assert html.count("<sub") == 3  # each predicted token labelled with its layer, readable without colour
+    assert "<sub" not in token_html(["a"], [2], 8, labels=False)
+
+
+def test_layer_colours_are_ordered_by_lightness_and_text_contrasts():
+    import matplotlib
+
+    from eelib.tokens import layer_colours, text_colour
+
+    colours = layer_colours(8)
+    grey = [0.299 * r + 0.587 * g + 0.114 * b for r, g, b in map(matplotlib.colors.to_rgb, colours)]
+    assert grey == sorted(grey) and len(set(colours)) == 8  # readable as a lightness scale in greyscale
+    assert text_colour(colours[0]) == "#fff" and text_colour(colours[-1]) == "#000"  # dark blue, yellow
+    assert text_colour("#000000") == "#fff" and text_colour("#ffffff") == "#000"
     with pytest.raises(ValueError, match="layers must be from 1 to n_layers=8"):
         token_html(["a"], [9], 8)
     with pytest.raises(ValueError, match="tokens has 2 entries but layers has 1"):
