@@ -6,7 +6,8 @@ Each result table in ``README.md`` sits between two markers::
     | ... rendered from the results file ... |
     <!-- /table -->
 
-``python benchmarks/readme_tables.py`` rewrites every marked table from its source
+A paragraph whose figures come from a results file sits between ``<!-- text: NAME -->`` and
+``<!-- /text -->`` the same way. ``python benchmarks/readme_tables.py`` rewrites every marked table from its source
 (``benchmarks/results/*.json``, or a file shipped with eelib); ``--check`` only says which tables
 differ and exits with status 1 if any does. ``tests/test_readme_results.py`` runs the check, and
 also fails when a table of the README's results sections has no marker. After a benchmark run:
@@ -25,7 +26,8 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
-MARKER = re.compile(r"^<!-- table: (?P<name>[a-z0-9_]+) -->\n(?P<body>.*?)^<!-- /table -->$", re.M | re.S)
+MARKER = re.compile(r"^<!-- (?P<kind>table|text): (?P<name>[a-z0-9_]+) -->\n(?P<body>.*?)^<!-- /(?P=kind) -->$",
+                    re.M | re.S)
 
 
 def _load(path: Path) -> dict:
@@ -208,12 +210,55 @@ def benchmark_times() -> str:
     return table(["what", "time", "recorded in"], rows)
 
 
+def resnet_exits_text() -> str:
+    """The benchmark's paragraph: every figure in it from ``resnet_exits.json``."""
+    r = _load(RESULTS / "resnet_exits.json")
+    d = r["details"]
+    b1, b256 = d["batch1"], d["batch256"]
+    drop = 100 * (r["accuracy_full"] - r["accuracy_policy"])
+    met = lambda ok: "met" if ok else "not met"  # noqa: E731
+    g = r["goals_met"]
+    return (f"These are the figures of the course models shipped with eelib (`eelib/models/zoo/`, trained by "
+            f"`benchmarks/train_zoo.py` with one CPU thread so that any machine's thread count gives the same weights), "
+            f"so a fresh clone shows them without training. The policy loses {drop:.1f} pp and saves "
+            f"{pct(r['flops_saved'])} of the FLOPs, close to the oracle's {pct(r['oracle_flops_saved'])}; "
+            f"{pct(d['test_exit_fractions'][0], 0)} of the digits leave at the first exit. Dynamic inference gives "
+            f"{'the same exit and prediction as the simulated policy on every test digit' if d['dynamic_equals_simulated'] else 'NOT the same decisions as the simulation'}. "
+            f"At inference the exit heads fold their pooling into the linear layer (one product over the feature map; "
+            f"`eelib.exits.ExitHead.folded_weight`), and routing syncs the host once per exit. Goals of issue 12: "
+            f"batch 256 — speedup {times(r['speedup_batch256'])} against a latency ideal of "
+            f"{times(r['latency_ideal_speedup_batch256'])} (goal 0.85x of it: "
+            f"{met(g['speedup_batch256 >= 0.85 * latency ideal'])}), never-exit overhead "
+            f"{100 * r['never_exit_overhead_batch256']:+.0f}% (goal at most 3%: {met(g['never-exit overhead batch 256 <= 3%'])}); "
+            f"batch 1 — speedup {times(r['speedup_batch1'])} against an ideal of {times(b1['ideal'])} on those digits "
+            f"({r['speedup_batch1'] / b1['ideal']:.2f}x of it; goal 0.85x: {met(g['speedup_batch1 >= 0.85 * ideal'])}) and "
+            f"never-exit overhead {100 * r['never_exit_overhead_batch1']:+.0f}% (goal at most 10%: "
+            f"{met(g['never-exit overhead batch 1 <= 10%'])}). At batch 1 each head and decision is a few tensor "
+            f"operations of tens of microseconds that FLOPs hardly count, and timings on this 2-core machine vary "
+            f"from run to run.\n")
+
+
+def rejection_text() -> str:
+    """The rejection benchmark's comparison paragraph, from ``rejection.json``."""
+    r = _load(RESULTS / "rejection.json")
+    d, full = r["details"], r["full_flops"]
+    gap = 100 * (r["reject_only_accuracy"] - r["combined_accuracy"])
+    higher = r["combined_coverage"] > r["reject_only_coverage"]
+    return (f"The combined policy is within {gap:.2f} pp of the reject-only policy's accuracy at "
+            f"{pct(r['combined_avg_flops'] / r['reject_only_avg_flops'], 0)} of its FLOPs, with a "
+            f"{'higher' if higher else 'lower'} coverage ({pct(r['combined_coverage'])} against "
+            f"{pct(r['reject_only_coverage'])}); it is within its budget on the calibration split by construction, "
+            f"and on the test split it went over the budget in {pct(d['combined_over_budget_on_test_fraction'])} of the "
+            f"splits (at most {d['combined_test_avg_flops_max'] / 1e6:.1f} MFLOPs, "
+            f"{pct(d['combined_test_avg_flops_max'] / full, 0)} of the full network).\n")
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "course_ee_agreement": course_ee_agreement, "chapter1": chapter1, "chapter2": chapter2, "chapter4": chapter4,
     "resnet_exits": resnet_exits, "resnet_exits_overhead": resnet_exits_overhead,
     "rejection_guarantee": rejection_guarantee, "rejection_policies": rejection_policies, "chapter6": chapter6,
     "gpt2_exits": gpt2_exits, "self_speculative": self_speculative, "run_times": run_times,
-    "benchmark_times": benchmark_times,
+    "benchmark_times": benchmark_times, "resnet_exits_text": resnet_exits_text, "rejection_text": rejection_text,
 }
 
 
@@ -223,7 +268,7 @@ def render(text: str) -> str:
         name = match["name"]
         if name not in TABLES:
             raise ValueError(f"README marker 'table: {name}' names no table; known: {', '.join(TABLES)}")
-        return f"<!-- table: {name} -->\n{TABLES[name]()}<!-- /table -->"
+        return f"<!-- {match['kind']}: {name} -->\n{TABLES[name]()}<!-- /{match['kind']} -->"
     return MARKER.sub(one, text)
 
 
