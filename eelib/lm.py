@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .cache import DownloadError, _check_host_resolves, atomic_path, data_dir, download, file_digest, folder_ready
 from .device import get_device, seed_everything

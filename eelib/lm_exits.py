@@ -37,7 +37,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .exits import ExitOutputs
 from .lm import _SHIPPED, COURSE_MODEL, LanguageModel, course_model_path, encode

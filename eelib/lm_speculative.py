@@ -319,7 +319,7 @@ def calibrate_speculative(ee: EarlyExitLM, prompts: Sequence[torch.Tensor], *, t
         ``{"by_layer": {layer: {threshold, max_draft, draft_vocab, speedup, tokens_per_round, acceptance}},
         "grid": [one row per setting measured]}``.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     from .lm_generate import measure_generation_speed
 
