@@ -75,9 +75,14 @@ def blank_solution(source: str) -> tuple[str, bool]:
     return "\n".join(out), top_level
 
 
+REFERENCE = "**Reference answer.**"  # a markdown cell of a solution starting so is left out of its exercise
+
+
 def make_exercise(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     """The exercise notebook generated from a solution notebook (``name`` is its file name)."""
     nb = copy.deepcopy(solution)
+    # the solutions' reference answers to the discussion questions stay out of the exercises
+    nb.cells = [c for c in nb.cells if not (c.cell_type == "markdown" and c.source.lstrip().startswith(REFERENCE))]
     n_exercises, expecting_check = 0, False
     for cell in nb.cells:
         tags = list(cell.get("metadata", {}).get("tags", []))
@@ -155,6 +160,7 @@ def run_notebooks(paths: list[Path], out_dir: Path, *, timeout: int = 900) -> di
     out_dir.mkdir(parents=True, exist_ok=True)
     # Kernels inherit the environment: draw figures inline (a headless MPLBACKEND=Agg shows none).
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    os.environ.setdefault("EELIB_PROGRESS", "text")  # a widget bar would be saved frozen at 0% (eelib.progress)
     times: dict[str, float] = {}
     for path in paths:
         nb = nbformat.read(path, as_version=4)

@@ -273,3 +273,17 @@ def test_course_run_writes_html_figures_and_times(tmp_path):
     assert (build / "99_demo.html").read_text().count("<html") == 1
     assert (build / "figures" / "99_demo" / "figure-01.png").read_bytes()[:4] == b"\x89PNG"
     assert set(json.loads((build / "times.json").read_text())) == {str(src)}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "solutions").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_a_closing_question_has_a_reference_answer_only_in_the_solution(path):
+    solution = nbformat.read(path, as_version=4)
+    exercise = nbformat.read(ROOT / "exercises" / path.name, as_version=4)
+    answers = [c for c in solution.cells if c.cell_type == "markdown" and c.source.startswith(course.REFERENCE)]
+    questions = [c for c in solution.cells if c.cell_type == "markdown" and "?" in c.source.splitlines()[0]
+                 and not c.source.startswith(course.REFERENCE)]
+    if questions and solution.cells.index(questions[-1]) > len(solution.cells) - 3:  # it ends with a question
+        assert len(answers) == 1 and solution.cells[-1] is answers[0], "the closing question's reference answer"
+    assert not any(course.REFERENCE in c.source for c in exercise.cells)
+    made = course.make_exercise(solution, path.name)
+    assert len(made.cells) == len(solution.cells) - len(answers)
