@@ -150,7 +150,7 @@ def _data_points(ax) -> np.ndarray:
         if isinstance(coll, PathCollection) and len(coll.get_offsets()):
             points.append(coll.get_offset_transform().transform(coll.get_offsets()))
     for patch in ax.patches:
-        if isinstance(patch, Rectangle) and patch.get_height() != 0 and patch.get_label() != "_nolegend_":
+        if isinstance(patch, Rectangle) and patch.get_height() != 0 and patch.get_visible():
             box = patch.get_window_extent()
             points.append(np.array([[box.x0, box.y1], [box.x1, box.y1], [(box.x0 + box.x1) / 2, box.y1]]))
     return np.concatenate(points) if points else np.zeros((0, 2))
@@ -188,3 +188,15 @@ def test_figures_use_the_colour_blind_safe_palette(course_figures):
     assert matplotlib.colors.to_hex(tradeoff.get_lines()[0].get_color()) in palette
     default = matplotlib.rcParamsDefault["axes.prop_cycle"].by_key()["color"]
     assert matplotlib.rcParams["axes.prop_cycle"].by_key()["color"] == default  # the caller's settings untouched
+
+
+def test_the_legend_check_can_fail():
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.bar(range(5), [10] * 5, label="tall bars")
+    ax.plot(range(5), [5] * 5, "o-", label="a line through them")
+    ax.legend(loc="center")
+    fig.canvas.draw()
+    box = ax.get_legend().get_window_extent(fig.canvas.get_renderer())
+    inside = [p for p in _data_points(ax) if box.x0 < p[0] < box.x1 and box.y0 < p[1] < box.y1]
+    assert inside  # a legend in the middle of the data is seen
+    plt.close(fig)
