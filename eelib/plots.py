@@ -238,7 +238,6 @@ def plot_exit_architecture(model, costs: "ExitCosts | None" = None, *,
         raise ValueError(f"costs are for exits {costs.exit_names}, the model has {model.exit_names}")
     units, channels, _ = backbone_units(model.backbone)
     names = [name for name, _ in units]
-    stages = {n.split(".")[0] for n in names}
     stage_colour = {stage: PALETTE[i % 6] for i, stage in enumerate(dict.fromkeys(n.split(".")[0] for n in names))}
     n = len(names)
     fig, ax = plt.subplots(figsize=(max(8.0, 0.95 * (n + 2)), 4.2))
@@ -270,7 +269,7 @@ def plot_exit_architecture(model, costs: "ExitCosts | None" = None, *,
         ax.text(cx, y_box - 0.1, f"exit {k}: {model.exit_names[k]}{cost}", ha="center", va="top", fontsize=7,
                 color=VERMILLION)
     handles = [plt.Rectangle((0, 0), 1, 1, fc=stage_colour[st], alpha=0.35, ec="black") for st in stage_colour]
-    ax.legend(handles, list(stage_colour), loc="upper left", fontsize=8, ncols=len(stages), title="stage",
+    ax.legend(handles, list(stage_colour), loc="upper left", fontsize=8, ncols=len(stage_colour), title="stage",
               title_fontsize=8, frameon=False, bbox_to_anchor=(0, 1.0))
     ax.set(xlim=(-0.3, n * gap + 1.2), ylim=(-0.9, 3.6), title=title)
     ax.axis("off")
