@@ -252,10 +252,11 @@ def static_exit(outputs: ExitOutputs, k: int, exit_flops: Sequence[float], full_
     return evaluate_result(PolicyResult(exits, outputs.predictions[k]), outputs.labels, exit_flops, full_flops)
 
 
-def candidate_thresholds(outputs: ExitOutputs, measure: str, *, max_candidates: int = 200) -> list[float]:
+def candidate_thresholds(outputs: ExitOutputs, measure: str, *, max_candidates: int = 200,
+                         _scores: torch.Tensor | None = None) -> list[float]:
     """Threshold values worth trying: quantiles of the early exits' scores, plus 'never exit'."""
     m = get_measure(measure)
-    scores = confidence(outputs.logits, measure)[:-1].flatten().double()
+    scores = (confidence(outputs.logits, measure) if _scores is None else _scores)[:-1].flatten().double()
     qs = torch.linspace(0, 1, max_candidates, dtype=torch.float64)
     values = sorted(set(torch.quantile(scores, qs).tolist()))
     lo, hi = m.range(outputs.logits.shape[-1], outputs.num_exits)
@@ -310,10 +311,12 @@ def calibrate(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: flo
         raise ValueError("give exactly one target: max_accuracy_drop (fraction) or flops_budget (FLOPs per sample)")
     _check_costs(exit_flops, outputs.num_exits)
     check_finite(outputs.logits, "outputs.logits")
+    predictions = outputs.predictions  # (E, N), computed once
+    correct = (predictions == outputs.labels).double()
     if max_accuracy_drop is not None:
         if not 0 <= max_accuracy_drop < 1:
             raise ValueError(f"max_accuracy_drop must be a fraction in [0, 1), got {max_accuracy_drop!r}")
-        floor = outputs.accuracy_per_exit()[-1] - max_accuracy_drop - 1e-12
+        floor = correct[-1].float().mean().item() - max_accuracy_drop - 1e-12  # float32, as accuracy_per_exit
         target = f"accuracy >= final exit's - {max_accuracy_drop:.2%}"
 
         def ok(e: PolicyEval) -> bool:
@@ -332,12 +335,11 @@ def calibrate(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: flo
         def better(a: PolicyEval, b: PolicyEval) -> bool:
             return (-a.accuracy, a.avg_flops) < (-b.accuracy, b.avg_flops)
 
-    candidates = candidate_thresholds(outputs, measure, max_candidates=max_candidates)
-    n_early = outputs.num_exits - 1
     m = get_measure(measure)
+    scores = m.fn(outputs.logits)  # (E, N), computed once: for the candidates, every trial and the result
+    candidates = candidate_thresholds(outputs, measure, max_candidates=max_candidates, _scores=scores)
+    n_early = outputs.num_exits - 1
     ExitPolicy(measure, (candidates[0],) * n_early).check(outputs.num_exits, outputs.logits.shape[-1])
-    scores = m.fn(outputs.logits)  # (E, N), computed once for every candidate
-    correct = outputs.correct.double()
     costs = torch.as_tensor(list(exit_flops), dtype=torch.float64)
 
     def quick(thresholds) -> PolicyEval:  # apply_policy's decisions on the precomputed scores
@@ -360,8 +362,9 @@ def calibrate(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: flo
             if ok(e) and better(e, best[1]):
                 best = (thresholds, e)
     policy = ExitPolicy(measure, best[0])
-    best = (policy, evaluate_policy(policy, outputs, exit_flops, full_flops))
-    return Calibration(best[0], best[1], target)
+    exits = first_exits(scores, policy.thresholds, m)  # apply_policy's decisions, on the scores computed above
+    result = PolicyResult(exits, predictions.gather(0, exits[None]).squeeze(0))
+    return Calibration(policy, evaluate_result(result, outputs.labels, exit_flops, full_flops), target)
 
 
 def easy_and_hard(outputs: ExitOutputs, result: PolicyResult, *, n: int = 8,
