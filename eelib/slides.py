@@ -27,7 +27,8 @@ gets a slide of its own; the exporter turns on reveal.js scrolling for such slid
 A notebook with no slide metadata at all falls back to one slide per cell. reveal.js, jQuery and
 RequireJS are loaded from ``reveal.js/`` beside the slides, a copy of the files shipped in
 ``eelib/static/reveal.js/`` (versions and licences in its README), so the slides work offline;
-nbconvert's default would load them from a CDN.
+nbconvert's default would load them from a CDN. (MathJax still comes from its CDN: offline, the
+console says "MathJax is not defined" on every slide change, harmless; the lectures have no formulas.)
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def export_slides(nb: nbformat.NotebookNode, path: Path) -> Slides:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
     exporter = SlidesExporter(reveal_url_prefix="reveal.js", jquery_url="reveal.js/jquery.min.js",
-                              require_js_url="reveal.js/require.js", reveal_scroll=True)
+                              require_js_url="reveal.js/require.js", reveal_theme="white", reveal_scroll=True)
     html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.name.split(".")[0]}})
     path.write_text(html, encoding="utf-8")
     return Slides(path=path, slides=len(slides_of(nb)), fallback=fallback)
