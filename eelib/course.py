@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = sl.add_mutually_exclusive_group(required=True)
     mode.add_argument("--annotate", action="store_true", help="write the slide metadata of notebooks/*.ipynb")
     mode.add_argument("--check", action="store_true", help="only check that it is up to date")
+    sl.add_argument("--split-headings", action="store_true",
+                    help="with --annotate: first split markdown cells before their inner headings (changes the cells)")
     args = parser.parse_args(argv)
     root = args.root.resolve()
     if args.command == "exercises":
@@ -258,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         lectures = sorted((root / "notebooks").glob("*.ipynb"))
         if not lectures:
             parser.error(f"no notebooks in {root / 'notebooks'}: run from the course's folder or pass --root")
-        stale = annotate_notebooks(lectures, check=args.check)
+        if args.split_headings and not args.annotate:
+            parser.error("--split-headings goes with --annotate")
+        stale = annotate_notebooks(lectures, check=args.check, split_headings=args.split_headings)
         if args.check:
             for path in stale:
                 print(f"slide metadata out of date: {path.relative_to(root)}")

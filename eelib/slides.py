@@ -21,7 +21,10 @@ The rules, for each cell in order (the first that applies):
 6. Otherwise the cell continues its slide (``"-"``): the code after its markdown stays with it.
 
 A single cell longer than :data:`SLIDE_LINES` cannot be split without changing the text, so it
-gets a slide of its own; the exporter turns on reveal.js scrolling for such slides.
+gets a slide of its own; the exporter turns on reveal.js scrolling for such slides. Likewise a
+heading in the *middle* of a markdown cell starts no slide: :func:`split_at_headings` (``slides
+--annotate --split-headings``, opt-in because it changes the cells) splits such cells before each
+heading, so that rule 2 applies.
 
 :func:`export_slides` writes a notebook as reveal.js slides with nbconvert's ``SlidesExporter``.
 A notebook with no slide metadata at all falls back to one slide per cell. reveal.js, jQuery and
@@ -87,6 +90,34 @@ def slide_types(nb: nbformat.NotebookNode) -> list[str]:
     return types
 
 
+def split_at_headings(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A copy of ``nb`` in which every markdown cell is split before each heading after its first line.
+
+    Headings inside fenced code blocks stay; the first part keeps the cell's metadata, the text is unchanged.
+    """
+    out = copy.deepcopy(nb)
+    cells = []
+    for cell in out.cells:
+        if cell.cell_type != "markdown":
+            cells.append(cell)
+            continue
+        parts, fenced = [[]], False
+        for line in cell.source.split("\n"):
+            if line.lstrip().startswith("```"):
+                fenced = not fenced
+            if not fenced and _HEADING.match(line) and any(x.strip() for x in parts[-1]):
+                parts.append([])
+            parts[-1].append(line)
+        for k, part in enumerate(parts):
+            piece = cell if k == 0 else nbformat.v4.new_markdown_cell()
+            if k and "id" not in cell:
+                del piece["id"]  # nbformat 4.4 notebooks have no cell ids
+            piece.source = "\n".join(part).strip("\n") if len(parts) > 1 else cell.source
+            cells.append(piece)
+    out.cells = cells
+    return out
+
+
 def annotate(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """A copy of ``nb`` whose cells carry the slide types of :func:`slide_types` (other metadata kept)."""
     out = copy.deepcopy(nb)
@@ -104,8 +135,11 @@ def _dumps(nb: nbformat.NotebookNode) -> str:
     return nbformat.writes(nb) + "\n"  # as eelib.course writes notebooks
 
 
-def annotate_notebooks(paths: list[Path], *, check: bool = False) -> list[Path]:
+def annotate_notebooks(paths: list[Path], *, check: bool = False, split_headings: bool = False) -> list[Path]:
     """Write (or with ``check`` only compare) the slide metadata of the notebooks at ``paths``.
+
+    With ``split_headings``, markdown cells are first split before their inner headings
+    (:func:`split_at_headings`).
 
     Returns:
         The notebooks whose slide metadata was out of date (and, unless ``check``, were rewritten).
@@ -113,7 +147,8 @@ def annotate_notebooks(paths: list[Path], *, check: bool = False) -> list[Path]:
     stale = []
     for path in paths:
         text = path.read_text(encoding="utf-8")
-        wanted = _dumps(annotate(nbformat.reads(text, as_version=4)))
+        nb = nbformat.reads(text, as_version=4)
+        wanted = _dumps(annotate(split_at_headings(nb) if split_headings else nb))
         if wanted != text:
             stale.append(path)
             if not check:

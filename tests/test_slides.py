@@ -114,3 +114,14 @@ def test_run_slides_falls_back_to_one_slide_per_cell_and_says_so(tmp_path, capsy
     assert html.count("<section") == 6  # three slides, each in its own column
     assert (tmp_path / "build" / "slides" / "reveal.js" / "require.js").is_file()
     assert not slides.has_slide_metadata(nb)  # the input is not changed
+
+
+def test_split_at_headings_splits_markdown_before_inner_headings_only():
+    nb = _nb(("md", "End of a section.\n\n## Next section\n\nIts text.\n```\n# a comment\n```"),
+             ("code", "x = 1  # not markdown\n## neither"), ("md", "## A heading first\n\ntext"))
+    split = slides.split_at_headings(nb)
+    assert [c.source for c in split.cells] == ["End of a section.", "## Next section\n\nIts text.\n```\n# a comment\n```",
+                                               nb.cells[1].source, nb.cells[2].source]
+    assert all("id" not in c for c in split.cells) and len(nb.cells) == 3  # no ids in 4.4; the input is kept
+    assert slides.slide_types(split)[:2] == ["slide", "slide"]
+    assert nbformat.writes(slides.split_at_headings(split)) == nbformat.writes(split)  # idempotent
