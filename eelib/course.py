@@ -15,7 +15,13 @@ when ``exercises/`` is out of date.
 ``python -m eelib.course run`` executes every lecture notebook (``notebooks/``; add
 ``--solutions`` for ``solutions/`` too) on this machine, and writes into ``build/`` the executed
 notebook, an HTML handout and every figure as a PNG, with each notebook's run time in
-``build/times.json``.
+``build/times.json``. ``--slides`` also writes each notebook as reveal.js slides into
+``build/slides/`` (``eelib.slides``: a notebook without slide metadata gets one slide per cell, and
+this says so), with a copy of reveal.js beside them, so they open offline.
+
+``python -m eelib.course slides --annotate`` writes the lecture notebooks' slide metadata
+(``eelib.slides``: its rules, computed from the cells' sources); ``--check`` only compares and
+exits 1 when a lecture's metadata is out of date, e.g. after its text was edited.
 """
 
 from __future__ import annotations
@@ -152,10 +158,15 @@ def generate_exercises(root: Path, *, check: bool = False) -> list[Path]:
     return stale
 
 
-def run_notebooks(paths: list[Path], out_dir: Path, *, timeout: int = 900) -> dict[str, float]:
-    """Execute notebooks; write executed copies, HTML and PNG figures; return seconds per notebook."""
+def run_notebooks(paths: list[Path], out_dir: Path, *, timeout: int = 900, slides: bool = False) -> dict[str, float]:
+    """Execute notebooks; write executed copies, HTML and PNG figures; return seconds per notebook.
+
+    With ``slides``, also write each executed notebook as reveal.js slides into ``out_dir / "slides"``.
+    """
     from nbclient import NotebookClient
     from nbconvert import HTMLExporter
+
+    from . import slides as slides_
 
     out_dir.mkdir(parents=True, exist_ok=True)
     # Kernels inherit the environment: draw figures inline (a headless MPLBACKEND=Agg shows none).
@@ -183,6 +194,12 @@ def run_notebooks(paths: list[Path], out_dir: Path, *, timeout: int = 900) -> di
                     figures.mkdir(parents=True, exist_ok=True)
                     (figures / f"figure-{count:02d}.png").write_bytes(base64.b64decode(data["image/png"]))
         print(f"  done in {times[str(path)]:.1f} s: {out_dir / (stem + '.html')}, {count} figures", flush=True)
+        if slides:
+            written = slides_.export_slides(nb, out_dir / "slides" / f"{stem}.slides.html")
+            if written.fallback:
+                print(f"  {path.name} has no slide metadata: one slide per cell "
+                      f"(to annotate a lecture: {slides_.ANNOTATE_COMMAND})", flush=True)
+            print(f"  slides: {written.path} ({written.slides} slides)", flush=True)
     (out_dir / "times.json").write_text(json.dumps(times, indent=2) + "\n", encoding="utf-8")
     return times
 
@@ -215,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: notebooks/*.ipynb)")
     run.add_argument("--solutions", action="store_true", help="run solutions/ too")
     run.add_argument("--out", type=Path, default=None, help="output folder (default: <root>/build)")
+    run.add_argument("--slides", action="store_true", help="also write reveal.js slides into <out>/slides/")
+    sl = sub.add_parser("slides", help="write or check the lecture notebooks' slide metadata")
+    mode = sl.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--annotate", action="store_true", help="write the slide metadata of notebooks/*.ipynb")
+    mode.add_argument("--check", action="store_true", help="only check that it is up to date")
+    sl.add_argument("--split-headings", action="store_true",
+                    help="with --annotate: first split markdown cells before their inner headings (changes the cells)")
     args = parser.parse_args(argv)
     root = args.root.resolve()
     if args.command == "exercises":
@@ -230,13 +254,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models":
         prepare_models()
         return 0
+    if args.command == "slides":
+        from .slides import ANNOTATE_COMMAND, annotate_notebooks
+
+        lectures = sorted((root / "notebooks").glob("*.ipynb"))
+        if not lectures:
+            parser.error(f"no notebooks in {root / 'notebooks'}: run from the course's folder or pass --root")
+        if args.split_headings and not args.annotate:
+            parser.error("--split-headings goes with --annotate")
+        stale = annotate_notebooks(lectures, check=args.check, split_headings=args.split_headings)
+        if args.check:
+            for path in stale:
+                print(f"slide metadata out of date: {path.relative_to(root)}")
+            if stale:
+                print(f"run: {ANNOTATE_COMMAND}")
+            return 1 if stale else 0
+        print(f"annotated {len(stale)} lecture notebook(s)" if stale else "the lectures' slide metadata is up to date")
+        return 0
     paths = args.notebooks or sorted((root / "notebooks").glob("*.ipynb"))
     if args.solutions:
         paths += sorted((root / "solutions").glob("*.ipynb"))
     missing = [p for p in paths if not p.is_file()]
     if missing:
         parser.error(f"notebooks not found: {', '.join(map(str, missing))}")
-    times = run_notebooks([p.resolve() for p in paths], args.out or root / "build")
+    times = run_notebooks([p.resolve() for p in paths], args.out or root / "build", slides=args.slides)
     print(f"all {len(times)} notebook(s) ran in {sum(times.values()):.1f} s")
     return 0
 

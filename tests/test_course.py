@@ -34,8 +34,11 @@ def test_committed_without_outputs_and_clean_metadata(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     assert set(nb.metadata) <= {"kernelspec", "language_info"}, f"extra notebook metadata: {set(nb.metadata)}"
+    allowed = {"tags", "slideshow"} if path.parent.name == "notebooks" else {"tags"}  # lectures: slides (eelib.slides)
     for i, cell in enumerate(nb.cells):
-        assert set(cell.get("metadata", {})) <= {"tags"}, f"cell {i} has metadata {dict(cell.metadata)}"
+        assert set(cell.get("metadata", {})) <= allowed, f"cell {i} has metadata {dict(cell.metadata)}"
+        if "slideshow" in cell.metadata:
+            assert set(cell.metadata.slideshow) == {"slide_type"}, f"cell {i} has slideshow {dict(cell.metadata.slideshow)}"
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, f"cell {i} has outputs: clear them"
 
