@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import functools
 
+import matplotlib
 import matplotlib.pyplot as plt
 from cycler import cycler
 import numpy as np
@@ -43,7 +44,13 @@ def _styled(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         with plt.rc_context({"axes.prop_cycle": cycler(color=PALETTE)}):
-            return fn(*args, **kwargs)
+            figure = fn(*args, **kwargs)
+            # The first figure of a session loads the backend, and Jupyter's inline backend then turns
+            # interactive mode on; rc_context would restore it to off on exit, and every later figure
+            # of the notebook would no longer be shown. Keep the mode the call ended with.
+            interactive = matplotlib.is_interactive()
+        matplotlib.interactive(interactive)
+        return figure
     return wrapper
 
 
