@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -233,6 +234,21 @@ def test_the_solutions_metadata_is_nbgraders_own_and_stable(assignment):
     assert kinds == [(True, False, False), (False, True, True)] * (len(kinds) // 2)
     assert all(_nbgrader(c).get("locked") for c in solution.cells if c.cell_type == "code"
                and not _nbgrader(c).get("solution"))
+
+
+def test_exercises_check_fails_when_the_solutions_metadata_is_stale(tmp_path):
+    (tmp_path / "solutions").mkdir()
+    for folder in ("solutions", "exercises"):
+        shutil.copytree(ROOT / folder, tmp_path / folder, dirs_exist_ok=True)
+    assert course.generate_exercises(tmp_path, check=True) == []
+    path = tmp_path / "solutions" / "01_residual_networks.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        cell.metadata.pop("nbgrader", None)
+    nbformat.write(nb, path)
+    assert course.generate_exercises(tmp_path, check=True) == [path]
+    assert course.generate_exercises(tmp_path) == [path]  # re-applied
+    assert course.generate_exercises(tmp_path, check=True) == []
 
 
 def test_set_up_refuses_an_existing_folder_unless_forced(tmp_path, capsys):
