@@ -10,9 +10,10 @@
   no notebook skip this.
 * In ``exercises/``, every cell that nbval lets raise (tag ``raises-exception``) must actually
   raise — a ``NotImplementedError`` from a blank exercise or an ``AssertionError`` from its check.
-  nbval alone accepts a tagged cell that passes; this hook turns that into a failure, so the
-  suite proves that every check fails on the blank exercise (and, running ``solutions/``
-  without those tags, that it passes on the solution).
+  nbval alone accepts a tagged cell that passes; this hook turns that into a failure
+  (``python -m pytest exercises``). The default suite no longer runs ``solutions/`` and
+  ``exercises/`` with nbval: ``tests/test_grading.py`` executes them through nbgrader's
+  autograde and asserts the same (every check fails on the blank exercise, passes on the solution).
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ training), :mod:`eelib.lm_exits` (exits after GPT-2's layers: logit lens, traine
 :mod:`eelib.lm_confidence` (CALM's cheap exit decisions from the hidden state),
 :mod:`eelib.tokens` (token difficulty: kinds of token, coloured text), :mod:`eelib.plots` (figures), :mod:`eelib.widgets` (lecture sliders),
 :mod:`eelib.checks` (exercise checks), :mod:`eelib.course` (exercise generation, headless
-notebook runs), :mod:`eelib.slides` (the lectures' slide metadata, reveal.js slides).
+notebook runs), :mod:`eelib.slides` (the lectures' slide metadata, reveal.js slides),
+:mod:`eelib.grading` (nbgrader metadata and course folder).
 """
 
 from .cache import DownloadError

@@ -2,12 +2,18 @@
 
 ``python -m eelib.course exercises`` writes ``exercises/`` from ``solutions/``, the single
 source: in every code cell, each block between ``### BEGIN SOLUTION`` and ``### END SOLUTION``
-(nbgrader's markers) becomes ``raise NotImplementedError("Exercise: ...")`` at the same
-indentation, and outputs are dropped. Cells tagged ``check`` (the assertions after an
+(nbgrader's markers) becomes nbgrader's stub ``# YOUR CODE HERE`` / ``raise NotImplementedError()``
+at the same indentation, and outputs, nbgrader's cell metadata and the reference answers are
+dropped. Cells tagged ``check`` (the assertions after an
 exercise) and exercise cells whose stub raises at the top level get the tag
 ``raises-exception``: nbval then expects their errors, and JupyterLab's "Run All" carries on
 past them, so a blank exercise notebook still runs top to bottom. ``--check`` only compares and exits 1
-when ``exercises/`` is out of date.
+when ``exercises/`` is out of date. The same command first writes nbgrader's cell metadata
+into ``solutions/`` (``eelib.grading.annotate``; ``--check`` also fails when it is stale).
+
+``python -m eelib.course nbgrader DIR`` sets up an nbgrader course folder from ``solutions/``
+(``eelib.grading.setup_course``: one assignment per chapter); it refuses to replace an existing
+folder unless given ``--force``.
 
 ``python -m eelib.course models`` trains every course model that is not in the cache yet
 (``eelib.zoo.RECIPES``), e.g. before a class, so that no notebook trains during the lecture.
@@ -31,12 +37,13 @@ import base64
 import copy
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
 import nbformat
+
+from .grading import BEGIN_MARK_SCHEME, CODE_STUB
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 CHECK_TAG, RAISES_TAG = "check", "raises-exception"
@@ -45,16 +52,8 @@ GENERATED_NOTE = ("> *Exercise version, generated from `solutions/{name}` by `py
                   "with your code, then run the check cell below it.*\n\n")
 
 
-def _stub_message(lines: list[str], start: int) -> str:
-    for line in reversed(lines[:start]):
-        match = re.match(r"\s*def\s+(\w+)\s*\(", line)
-        if match:
-            return f"Exercise: implement {match.group(1)}"
-    return "Exercise: write your code here"
-
-
 def blank_solution(source: str) -> tuple[str, bool]:
-    """Replace each marked solution block in ``source`` with a ``NotImplementedError`` stub.
+    """Replace each marked solution block in ``source`` with nbgrader's stub (``grading.CODE_STUB``).
 
     Returns:
         The new source, and whether a stub sits at the top level (the cell itself raises).
@@ -75,7 +74,7 @@ def blank_solution(source: str) -> tuple[str, bool]:
         end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() in (BEGIN, END)), None)
         if end is None or lines[end].strip() != END:
             raise ValueError(f"{BEGIN!r} on line {i + 1} has no matching {END!r}")
-        out.append(f'{indent}raise NotImplementedError("{_stub_message(lines, i)}")')
+        out.extend(indent + line for line in CODE_STUB.split("\n"))
         top_level = top_level or indent == ""
         i = end + 1
     return "\n".join(out), top_level
@@ -84,14 +83,23 @@ def blank_solution(source: str) -> tuple[str, bool]:
 REFERENCE = "**Reference answer.**"  # a markdown cell of a solution starting so is left out of its exercise
 
 
+def is_reference_answer(cell: nbformat.NotebookNode) -> bool:
+    """Whether a cell is a solution's reference answer (inside nbgrader's mark scheme delimiters or not)."""
+    source = cell.source.lstrip()
+    if source.startswith(BEGIN_MARK_SCHEME):
+        source = source[len(BEGIN_MARK_SCHEME):].lstrip()
+    return cell.cell_type == "markdown" and source.startswith(REFERENCE)
+
+
 def make_exercise(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     """The exercise notebook generated from a solution notebook (``name`` is its file name)."""
     nb = copy.deepcopy(solution)
     # the solutions' reference answers to the discussion questions stay out of the exercises
-    nb.cells = [c for c in nb.cells if not (c.cell_type == "markdown" and c.source.lstrip().startswith(REFERENCE))]
+    nb.cells = [c for c in nb.cells if not is_reference_answer(c)]
     n_exercises, expecting_check = 0, False
     for cell in nb.cells:
         tags = list(cell.get("metadata", {}).get("tags", []))
+        cell.get("metadata", {}).pop("nbgrader", None)  # exercises/ is not an nbgrader release
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
             if BEGIN in cell.source:
@@ -131,20 +139,28 @@ def _dumps(nb: nbformat.NotebookNode) -> str:
 
 
 def generate_exercises(root: Path, *, check: bool = False) -> list[Path]:
-    """Write (or with ``check`` only compare) ``exercises/`` from ``solutions/``.
+    """Write (or with ``check`` only compare) nbgrader's metadata in ``solutions/``, then ``exercises/``.
 
     Returns:
-        The exercise files that were out of date (and, unless ``check``, were rewritten).
+        The solution files whose nbgrader metadata was stale and the exercise files that were out
+        of date (and, unless ``check``, were rewritten).
     """
+    from .grading import annotate
+
     solutions = sorted((root / "solutions").glob("*.ipynb"))
     if not solutions:
         raise FileNotFoundError(f"no notebooks in {root / 'solutions'}: run from the course's folder or pass --root")
     stale = []
     wanted = set()
     for path in solutions:
+        annotated = annotate(nbformat.read(path, as_version=4), path.name)
+        if path.read_text(encoding="utf-8") != _dumps(annotated):
+            stale.append(path)
+            if not check:
+                path.write_text(_dumps(annotated), encoding="utf-8")
         target = root / "exercises" / path.name
         wanted.add(target.name)
-        text = _dumps(make_exercise(nbformat.read(path, as_version=4), path.name))
+        text = _dumps(make_exercise(annotated, path.name))
         if not target.is_file() or target.read_text(encoding="utf-8") != text:
             stale.append(target)
             if not check:
@@ -225,8 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eelib.course", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the course folder (default: here)")
     sub = parser.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("exercises", help="generate exercises/ from solutions/")
+    ex = sub.add_parser("exercises", help="write nbgrader's metadata into solutions/, generate exercises/ from them")
     ex.add_argument("--check", action="store_true", help="only check that exercises/ is up to date")
+    nbg = sub.add_parser("nbgrader", help="set up an nbgrader course folder from solutions/")
+    nbg.add_argument("folder", type=Path, help="the nbgrader course folder to create")
+    nbg.add_argument("--force", action="store_true", help="replace the folder if it exists")
     sub.add_parser("models", help="load every course model: shipped, cached, or trained now")
     run = sub.add_parser("run", help="execute the notebooks; write HTML and figures into build/")
     run.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: notebooks/*.ipynb)")
@@ -249,7 +268,17 @@ def main(argv: list[str] | None = None) -> int:
             if stale:
                 print("run: python -m eelib.course exercises")
             return 1 if stale else 0
-        print(f"wrote {len(stale)} exercise notebook(s)" if stale else "exercises/ is up to date")
+        print(f"wrote {len(stale)} notebook(s): " + ", ".join(str(p.relative_to(root)) for p in stale)
+              if stale else "solutions/ and exercises/ are up to date")
+        return 0
+    if args.command == "nbgrader":
+        from .grading import setup_course
+
+        if args.folder.exists() and not args.force:
+            parser.error(f"folder {args.folder} exists: pass --force to replace it")
+        assignments = setup_course(root, args.folder, force=args.force)
+        print(f"nbgrader course folder {args.folder}: {len(assignments)} assignments in source/ "
+              f"({', '.join(assignments)}). Next, in that folder: nbgrader generate_assignment NAME")
         return 0
     if args.command == "models":
         prepare_models()
