@@ -11,7 +11,8 @@ typing a prompt). One screenshot per notebook is written for the instructor.
 
 :func:`unavailable` says why the browser tests cannot run here (no Playwright, no Chromium), or
 ``None``; the root ``conftest.py`` asks it too, to decide whether the lectures run here or under
-nbval.
+nbval. ``EELIB_CHROMIUM`` names another browser executable; ``EELIB_BROWSER_DEBUG=1`` logs every
+change of a notebook's progress (cells run, kernel status).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ SETTINGS = {  # JupyterLab user settings for the run: quiet, offline, and every 
 def chromium_path() -> str | None:
     """The Chromium to drive: ``$EELIB_CHROMIUM``, else the first of ``CHROMIUM_CANDIDATES`` on the PATH."""
     if os.environ.get("EELIB_CHROMIUM"):
-        return os.environ["EELIB_CHROMIUM"]
+        return shutil.which(os.environ["EELIB_CHROMIUM"])
     return next((p for p in map(shutil.which, CHROMIUM_CANDIDATES) if p), None)
 
 
@@ -82,6 +83,7 @@ class JupyterLab:
                    MPLBACKEND="module://matplotlib_inline.backend_inline",  # figures inline, not Agg
                    JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(workdir / "workspaces"),
                    JUPYTER_RUNTIME_DIR=str(workdir / "runtime"), JUPYTER_CONFIG_DIR=str(workdir / "config"),
+                   # the kernels import this checkout's eelib, whatever is installed
                    PYTHONPATH=os.pathsep.join(filter(None, [str(course), os.environ.get("PYTHONPATH")])))
         env.pop("PYTEST_XDIST_WORKER", None)
         self.log_path = workdir / "jupyter.log"
@@ -142,18 +144,27 @@ _OPEN_AND_RUN_ALL = """async (path) => {
   await nb.revealed;
   window.__nb = nb;
   window.__runAll = null;
-  app.commands.execute('notebook:run-all-cells').then(
-    () => { window.__runAll = 'done'; }, (e) => { window.__runAll = 'failed: ' + e; });
+  // Run All sends every cell to the kernel at once and resolves at the first error, even in a
+  // cell tagged raises-exception, while the kernel goes on with the cells after it: an empty
+  // request queued behind them answers once the kernel has worked through all of them.
+  app.commands.execute('notebook:run-all-cells')
+    .then(() => nb.sessionContext.session.kernel.requestExecute(
+      {code: '', silent: true, store_history: false, stop_on_error: false}).done)
+    .then(() => { window.__runAll = 'done'; }, (e) => { window.__runAll = 'failed: ' + e; });
 }"""
 
 _PROGRESS = """() => {
   const nb = window.__nb, cells = nb.content.model.cells;
-  let code = 0, executed = 0;
+  let code = 0, executed = 0, running = 0;
   for (let i = 0; i < cells.length; i++) {
     const c = cells.get(i);
-    if (c.type === 'code') { code++; if (c.executionCount !== null) executed++; }
+    if (c.type === 'code') {
+      code++;
+      if (c.executionCount !== null) executed++;
+      if (c.executionState === 'running') running++;
+    }
   }
-  return {runAll: window.__runAll, status: nb.sessionContext.kernelDisplayStatus, code, executed};
+  return {runAll: window.__runAll, status: nb.sessionContext.kernelDisplayStatus, code, executed, running};
 }"""
 
 # per cell of the live notebook: what the browser shows (figures outside widgets, decoded or not;
@@ -221,7 +232,7 @@ class _Slot:
 
 def run_notebooks(lab: JupyterLab, paths: list[str], shots: Path, *,
                   interact: dict[str, Callable[[object], dict]] | None = None,
-                  tabs: int = 2, timeout: float = 420, log: Callable[[str], None] = print) -> dict[str, NotebookRun]:
+                  tabs: int = 2, timeout: float = 600, log: Callable[[str], None] = print) -> dict[str, NotebookRun]:
     """Run All of each notebook in ``paths`` (in this order), ``tabs`` notebooks at a time.
 
     Args:
@@ -249,7 +260,7 @@ def run_notebooks(lab: JupyterLab, paths: list[str], shots: Path, *,
                 page.set_default_timeout(60_000)
                 page.goto(lab.workspace_url(f"eelib-tab{k}"))
                 page.wait_for_function("() => window.jupyterapp !== undefined")
-                page.evaluate("() => window.jupyterapp.restored.then(() => true)")
+                page.evaluate("() => window.jupyterapp.restored.then(() => window.jupyterapp.shell.collapseLeft())")
                 slots.append(_Slot(page))
             while queue or any(s.run for s in slots):
                 for slot in slots:
@@ -268,7 +279,10 @@ def run_notebooks(lab: JupyterLab, paths: list[str], shots: Path, *,
 
 def _poll(slot: _Slot, lab: JupyterLab, shots: Path, interact: dict, timeout: float, log) -> None:
     run, page = slot.run, slot.page
-    run.progress = page.evaluate(_PROGRESS)
+    progress = page.evaluate(_PROGRESS)
+    if progress != run.progress and os.environ.get("EELIB_BROWSER_DEBUG"):
+        log(f"browser: {run.path} {progress}")
+    run.progress = progress
     elapsed = time.monotonic() - slot.started
     finished = run.progress["runAll"] is not None and run.progress["status"] == "idle"
     if not finished and elapsed < timeout:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -83,6 +84,7 @@ def runs(tmp_path_factory):
     from eelib.course import prepare_models
 
     prepare_models(progress=False)  # the kernels then load the course models, none trains
+    shutil.rmtree(SHOTS, ignore_errors=True)  # no screenshot from an earlier run
     order = sorted(LECTURES, reverse=True) + EXERCISES  # the language-model lectures are the slowest: first
     interact = {p: move_threshold_slider for p in LECTURES if p.startswith("notebooks/04_")}
     interact |= {p: type_a_prompt for p in LECTURES if p.startswith("notebooks/07_")}
