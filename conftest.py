@@ -14,11 +14,17 @@
   (``python -m pytest exercises``). The default suite no longer runs ``solutions/`` and
   ``exercises/`` with nbval: ``tests/test_grading.py`` executes them through nbgrader's
   autograde and asserts the same (every check fails on the blank exercise, passes on the solution).
+* The lectures run in the browser where one can be had, else under nbval: when this run
+  includes ``tests/test_browser.py`` and Playwright and Chromium are there, that module runs
+  every ``notebooks/*.ipynb`` in JupyterLab, so nbval leaves them out (``pytest_ignore_collect``)
+  instead of executing them a second time. ``pytest notebooks/`` on its own still runs them here.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,6 +49,31 @@ def _runs_notebooks(config) -> bool:
         if path.suffix == ".ipynb" or path == ROOT or (path.is_dir() and path.name in NOTEBOOK_FOLDERS):
             return True
     return False
+
+
+def _lectures_in_browser(config) -> bool:
+    """True when tests/test_browser.py is part of this run and can run (it then runs the lectures)."""
+    if not hasattr(config, "_eelib_lectures_in_browser"):
+        browser_test = ROOT / "tests" / "test_browser.py"
+        paths = [(Path(config.invocation_params.dir) / arg.split("::")[0]).resolve() for arg in config.args]
+        included = any(p == browser_test or p in browser_test.parents for p in paths)
+        config._eelib_lectures_in_browser = included and _browser_helper().unavailable() is None
+    return config._eelib_lectures_in_browser
+
+
+def _browser_helper():
+    """tests/browser.py, imported as ``browser`` (the name tests/test_browser.py imports it by)."""
+    if "browser" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("browser", ROOT / "tests" / "browser.py")
+        sys.modules["browser"] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules["browser"]
+
+
+def pytest_ignore_collect(collection_path, config):
+    if collection_path.suffix == ".ipynb" and collection_path.resolve().parent == ROOT / "notebooks" and _lectures_in_browser(config):
+        return True  # tests/test_browser.py runs it in JupyterLab
+    return None
 
 
 def pytest_configure(config):
