@@ -65,7 +65,20 @@ def _cifar10_source() -> dict:
 
 # Where the downloadable data sets come from: torchvision's own URLs and checksums.
 # Tests point these at local files to exercise the download path offline.
-SOURCES: dict[str, dict] = {"mnist": _mnist_sources(), "cifar10": _cifar10_source()}
+class _Sources(dict):
+    """torchvision's URLs and checksums, read on first use: importing ``torchvision.datasets``
+    takes seconds, and ``import eelib`` (every notebook kernel) should not pay them."""
+
+    _readers = {"mnist": _mnist_sources, "cifar10": _cifar10_source}
+
+    def __missing__(self, name: str) -> dict:
+        if name not in self._readers:
+            raise KeyError(name)
+        self[name] = value = self._readers[name]()
+        return value
+
+
+SOURCES: dict[str, dict] = _Sources()
 
 
 @dataclass(frozen=True)
