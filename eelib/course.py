@@ -43,6 +43,7 @@ from pathlib import Path
 
 import nbformat
 
+from .cache import atomic_path
 from .grading import BEGIN_MARK_SCHEME, CODE_STUB
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -157,7 +158,8 @@ def generate_exercises(root: Path, *, check: bool = False) -> list[Path]:
         if path.read_text(encoding="utf-8") != _dumps(annotated):
             stale.append(path)
             if not check:
-                path.write_text(_dumps(annotated), encoding="utf-8")
+                with atomic_path(path) as tmp:  # the single source: never left half-written
+                    tmp.write_text(_dumps(annotated), encoding="utf-8")
         target = root / "exercises" / path.name
         wanted.add(target.name)
         text = _dumps(make_exercise(annotated, path.name))
@@ -165,7 +167,8 @@ def generate_exercises(root: Path, *, check: bool = False) -> list[Path]:
             stale.append(target)
             if not check:
                 target.parent.mkdir(exist_ok=True)
-                target.write_text(text, encoding="utf-8")
+                with atomic_path(target) as tmp:
+                    tmp.write_text(text, encoding="utf-8")
     for extra in sorted((root / "exercises").glob("*.ipynb")):
         if extra.name not in wanted:
             stale.append(extra)

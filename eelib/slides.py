@@ -44,6 +44,8 @@ from pathlib import Path
 
 import nbformat
 
+from .cache import atomic_path
+
 SLIDE_LINES = 22  # at most this many source lines on one slide (960 x 700 at nbconvert's 19-20 px fonts)
 SLIDE_TYPES = ("slide", "subslide", "fragment", "skip", "notes", "-")
 REVEAL_DIR = Path(__file__).parent / "static" / "reveal.js"
@@ -111,7 +113,7 @@ def split_at_headings(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         for k, part in enumerate(parts):
             piece = cell if k == 0 else nbformat.v4.new_markdown_cell()
             if k and "id" not in cell:
-                del piece["id"]  # nbformat 4.4 notebooks have no cell ids
+                piece.pop("id", None)  # nbformat 4.4 notebooks have no cell ids
             piece.source = "\n".join(part).strip("\n") if len(parts) > 1 else cell.source
             cells.append(piece)
     out.cells = cells
@@ -152,7 +154,8 @@ def annotate_notebooks(paths: list[Path], *, check: bool = False, split_headings
         if wanted != text:
             stale.append(path)
             if not check:
-                path.write_text(wanted, encoding="utf-8")
+                with atomic_path(path) as tmp:  # a lecture: never left half-written
+                    tmp.write_text(wanted, encoding="utf-8")
     return stale
 
 

@@ -57,7 +57,7 @@ def unavailable() -> str | None:
     and with them the CI (install, Chromium's install and the suite) would pass its 15-minute
     limit. Without them the lectures run under nbval.
     """
-    if os.environ.get(OPT_IN, "").lower() not in ("1", "yes", "true"):
+    if os.environ.get(OPT_IN) != "1":
         return f"the browser tests are opt-in: set {OPT_IN}=1 to run them (about 6 minutes on 2 cores)"
     try:
         import playwright.sync_api  # noqa: F401
