@@ -53,12 +53,12 @@ OPT_IN = "EELIB_BROWSER_TESTS"  # set to 1 to run the browser tests (and the lec
 def unavailable() -> str | None:
     """Why the browser tests cannot run here, or None when they can.
 
-    They are opt-in (``EELIB_BROWSER_TESTS=1``): on 2 cores they took 357 s of a 608 s suite in CI,
-    and with them the CI (install, Chromium's install and the suite) would pass its 15-minute
-    limit. Without them the lectures run under nbval.
+    They are opt-in (``EELIB_BROWSER_TESTS=1``): on 2 cores they take several minutes, and with them
+    the CI (install, Chromium's install and the suite) would pass its 15-minute limit. Without
+    them the lectures run under nbval.
     """
     if os.environ.get(OPT_IN) != "1":
-        return f"the browser tests are opt-in: set {OPT_IN}=1 to run them (about 6 minutes on 2 cores)"
+        return f"the browser tests are opt-in: set {OPT_IN}=1 to run them (several minutes on 2 cores)"
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
