@@ -9,8 +9,8 @@ against it (the same number of figures, each one decoded; the same number of tra
 notebook may ask for an ``interact`` step, run on the live page after Run All (moving a slider,
 typing a prompt). One screenshot per notebook is written for the instructor.
 
-:func:`unavailable` says why the browser tests cannot run here (not asked for with
-``EELIB_BROWSER_TESTS=1``, no Playwright, no Chromium), or ``None``; the root ``conftest.py`` asks it too, to decide whether the lectures run here or under
+:func:`unavailable` says why the browser tests cannot run here (turned off with
+``EELIB_BROWSER_TESTS=0``, no Playwright, no Chromium), or ``None``; the root ``conftest.py`` asks it too, to decide whether the lectures run here or under
 nbval. ``EELIB_CHROMIUM`` names another browser executable; ``EELIB_BROWSER_DEBUG=1`` logs every
 change of a notebook's progress (cells run, kernel status).
 """
@@ -47,18 +47,20 @@ def chromium_path() -> str | None:
     return next((p for p in map(shutil.which, CHROMIUM_CANDIDATES) if p), None)
 
 
-OPT_IN = "EELIB_BROWSER_TESTS"  # set to 1 to run the browser tests (and the lectures in them, not under nbval)
+SWITCH = "EELIB_BROWSER_TESTS"  # 0 turns the browser tests off (the lectures then run under nbval); 1 or unset: on
 
 
 def unavailable() -> str | None:
     """Why the browser tests cannot run here, or None when they can.
 
-    They are opt-in (``EELIB_BROWSER_TESTS=1``): on 2 cores they take several minutes, and with them
-    the CI (install, Chromium's install and the suite) would pass its 15-minute limit. Without
-    them the lectures run under nbval.
+    They run by default where Playwright and a Chromium can be had; ``EELIB_BROWSER_TESTS=0`` turns
+    them off (a quicker run: the lectures then run under nbval). Any other value is an error.
     """
-    if os.environ.get(OPT_IN) != "1":
-        return f"the browser tests are opt-in: set {OPT_IN}=1 to run them (several minutes on 2 cores)"
+    switch = os.environ.get(SWITCH, "1")
+    if switch not in ("0", "1"):
+        raise ValueError(f"{SWITCH}={switch!r}: allowed 0 (browser tests off) or 1 (on, the default)")
+    if switch == "0":
+        return f"turned off with {SWITCH}=0 (the lectures run under nbval instead)"
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:

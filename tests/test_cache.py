@@ -1,5 +1,6 @@
-import json
 import hashlib
+import json
+import time
 
 import pytest
 
@@ -98,6 +99,9 @@ import sys, time
 from pathlib import Path
 from eelib.cache import atomic_path
 dest, tag, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+(dest.parent / f"ready-{tag}").touch()  # imported: wait for the reader's go, so both writers swap at once
+while not (dest.parent / "go").exists():
+    time.sleep(0.01)
 for i in range(rounds):
     with atomic_path(dest) as tmp:
         tmp.mkdir()
@@ -119,6 +123,11 @@ def test_two_processes_replace_a_folder_and_a_reader_never_sees_it_missing(tmp_p
         (tmp / "a.txt").write_text("first")
         (tmp / "b.txt").write_text("first")
     writers = [subprocess.Popen([sys.executable, "-c", _SWAP, str(dest), tag, "25"]) for tag in ("x", "y")]
+    # the reader spins only while the writers swap, not while they import (a core's worth of CPU)
+    while not all((tmp_path / f"ready-{tag}").exists() for tag in ("x", "y")):
+        assert all(w.poll() is None for w in writers), "a writer failed before swapping"
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
     seen, missing = set(), 0
     while any(w.poll() is None for w in writers):
         if not folder_ready(dest):
@@ -135,7 +144,7 @@ def test_two_processes_replace_a_folder_and_a_reader_never_sees_it_missing(tmp_p
     assert all(v == "first" or (v[0] in "xy" and 0 <= int(v[1:]) < 25) for v in seen) and len(seen) > 1
     assert (dest / "a.txt").read_text() in {"x24", "y24"}
     assert (dest / "a.txt").read_text() == (dest / "b.txt").read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model"]  # nothing left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "go", "model", "ready-x", "ready-y"]  # nothing else beside it
 
 
 def test_save_json_writes_atomically_and_leaves_nothing_beside(tmp_path):
