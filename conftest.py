@@ -15,7 +15,8 @@
   ``exercises/`` with nbval: ``tests/test_grading.py`` executes them through nbgrader's
   autograde and asserts the same (every check fails on the blank exercise, passes on the solution).
 * The lectures run in the browser where one can be had, else under nbval: when this run
-  includes ``tests/test_browser.py`` and Playwright and Chromium are there, that module runs
+  includes ``tests/test_browser.py``, Playwright and Chromium are there and
+  ``EELIB_BROWSER_TESTS`` is not ``0``, that module runs
   every ``notebooks/*.ipynb`` in JupyterLab, so nbval leaves them out (``pytest_ignore_collect``)
   instead of executing them a second time. ``pytest notebooks/`` on its own still runs them here.
 """

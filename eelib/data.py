@@ -187,7 +187,7 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
                                 f"reinstall eelib (pip install -e .)") from None
     if hashlib.sha256(raw).hexdigest() != MNIST5K_SHA256:
         raise ValueError(f"the offline digits {MNIST5K} are damaged (their sha256 is not {MNIST5K_SHA256[:12]}...): "
-                         f"reinstall eelib, or rebuild them with scripts/build_mnist5k.py")
+                         f"reinstall eelib")
     with np.load(io.BytesIO(raw)) as arrays:
         images, labels = arrays["images"], arrays["labels"].astype(np.int64)
     images.setflags(write=False)

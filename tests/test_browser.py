@@ -6,7 +6,7 @@ notebook's Run All reaches its last cell with the checks' errors shown. The note
 temporary copy of the course, two at a time (two tabs, one kernel and one thread each); a
 screenshot of each lands in ``build/browser/`` with ``times.json`` (seconds per notebook).
 
-Skipped, with the reason, where Playwright or Chromium cannot be had. Where they can, the root
+Skipped, with the reason, where Playwright or Chromium cannot be had, or with ``EELIB_BROWSER_TESTS=0``. Where they can, the root
 ``conftest.py`` leaves the lecture notebooks out of nbval: they run here instead, not twice.
 """
 

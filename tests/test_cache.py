@@ -100,7 +100,10 @@ from pathlib import Path
 from eelib.cache import atomic_path
 dest, tag, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 (dest.parent / f"ready-{tag}").touch()  # imported: wait for the reader's go, so both writers swap at once
+deadline = time.monotonic() + 120
 while not (dest.parent / "go").exists():
+    if time.monotonic() > deadline:
+        sys.exit("no go from the reader within 120 s")
     time.sleep(0.01)
 for i in range(rounds):
     with atomic_path(dest) as tmp:
@@ -123,22 +126,30 @@ def test_two_processes_replace_a_folder_and_a_reader_never_sees_it_missing(tmp_p
         (tmp / "a.txt").write_text("first")
         (tmp / "b.txt").write_text("first")
     writers = [subprocess.Popen([sys.executable, "-c", _SWAP, str(dest), tag, "25"]) for tag in ("x", "y")]
-    # the reader spins only while the writers swap, not while they import (a core's worth of CPU)
-    while not all((tmp_path / f"ready-{tag}").exists() for tag in ("x", "y")):
-        assert all(w.poll() is None for w in writers), "a writer failed before swapping"
-        time.sleep(0.05)
-    (tmp_path / "go").touch()
     seen, missing = set(), 0
-    while any(w.poll() is None for w in writers):
-        if not folder_ready(dest):
-            missing += 1
-            continue
-        try:
-            a, b = (dest / "a.txt").read_text(), (dest / "b.txt").read_text()
-        except FileNotFoundError:  # the folder was swapped between the check and the read: a new one is there
-            assert folder_ready(dest)
-            continue
-        seen.update((a, b))  # (two reads may straddle a swap: each file is whole, from some complete folder)
+    try:
+        # the reader spins only while the writers swap, not while they import (a core's worth of CPU)
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"ready-{tag}").exists() for tag in ("x", "y")):
+            assert all(w.poll() is None for w in writers), "a writer failed before swapping"
+            assert time.monotonic() < deadline, "the writers were not ready within 120 s"
+            time.sleep(0.05)
+        (tmp_path / "go").touch()
+        while any(w.poll() is None for w in writers):
+            if not folder_ready(dest):
+                missing += 1
+                continue
+            try:
+                a, b = (dest / "a.txt").read_text(), (dest / "b.txt").read_text()
+            except FileNotFoundError:  # the folder was swapped between the check and the read: a new one is there
+                assert folder_ready(dest)
+                continue
+            seen.update((a, b))  # (two reads may straddle a swap: each file is whole, from some complete folder)
+    finally:  # no writer outlives the test
+        for w in writers:
+            if w.poll() is None:
+                w.kill()
+            w.wait()
     assert [w.returncode for w in writers] == [0, 0]  # both writers succeeded
     assert missing == 0
     assert all(v == "first" or (v[0] in "xy" and 0 <= int(v[1:]) < 25) for v in seen) and len(seen) > 1
