@@ -39,7 +39,8 @@ from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from .progress import tqdm
 
-from .cache import DEFAULT_TIMEOUT_S, DownloadError, atomic_path, data_dir, download, ensure_writable_dir, folder_ready
+from .cache import (DEFAULT_TIMEOUT_S, DownloadError, atomic_path, data_dir, download, ensure_writable_dir, file_digest,
+                    folder_ready)
 
 OFFLINE_DEFAULT = "mnist5k"
 DATASETS = ("mnist5k", "mnist", "cifar10")
@@ -177,18 +178,13 @@ MNIST5K_SHA256 = "246e0c30eeea57c8d0037d3f38c8e00651ec204cc61b8022563e9aeeb9d756
 def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 digits as uint8 (N, 28, 28) and labels (N,), read once per process from the package,
     sha256-checked (``eelib/datasets/README.md``: what they are, where from, licence)."""
-    import hashlib
-    import io
-
-    try:
-        raw = MNIST5K.read_bytes()
-    except FileNotFoundError:
+    if not MNIST5K.is_file():
         raise FileNotFoundError(f"the offline digits {MNIST5K} are missing from the installed package: "
-                                f"reinstall eelib (pip install -e .)") from None
-    if hashlib.sha256(raw).hexdigest() != MNIST5K_SHA256:
+                                f"reinstall eelib (pip install -e .)")
+    if file_digest(MNIST5K, "sha256") != MNIST5K_SHA256:
         raise ValueError(f"the offline digits {MNIST5K} are damaged (their sha256 is not {MNIST5K_SHA256[:12]}...): "
                          f"reinstall eelib")
-    with np.load(io.BytesIO(raw)) as arrays:
+    with np.load(MNIST5K) as arrays:
         images, labels = arrays["images"], arrays["labels"].astype(np.int64)
     images.setflags(write=False)
     labels.setflags(write=False)

@@ -14,13 +14,12 @@ reading the written file back).
 
 from __future__ import annotations
 
-import hashlib
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from eelib.cache import atomic_path, file_digest
 
 OUT = Path(__file__).resolve().parents[1] / "eelib" / "datasets" / "mnist5k.npz"
 
@@ -37,22 +36,14 @@ def main() -> int:
         print(f"unexpected source: shape {features.shape}, values {features.min()}..{features.max()}", file=sys.stderr)
         return 1
     images = features.reshape(-1, 28, 28).astype(np.uint8)
-    labels = labels.astype(np.uint8)
-    fd, tmp = tempfile.mkstemp(dir=OUT.parent, suffix=".npz.tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, images=images, labels=labels)
-        with np.load(tmp) as back:  # verify before the rename
+    digits = labels.astype(np.uint8)
+    with atomic_path(OUT) as tmp:  # renamed into place only if the check below passes
+        np.savez_compressed(tmp, images=images, labels=digits)
+        with np.load(tmp) as back:
             if not (np.array_equal(back["images"], features.reshape(-1, 28, 28))
                     and np.array_equal(back["labels"].astype(np.int64), labels.astype(np.int64))):
-                print("the written array differs from the source: not installed", file=sys.stderr)
-                return 1
-        os.replace(tmp, OUT)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    digest = hashlib.sha256(OUT.read_bytes()).hexdigest()
+                raise SystemExit("the written array differs from the source: not installed")
+    digest = file_digest(OUT, "sha256")
     print(f"wrote {OUT} ({OUT.stat().st_size:,} bytes), sha256 {digest}")
     return 0
 
