@@ -4,7 +4,7 @@
   before nbval starts a kernel, so each kernel inherits them (set ``EELIB_DEVICE=cuda`` to run
   the notebooks on a GPU instead).
 * Under pytest-xdist, each worker and the kernels it starts compute on one thread.
-* Before any notebook runs, the course models (``eelib.zoo.RECIPES``) are loaded once in the main
+* Before any notebook runs, the course models (``eelib.vision.zoo.RECIPES``) are loaded once in the main
   process (``prepare_models``): they ship with eelib, so nothing is trained; a recipe changed
   since its shipped model would be trained here, once, into ``$EELIB_CACHE``. Runs that collect
   no notebook skip this.
@@ -80,7 +80,7 @@ def pytest_ignore_collect(collection_path, config):
 def pytest_configure(config):
     if hasattr(config, "workerinput") or not _runs_notebooks(config):
         return  # an xdist worker (the main process did it), or no notebook in this run
-    from eelib.course import prepare_models
+    from eelib.course.cli import prepare_models
 
     prepare_models(progress=False)
 

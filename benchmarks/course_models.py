@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 
 import eelib
-from eelib import zoo
-from eelib.cache import save_json
+from eelib.vision import zoo
+from eelib._util.cache import save_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "course_models.json"
 

@@ -15,7 +15,7 @@ The course model (8 layers) with its shipped trained exit heads after ``--exits`
 
    * ``agreement``: fraction of positions where early-exit decoding, teacher-forced on the full
      model's continuation, predicts the same token as the full model
-     (:func:`eelib.lm_generate.teacher_forced_eval`);
+     (:func:`eelib.lm.generate.teacher_forced_eval`);
    * ``avg_layers``: mean layers **computed** per token in that run. The key/value cache is
      filled lazily (``kv="lazy"``): the layers a token skipped run later, batched with the next
      token that goes deeper, so they count. ``avg_exit_layer`` is the mean layer after which a
@@ -45,10 +45,10 @@ from pathlib import Path
 import torch
 
 import eelib
-from eelib.cache import save_json
-from eelib.lm import encode
-from eelib.lm_exits import course_exits, heldout_text, token_exit_outputs
-from eelib.lm_generate import early_exit_generate, measure_generation_speed, teacher_forced_eval, token_exit_costs
+from eelib._util.cache import save_json
+from eelib.lm.model import encode
+from eelib.lm.exits import course_exits, heldout_text, token_exit_outputs
+from eelib.lm.generate import early_exit_generate, measure_generation_speed, teacher_forced_eval, token_exit_costs
 from eelib.policies import ExitPolicy, calibrate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpt2_exits.json"

@@ -205,7 +205,7 @@ def benchmark_times() -> str:
               f"{_load(RESULTS / 'rejection.json')['details']['seconds']:,.0f} s", "`rejection.json`"]]
     rows += [[f"`python benchmarks/self_speculative.py`, `{name}` (1 thread)", f"{m['seconds']:,.0f} s",
               "`self_speculative.json`"] for name, m in spec["models"].items()]
-    rows.append([f"`python -m eelib.lm_exits train` (the shipped heads: {heads['steps']} steps, 1 thread)",
+    rows.append([f"`python -m eelib.lm.exits train` (the shipped heads: {heads['steps']} steps, 1 thread)",
                  f"{heads['seconds']:,.0f} s", "`exit_heads/training.json`"])
     return table(["what", "time", "recorded in"], rows)
 
@@ -225,7 +225,7 @@ def resnet_exits_text() -> str:
             f"{pct(d['test_exit_fractions'][0], 0)} of the digits leave at the first exit. Dynamic inference gives "
             f"{'the same exit and prediction as the simulated policy on every test digit' if d['dynamic_equals_simulated'] else 'NOT the same decisions as the simulation'}. "
             f"At inference the exit heads fold their pooling into the linear layer (one product over the feature map; "
-            f"`eelib.exits.ExitHead.folded_weight`), and routing syncs the host once per exit. Goals of issue 12: "
+            f"`eelib.vision.exits.ExitHead.folded_weight`), and routing syncs the host once per exit. Goals of issue 12: "
             f"batch 256 — speedup {times(r['speedup_batch256'])} against a latency ideal of "
             f"{times(r['latency_ideal_speedup_batch256'])} (goal 0.85x of it: "
             f"{met(g['speedup_batch256 >= 0.85 * latency ideal'])}), never-exit overhead "

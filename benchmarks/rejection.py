@@ -59,8 +59,8 @@ from pathlib import Path
 import torch
 
 import eelib
-from eelib.cache import save_json
-from eelib.exits import ExitOutputs
+from eelib._util.cache import save_json
+from eelib.outputs import ExitOutputs
 from eelib.policies import confidence
 from eelib.rejection import (CostModel, calibrate_reject, evaluate_reject_policy, evaluate_selective,
                              guaranteed_threshold)

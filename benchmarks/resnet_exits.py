@@ -9,7 +9,7 @@ against the final exit, and measures on the test split, on the CPU:
   for the policy and for the oracle (``FlopCounterMode`` counts, exit heads included);
 * ``ideal_speedup``: full FLOPs / policy FLOPs;
 * ``speedup_batch1``, ``speedup_batch256``: measured wall-clock time of the full network divided
-  by that of dynamic inference (:func:`eelib.dynamic.route`, which really skips the blocks after
+  by that of dynamic inference (:func:`eelib.vision.dynamic.route`, which really skips the blocks after
   each sample's exit), over the test images in batches of 1 (the first 300 images) and of 256;
   the details also give the time of routing with a policy that never exits (every head and
   decision paid, nothing skipped), which measures what the heads and decisions cost;
@@ -17,7 +17,7 @@ against the final exit, and measures on the test split, on the CPU:
   network's, minus 1 (what the heads and decisions cost, as a fraction of the network);
 * ``latency_ideal_speedup_batch256``: the full network's time over the time the policy's exits
   would take if each sample's exit cost its measured share of the full network's time at
-  batch 256 (:func:`eelib.cost.latency_per_exit` on 256 test images: exit ``k`` alone costs
+  batch 256 (:func:`eelib.vision.cost.latency_per_exit` on 256 test images: exit ``k`` alone costs
   ``t_k / 256`` per sample) — the speedup routing could reach if taking samples out of the
   batch cost nothing and a smaller batch ran as efficiently per sample as a full one.
 
@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 import eelib
-from eelib.cache import save_json
+from eelib._util.cache import save_json
 from eelib.policies import calibrate, evaluate_oracle, evaluate_policy
 
 RESULTS = Path(__file__).resolve().parent / "results" / "resnet_exits.json"

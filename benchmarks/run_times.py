@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from eelib.cache import save_json
+from eelib._util.cache import save_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "run_times.json"

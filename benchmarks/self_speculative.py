@@ -4,13 +4,13 @@ For ``course`` (with its tuned exit heads) and ``course-ee`` (trained for early 
 ``--threads`` threads (default 1), batch size 1, greedy decoding:
 
 * **Prompts**: ``--prompts`` prompts of 32 tokens at evenly spaced places of the *test* half of the
-  held-out text (:func:`eelib.lm_speculative.calibration_prompts`), ``--new-tokens`` new tokens each.
+  held-out text (:func:`eelib.lm.speculative.calibration_prompts`), ``--new-tokens`` new tokens each.
 * ``exact``: share of generated tokens equal to Hugging Face ``generate``'s greedy tokens (must be 1.0).
 * ``speedup``: tokens per second of :func:`eelib.self_speculative_generate` (its calibrated defaults:
   ``draft_layer``, ``threshold``, ``max_draft``, ``draft_vocab``) / eelib's plain greedy loop (the same
   decoder without exits), ``speedup_vs_hf_generate``, ``speedup_vs_hf_prompt_lookup``
   (``generate(prompt_lookup_num_tokens=3)``): all loops timed side by side by
-  :func:`eelib.lm_generate.measure_generation_speed` (for each prompt the loops run in turn,
+  :func:`eelib.lm.generate.measure_generation_speed` (for each prompt the loops run in turn,
   ``--repeats`` times, the fastest run counts; whole calls, prompt included);
   ``tokens_per_second``: ``plain`` and ``self_speculative`` (and both HF loops). The two models have the
   same architecture, so their plain loops cost the same: compare models by their ratios, measured
@@ -23,7 +23,7 @@ For ``course`` (with its tuned exit heads) and ``course-ee`` (trained for early 
 * ``early_exit``: chapter 7's figures at ``--target`` agreement (exits after layers 2 and 4,
   max_prob thresholds calibrated on the calibration half; teacher-forced agreement, layers
   computed, oracle, measured speedup against the plain loop), and the same with CALM's cheap
-  decisions (``saturation``, ``classifier``: :mod:`eelib.lm_confidence`, a head paid only to leave).
+  decisions (``saturation``, ``classifier``: :mod:`eelib.lm.confidence`, a head paid only to leave).
 
 Run: ``python benchmarks/self_speculative.py`` (about 11 minutes, 1 thread). Writes
 ``benchmarks/results/self_speculative.json``.
@@ -40,10 +40,10 @@ from pathlib import Path
 import torch
 
 import eelib
-from eelib.lm_confidence import calibrate_gate, train_exit_classifiers
-from eelib.lm_exits import agreement_by_layer, course_exits, heldout_text, token_exit_outputs
-from eelib.lm_generate import early_exit_generate, measure_generation_speed, teacher_forced_eval, token_exit_costs
-from eelib.lm_speculative import calibration_prompts, resolve_settings, self_speculative_generate
+from eelib.lm.confidence import calibrate_gate, train_exit_classifiers
+from eelib.lm.exits import agreement_by_layer, course_exits, heldout_text, token_exit_outputs
+from eelib.lm.generate import early_exit_generate, measure_generation_speed, teacher_forced_eval, token_exit_costs
+from eelib.lm.speculative import calibration_prompts, resolve_settings, self_speculative_generate
 from eelib.policies import calibrate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "self_speculative.json"

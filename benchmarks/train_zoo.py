@@ -1,7 +1,7 @@
 """Train the shipped course models and write them into the package (``eelib/models/zoo/``).
 
-Trains every recipe of :data:`eelib.zoo.RECIPES` from its seed with the zoo's own training
-(:func:`eelib.zoo.train_recipe`, under :func:`eelib.device.reproducible_training`: one CPU
+Trains every recipe of :data:`eelib.vision.zoo.RECIPES` from its seed with the zoo's own training
+(:func:`eelib.vision.zoo.train_recipe`, under :func:`eelib._util.device.reproducible_training`: one CPU
 thread, so the weights do not depend on the machine's thread count), saves each as one
 safetensors file (float32 weights; the recipe, the training history, the test accuracy, the
 device, PyTorch's version and the training time in its metadata) and writes ``MANIFEST.json``
@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from eelib import zoo
-from eelib.cache import atomic_path, file_digest
+from eelib.vision import zoo
+from eelib._util.cache import atomic_path, file_digest
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,73 +1,82 @@
 """eelib: early exit and rejection for efficient machine learning — the course's library.
 
-Modules, one concept each: :mod:`eelib.device` (where to compute, seeding),
-:mod:`eelib.cache` (cache folders, verified downloads), :mod:`eelib.data` (named data sets
-with fixed splits), :mod:`eelib.resnet` (residual and plain networks), :mod:`eelib.train`
-(training loop, evaluation, gradient norms), :mod:`eelib.zoo` (trained course models, cached),
-:mod:`eelib.exits` (exit heads and early-exit networks), :mod:`eelib.policies` (confidence
-measures, exit policies, calibration, the oracle), :mod:`eelib.cost` (FLOPs, parameters,
-latency and energy per exit), :mod:`eelib.rejection` (selective classification, risk-coverage,
-thresholds with a guarantee, early exit with a reject option under a FLOPs budget),
-:mod:`eelib.dynamic` (inference that skips the blocks after each
-sample's exit), :mod:`eelib.lm` (the course language model: GPT-2 loading, scoring,
-training), :mod:`eelib.lm_exits` (exits after GPT-2's layers: logit lens, trained exit heads),
-:mod:`eelib.lm_generate` (early-exit generation with a correct key/value cache),
-:mod:`eelib.lm_speculative` (self-speculative decoding: an early exit drafts, the full model verifies),
-:mod:`eelib.lm_confidence` (CALM's cheap exit decisions from the hidden state),
-:mod:`eelib.tokens` (token difficulty: kinds of token, coloured text), :mod:`eelib.plots` (figures), :mod:`eelib.widgets` (lecture sliders),
-:mod:`eelib.checks` (exercise checks), :mod:`eelib.course` (exercise generation, headless
-notebook runs), :mod:`eelib.slides` (the lectures' slide metadata, reveal.js slides),
-:mod:`eelib.grading` (nbgrader metadata and course folder).
+The package is laid out as the course's two halves around one decision layer:
+
+* the decision layer, shared by both halves: :mod:`eelib.policies` (confidence measures, the one
+  exit decision rule, exit policies, calibration, the oracle), :mod:`eelib.rejection` (selective
+  classification, risk-coverage, thresholds with a guarantee, exit and reject under a budget),
+  :mod:`eelib.outputs` (every exit's logits, the input of both), :mod:`eelib.errors` (eelib's errors);
+* :mod:`eelib.vision`, the image half (chapters 1-5): ``data``, ``resnet``, ``train``, ``zoo``
+  (the shipped course models), ``exits`` (exit heads), ``cost`` (FLOPs, latency, energy per exit),
+  ``dynamic`` (inference that skips the blocks after each image's exit);
+* :mod:`eelib.lm`, the language half (chapters 6-8): ``model`` (load, encode, score), ``train``
+  (the course model's training, model card and command line), ``exits`` (logit lens, trained exit
+  heads), ``generate`` (early-exit generation with a correct key/value cache), ``speculative``
+  (self-speculative decoding), ``confidence`` (CALM's cheap decisions), ``tokens`` (token difficulty);
+* :mod:`eelib.course`, what only the notebooks use: ``plots``, ``widgets``, ``checks`` (exercise
+  checks), ``quiz``, ``slides``, ``grading`` and the command line (``python -m eelib.course``);
+  the library never imports it;
+* ``eelib._util``: device and seeding, timing, FLOP counting, ``eval_mode``, the cache.
+
+Every public name below is importable from ``eelib`` itself (``eelib.load_trained``,
+``eelib.calibrate``, ...). Names load on first use, so ``import eelib`` stays cheap: torchvision
+and transformers are imported only by the code that needs them.
 """
 
-from .cache import DownloadError
-from .cost import ExitCosts, count_flops, energy_estimate, exit_costs, latency_per_exit
-from .data import DATASETS, OFFLINE_DEFAULT, DataSplits, load_data
-from .device import eval_mode, get_device, reproducible_training, seed_everything, synchronize, timed
-from .dynamic import DynamicResult, Speedup, dynamic_inference, measure_speedup
-from .exits import EarlyExitNet, ExitConfig, ExitHead, ExitOutputs, exit_outputs, torchvision_early_exit
-from .lm import COURSE_EE_MODEL, COURSE_MODEL, LanguageModel, LMEval, ModelUnavailableError, evaluate_text, load_lm, token_losses
-from .lm_exits import (EarlyExitLM, TokenExits, agreement_by_layer, course_exits, heldout_text, load_exit_heads, oracle_layers,
-                       perplexity, threshold_for_agreement, token_exit_outputs, train_exit_heads)
-from .lm_generate import (Decoder, ForcedEval, Generation, GenerationSpeed, Round, TokenCosts, early_exit_generate,
-                          measure_generation_speed, teacher_forced_eval, token_exit_costs)
-from .lm_speculative import SpeculativeSettings, self_speculative_generate
-from .lm_confidence import StateGate, calibrate_gate, train_exit_classifiers
-from .tokens import difficulty_by_kind, token_html, token_kinds, token_strings
-from .policies import (MEASURES, Calibration, ExitPolicy, PolicyEval, PolicyResult, apply_policy, calibrate,
-                       confidence, evaluate_oracle, evaluate_policy, oracle_exits, static_exit, tradeoff_curve)
-from .rejection import (CostModel, GuaranteedThreshold, RejectCalibration, RejectEval, RejectPolicy, RejectResult,
-                        RiskCoverage, SelectiveEval, apply_reject_policy, calibrate_reject, evaluate_reject_policy,
-                        evaluate_selective, guaranteed_threshold, oracle_risk_coverage, risk_coverage_curve)
-from .resnet import BasicBlock, ResNet, ResNetConfig, count_parameters, plain_net, resnet
-from .train import (EvalResult, ExitHistory, History, evaluate, exit_loss, gradient_norms, predict, train,
-                    train_exits)
-from .zoo import RECIPES, Recipe, TrainedModel, load_trained
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    # chapter 8: self-speculative decoding, CALM's cheap decisions
-    "COURSE_EE_MODEL", "Round", "SpeculativeSettings", "StateGate", "agreement_by_layer", "calibrate_gate",
-    "self_speculative_generate", "train_exit_classifiers",
-    "Decoder", "EarlyExitLM", "ForcedEval", "Generation", "GenerationSpeed", "measure_generation_speed",
-    "teacher_forced_eval", "TokenCosts", "TokenExits", "course_exits", "difficulty_by_kind",
-    "early_exit_generate", "heldout_text", "load_exit_heads", "oracle_layers", "perplexity",
-    "threshold_for_agreement", "token_exit_costs", "token_exit_outputs", "token_html", "token_kinds",
-    "token_strings", "train_exit_heads",
-    "COURSE_MODEL", "DATASETS", "MEASURES", "OFFLINE_DEFAULT", "RECIPES", "BasicBlock", "Calibration",
-    "DataSplits", "DownloadError", "DynamicResult", "EarlyExitNet", "EvalResult", "ExitConfig", "ExitCosts",
-    "ExitHead", "ExitHistory", "ExitOutputs", "ExitPolicy", "History", "LMEval", "LanguageModel",
-    "ModelUnavailableError", "PolicyEval", "PolicyResult", "Recipe", "ResNet", "ResNetConfig", "Speedup",
-    "TrainedModel", "apply_policy", "calibrate", "confidence", "count_flops", "count_parameters",
-    "dynamic_inference", "energy_estimate", "evaluate", "evaluate_oracle", "evaluate_policy", "evaluate_text",
-    "eval_mode", "reproducible_training", "synchronize", "timed",
-    "exit_costs", "exit_loss", "exit_outputs", "get_device", "gradient_norms", "latency_per_exit", "load_data",
-    "load_lm", "load_trained", "measure_speedup", "oracle_exits", "plain_net", "predict", "resnet",
-    "seed_everything", "static_exit", "token_losses", "torchvision_early_exit", "tradeoff_curve", "train",
-    "train_exits",
-    # chapter 5: rejection
-    "CostModel", "GuaranteedThreshold", "RejectCalibration", "RejectEval", "RejectPolicy", "RejectResult",
-    "RiskCoverage", "SelectiveEval", "apply_reject_policy", "calibrate_reject", "evaluate_reject_policy",
-    "evaluate_selective", "guaranteed_threshold", "oracle_risk_coverage", "risk_coverage_curve",
-]
+_EXPORTS = {  # module -> the public names it gives to `eelib`
+    "eelib.errors": ("DownloadError", "EelibError", "EnergyUnavailable", "ModelUnavailableError"),
+    "eelib._util.device": ("eval_mode", "get_device", "reproducible_training", "seed_everything", "synchronize",
+        "timed"),
+    "eelib.policies": ("Calibration", "ExitPolicy", "MEASURES", "PolicyEval", "PolicyResult", "apply_policy",
+        "calibrate", "confidence", "evaluate_oracle", "evaluate_policy", "oracle_exits", "static_exit",
+        "tradeoff_curve"),
+    "eelib.rejection": ("CostModel", "GuaranteedThreshold", "RejectCalibration", "RejectEval", "RejectPolicy",
+        "RejectResult", "RiskCoverage", "SelectiveEval", "apply_reject_policy", "calibrate_reject",
+        "evaluate_reject_policy", "evaluate_selective", "guaranteed_threshold", "oracle_risk_coverage",
+        "risk_coverage_curve"),
+    "eelib.vision.data": ("DATASETS", "DataSplits", "OFFLINE_DEFAULT", "load_data"),
+    "eelib.vision.resnet": ("BasicBlock", "ResNet", "ResNetConfig", "count_parameters", "plain_net", "resnet"),
+    "eelib.vision.train": ("EvalResult", "ExitHistory", "History", "evaluate", "exit_loss", "gradient_norms",
+        "predict", "train", "train_exits"),
+    "eelib.vision.zoo": ("RECIPES", "Recipe", "TrainedModel", "load_trained"),
+    "eelib.outputs": ("ExitOutputs",),
+    "eelib.vision.exits": ("EarlyExitNet", "ExitConfig", "ExitHead", "exit_outputs",
+        "torchvision_early_exit"),
+    "eelib.vision.cost": ("ExitCosts", "count_flops", "energy_estimate", "exit_costs", "latency_per_exit"),
+    "eelib.vision.dynamic": ("DynamicResult", "Speedup", "dynamic_inference", "measure_speedup"),
+    "eelib.lm.model": ("COURSE_EE_MODEL", "COURSE_MODEL", "LMEval", "LanguageModel", "evaluate_text", "load_lm",
+        "token_losses"),
+    "eelib.lm.exits": ("EarlyExitLM", "TokenExits", "agreement_by_layer", "course_exits", "heldout_text",
+        "load_exit_heads", "oracle_layers", "perplexity", "threshold_for_agreement", "token_exit_outputs",
+        "train_exit_heads"),
+    "eelib.lm.generate": ("Decoder", "ForcedEval", "Generation", "GenerationSpeed", "Round", "TokenCosts",
+        "early_exit_generate", "measure_generation_speed", "teacher_forced_eval", "token_exit_costs"),
+    "eelib.lm.speculative": ("SpeculativeSettings", "self_speculative_generate"),
+    "eelib.lm.confidence": ("StateGate", "calibrate_gate", "train_exit_classifiers"),
+    "eelib.lm.tokens": ("difficulty_by_kind", "token_html", "token_kinds", "token_strings"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+_SUBMODULES = ("course", "errors", "lm", "outputs", "policies", "rejection", "vision", "_util")
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    """Load a public name (or a submodule, e.g. ``eelib.vision``) on first use."""
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value  # next time without this call
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE) | set(_SUBMODULES))

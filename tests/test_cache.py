@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from eelib import cache
+from eelib._util import cache
 
 
 def test_download_verifies_and_renames(tmp_path):
@@ -97,7 +97,7 @@ def test_an_unknown_host_is_a_download_error(tmp_path, monkeypatch):
 _SWAP = """
 import sys, time
 from pathlib import Path
-from eelib.cache import atomic_path
+from eelib._util.cache import atomic_path
 dest, tag, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 (dest.parent / f"ready-{tag}").touch()  # imported: wait for the reader's go, so both writers swap at once
 deadline = time.monotonic() + 120
@@ -118,7 +118,7 @@ def test_two_processes_replace_a_folder_and_a_reader_never_sees_it_missing(tmp_p
     import subprocess
     import sys
 
-    from eelib.cache import atomic_path, folder_ready
+    from eelib._util.cache import atomic_path, folder_ready
 
     dest = tmp_path / "model"
     with atomic_path(dest) as tmp:
@@ -159,7 +159,7 @@ def test_two_processes_replace_a_folder_and_a_reader_never_sees_it_missing(tmp_p
 
 
 def test_save_json_writes_atomically_and_leaves_nothing_beside(tmp_path):
-    from eelib.cache import save_json
+    from eelib._util.cache import save_json
 
     dest = tmp_path / "results" / "r.json"
     assert save_json({"a": 1.5, "b": [1, 2]}, dest) == dest

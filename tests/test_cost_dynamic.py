@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from eelib.cost import count_flops, energy_estimate, exit_costs, latency_per_exit
-from eelib.dynamic import dynamic_inference, route
-from eelib.exits import EarlyExitNet, torchvision_early_exit
+from eelib.vision.cost import count_flops, energy_estimate, exit_costs, latency_per_exit
+from eelib.vision.dynamic import dynamic_inference, route
+from eelib.vision.exits import EarlyExitNet, torchvision_early_exit
 from eelib.policies import ExitPolicy, apply_policy, confidence
-from eelib.resnet import resnet
+from eelib.vision.resnet import resnet
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_torchvision_stem_parameters_are_counted():
 
 
 def test_routing_needs_eval_mode_and_speedup_is_measured(model):
-    from eelib.dynamic import measure_speedup
+    from eelib.vision.dynamic import measure_speedup
 
     model.train()
     try:
@@ -166,11 +166,11 @@ class FakeClock:
 def test_measure_speedup_times_each_run_and_keeps_the_fastest(model, monkeypatch):
     """A fake clock: the full network costs 1 per image, routing 0.2 (0.3 on the first pass), never-exit
     routing 1.1; the measured figures must be exactly those sums, the fastest pass of each."""
-    import eelib.device
-    from eelib import dynamic
+    import eelib._util.device
+    from eelib.vision import dynamic
 
     clock = FakeClock()
-    monkeypatch.setattr(eelib.device.time, "perf_counter", clock)
+    monkeypatch.setattr(eelib._util.device.time, "perf_counter", clock)
     passes = {"dynamic": 0}
     real_route = dynamic.route
 
@@ -194,10 +194,10 @@ def test_measure_speedup_times_each_run_and_keeps_the_fastest(model, monkeypatch
 
 
 def test_latency_per_exit_times_each_exit_alone(model, monkeypatch):
-    import eelib.device
+    import eelib._util.device
 
     clock = FakeClock()
-    monkeypatch.setattr(eelib.device.time, "perf_counter", clock)
+    monkeypatch.setattr(eelib._util.device.time, "perf_counter", clock)
     real = model.forward_until
 
     def forward_until(x, k):
@@ -215,7 +215,7 @@ def test_latency_per_exit_times_each_exit_alone(model, monkeypatch):
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_images_are_refused_by_name(model, bad):
-    from eelib.dynamic import measure_speedup
+    from eelib.vision.dynamic import measure_speedup
 
     x = torch.randn(3, 1, 16, 16)
     x[1, 0, 4, 4] = bad
@@ -226,7 +226,7 @@ def test_non_finite_images_are_refused_by_name(model, bad):
 
 
 def test_folded_heads_compute_the_pooled_heads_logits():
-    from eelib.exits import ExitHead
+    from eelib.vision.exits import ExitHead
 
     torch.manual_seed(0)
     for pool, shape in [(4, (16, 28, 28)), (4, (32, 14, 14)), (4, (64, 7, 7)), (2, (8, 5, 3)), (1, (8, 4, 4))]:
@@ -254,7 +254,7 @@ def _fake_rapl(root, packages=(("intel-rapl:0", 1_000_000, 10_000_000),)):
 
 
 def test_measured_energy_from_rapl_counters_with_wraparound(tmp_path, monkeypatch):
-    from eelib import cost
+    from eelib.vision import cost
 
     _fake_rapl(tmp_path, (("intel-rapl:0", 9_000_000, 10_000_000), ("intel-rapl:1", 100, 10_000_000)))
     monkeypatch.setattr(cost, "RAPL_ROOT", tmp_path)
@@ -272,7 +272,7 @@ def test_measured_energy_from_rapl_counters_with_wraparound(tmp_path, monkeypatc
 
 
 def test_measured_energy_says_why_it_is_unavailable(tmp_path, monkeypatch):
-    from eelib import cost
+    from eelib.vision import cost
 
     monkeypatch.setattr(cost, "RAPL_ROOT", tmp_path / "none")
     with pytest.raises(cost.EnergyUnavailable, match="no RAPL counters"):

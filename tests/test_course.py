@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import eelib
-from eelib import checks, course
+from eelib.course import checks
+from eelib.course import cli as course
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("notebooks", "solutions", "exercises")
@@ -35,7 +36,7 @@ def test_committed_without_outputs_and_clean_metadata(path):
     nbformat.validate(nb)
     assert set(nb.metadata) <= {"kernelspec", "language_info"}, f"extra notebook metadata: {set(nb.metadata)}"
     allowed = {"notebooks": {"tags", "slideshow"}, "solutions": {"tags", "nbgrader"}}.get(path.parent.name, {"tags"})
-    for i, cell in enumerate(nb.cells):  # lectures: slides (eelib.slides); solutions: nbgrader's (eelib.grading)
+    for i, cell in enumerate(nb.cells):  # lectures: slides (eelib.course.slides); solutions: nbgrader's (eelib.course.grading)
         assert set(cell.get("metadata", {})) <= allowed, f"cell {i} has metadata {dict(cell.metadata)}"
         if "slideshow" in cell.metadata:
             assert set(cell.metadata.slideshow) == {"slide_type"}, f"cell {i} has slideshow {dict(cell.metadata.slideshow)}"
@@ -267,10 +268,10 @@ def test_readme_test_command_is_what_ci_runs():
 
 
 def test_course_run_writes_html_figures_and_times(tmp_path):
-    # the first figure of the kernel comes from eelib.plots (its style context must not switch the
+    # the first figure of the kernel comes from eelib.course.plots (its style context must not switch the
     # inline backend's interactive mode off: every later figure would then be missing)
     nb = _nb(("md", "# Demo", None),
-             ("code", "from eelib import plots\nplots.plot_exit_histogram([0.5, 0.5], ['a', 'b'], title='t');", None),
+             ("code", "from eelib.course import plots\nplots.plot_exit_histogram([0.5, 0.5], ['a', 'b'], title='t');", None),
              ("code", "plots.plot_exit_histogram([0.2, 0.8], ['a', 'b'], title='t');", None),
              ("code", "import matplotlib.pyplot as plt\nplt.plot([1, 2], [3, 4])\nplt.title('t')\nplt.show()", None))
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}

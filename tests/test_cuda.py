@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import eelib
-from eelib import lm as lmlib
-from eelib.exits import ExitOutputs
-from eelib.lm_exits import course_exits
-from eelib.lm_generate import early_exit_generate
-from eelib.lm_speculative import self_speculative_generate
+from eelib.lm import model as lmlib
+from eelib.outputs import ExitOutputs
+from eelib.lm.exits import course_exits
+from eelib.lm.generate import early_exit_generate
+from eelib.lm.speculative import self_speculative_generate
 from eelib.policies import ExitPolicy, apply_policy, calibrate
 from eelib.rejection import CostModel, apply_reject_policy, calibrate_reject, guaranteed_threshold, risk_coverage_curve
 

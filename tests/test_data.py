@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import eelib
-from eelib import data as data_mod
-from eelib.cache import DownloadError
+from eelib.vision import data as data_mod
+from eelib._util.cache import DownloadError
 
 from fakes import make_fake_cifar10_archive, write_fake_cifar10, write_fake_mnist_gz
 

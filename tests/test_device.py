@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import eelib
-from eelib import device as device_mod
+from eelib._util import device as device_mod
 
 
 def test_default_is_cpu_without_accelerators(monkeypatch):
@@ -58,7 +58,7 @@ def test_seed_must_be_a_non_negative_int(seed):
 
 
 def test_timed_synchronises_the_device_it_is_given(monkeypatch):
-    import eelib.device as dev
+    import eelib._util.device as dev
 
     calls = []
     monkeypatch.setattr(dev.torch.cuda, "synchronize", lambda device=None: calls.append(("sync", str(device))))
@@ -76,7 +76,7 @@ def test_timed_synchronises_the_device_it_is_given(monkeypatch):
 def test_eval_mode_restores_every_submodule_even_on_error():
     import torch
 
-    from eelib.device import eval_mode
+    from eelib._util.device import eval_mode
 
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(2))
     net.train()
@@ -98,7 +98,7 @@ def test_eval_mode_restores_every_submodule_even_on_error():
 def test_reproducible_training_pins_the_threads_and_restores_them():
     import torch
 
-    from eelib.device import TRAINING_THREADS, reproducible_training
+    from eelib._util.device import TRAINING_THREADS, reproducible_training
 
     before = torch.get_num_threads()
     with reproducible_training("cpu"):

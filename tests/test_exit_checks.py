@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eelib import checks
-from eelib.dynamic import route
+from eelib.course import checks
+from eelib.vision.dynamic import route
 from eelib.policies import ExitPolicy, entropy
 
 
@@ -78,7 +78,7 @@ def test_unfinished_exercises_pass_through():
 # --- chapter 8: self-speculative decoding --------------------------------------------------------
 
 def test_speculative_checks_accept_the_reference(capsys):
-    from eelib.lm_speculative import accepted_tokens, expected_tokens_per_round
+    from eelib.lm.speculative import accepted_tokens, expected_tokens_per_round
 
     checks.check_accepted_tokens(accepted_tokens)
     checks.check_tokens_per_round(expected_tokens_per_round)

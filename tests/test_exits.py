@@ -3,9 +3,9 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader, TensorDataset
 
-from eelib.exits import EarlyExitNet, ExitHead, exit_outputs, torchvision_early_exit
-from eelib.resnet import ResNet, ResNetConfig, resnet
-from eelib.train import ExitHistory, exit_loss, train_exits
+from eelib.vision.exits import EarlyExitNet, ExitHead, exit_outputs, torchvision_early_exit
+from eelib.vision.resnet import ResNet, ResNetConfig, resnet
+from eelib.vision.train import ExitHistory, exit_loss, train_exits
 
 
 def small(points=("stem", "layer1", "layer2.0"), **kw):
@@ -167,6 +167,6 @@ def test_importing_and_building_recipes_leaves_the_random_state_alone():
     import sys
 
     code = ("import torch; torch.manual_seed(0); a = torch.rand(1); torch.manual_seed(0); import eelib; "
-            "eelib.zoo.Recipe(eelib.ResNetConfig(8, 4), exits=eelib.ExitConfig(('layer1',))); "
+            "eelib.vision.zoo.Recipe(eelib.ResNetConfig(8, 4), exits=eelib.ExitConfig(('layer1',))); "
             "assert torch.equal(torch.rand(1), a)")
     subprocess.run([sys.executable, "-c", code], check=True)

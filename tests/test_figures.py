@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 import eelib  # noqa: E402
-from eelib import plots  # noqa: E402
+from eelib.course import plots  # noqa: E402
 
 # A label names its unit (in parentheses, or a %), or is a category axis (what the ticks are).
 UNIT = re.compile(r"\(.+\)|%|\bper\b|\b(epoch|exit|layer|kind|piece|policy|input token|rows in the call)\b")
@@ -33,7 +33,7 @@ def course_figures():
     from eelib.policies import easy_and_hard, overthinking, static_exit, tradeoff_curve
     from eelib.rejection import (CostModel, calibrate_reject, evaluate_reject_policy, oracle_risk_coverage,
                                  risk_coverage_curve)
-    from eelib.tokens import KindDifficulty
+    from eelib.lm.tokens import KindDifficulty
 
     torch.manual_seed(0)
     data = eelib.load_data()

@@ -31,7 +31,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from eelib import course, grading
+from eelib.course import cli as course
+
+from eelib.course import grading
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted(p.stem for p in (ROOT / "solutions").glob("*.ipynb"))

@@ -6,15 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from eelib import lm as lmlib
-from eelib.cache import DownloadError
+from eelib.lm import model as lmlib
+from eelib.lm import train as lmtrain
+from eelib._util.cache import DownloadError
 
-SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / lmlib.CORPUS_FILE
+SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / lmtrain.CORPUS_FILE
 # bits per character of the shipped model on the first VAL_SLICE characters of the last 10%:
 # 1.883 when it was trained (2.205 on the whole last 10%, see its model card), plus a margin
 VAL_SLICE = 10_000
 VAL_BPC_BOUND = 1.95
-TINY = lmlib.LMTrainConfig(n_layer=2, n_embd=32, n_head=2, vocab_size=300, context_length=32, batch_size=4,
+TINY = lmtrain.LMTrainConfig(n_layer=2, n_embd=32, n_head=2, vocab_size=300, context_length=32, batch_size=4,
                            steps=6, warmup_steps=2, eval_every=3, bf16=False)
 
 
@@ -46,7 +47,7 @@ def tiny_folder(tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    tokenizer = lmlib.train_tokenizer(_tiny_text(), vocab_size=300)
+    tokenizer = lmtrain.train_tokenizer(_tiny_text(), vocab_size=300)
     eot = tokenizer.convert_tokens_to_ids(lmlib.END_OF_TEXT)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=32, n_layer=2, n_head=2,
                                        bos_token_id=eot, eos_token_id=eot)).eval()
@@ -90,7 +91,7 @@ def test_tokenizer_round_trip(course, text):
 
 @pytest.mark.skipif(not SHARED_CORPUS.is_file(), reason=f"no copy of the corpus at {SHARED_CORPUS}")
 def test_validation_loss_on_a_slice_of_the_last_10_percent(course):
-    _, val = lmlib.split_corpus(SHARED_CORPUS.read_text(encoding="utf-8"))
+    _, val = lmtrain.split_corpus(SHARED_CORPUS.read_text(encoding="utf-8"))
     figures = lmlib.evaluate_text(course, val[:VAL_SLICE])
     assert figures.n_characters == VAL_SLICE and figures.n_tokens == len(lmlib.encode(course, val[:VAL_SLICE]))
     assert figures.bits_per_character < VAL_BPC_BOUND
@@ -173,7 +174,7 @@ def test_text_longer_than_the_context_slides(tiny):
 
 def test_split_is_by_characters():
     text = "".join(chr(65 + i % 26) for i in range(1001))
-    train, val = lmlib.split_corpus(text)
+    train, val = lmtrain.split_corpus(text)
     assert train == text[:900] and val == text[900:] and train + val == text
 
 
@@ -181,52 +182,52 @@ def test_corpus_with_the_wrong_sha256(tmp_path, capsys):
     fake = tmp_path / "corpus.txt"
     fake.write_text("To be, or not to be\n")
     with pytest.raises(ValueError, match="has sha256 .* not 86c4e6aa.*not the Tiny Shakespeare text"):
-        lmlib.load_corpus(fake)
+        lmtrain.load_corpus(fake)
     with pytest.raises(FileNotFoundError, match="is not a file"):
-        lmlib.load_corpus(tmp_path / "missing.txt")
-    assert lmlib.main(["train", "--corpus", str(fake), "--out", str(tmp_path / "model")]) == 2
+        lmtrain.load_corpus(tmp_path / "missing.txt")
+    assert lmtrain.main(["train", "--corpus", str(fake), "--out", str(tmp_path / "model")]) == 2
     assert "has sha256" in capsys.readouterr().err and not (tmp_path / "model").exists()
 
 
 @pytest.mark.skipif(not SHARED_CORPUS.is_file(), reason=f"no copy of the corpus at {SHARED_CORPUS}")
 def test_eval_command_offline(offline, capsys):
-    assert lmlib.main(["eval", "--corpus", str(SHARED_CORPUS), "--model", "eelib-test/no-such-model"]) == 2
+    assert lmtrain.main(["eval", "--corpus", str(SHARED_CORPUS), "--model", "eelib-test/no-such-model"]) == 2
     assert "load_lm('course')" in capsys.readouterr().err
 
 
 def test_corpus_download_offline(tmp_cache, offline):
     with pytest.raises(DownloadError, match="could not download .*--corpus PATH"):
-        lmlib.load_corpus(timeout=2)
+        lmtrain.load_corpus(timeout=2)
     assert not any(p.is_file() for p in tmp_cache.rglob("*"))
 
 
 @pytest.mark.skipif(not SHARED_CORPUS.is_file(), reason=f"no copy of the corpus at {SHARED_CORPUS}")
 def test_corpus_from_a_path():
-    text = lmlib.load_corpus(SHARED_CORPUS)
+    text = lmtrain.load_corpus(SHARED_CORPUS)
     assert len(text) == 1_115_394 and text.startswith("First Citizen:")
 
 
 def test_config_errors():
     with pytest.raises(ValueError, match="n_embd=30 must be a multiple of n_head=4"):
-        lmlib.LMTrainConfig(n_embd=30, n_head=4)
+        lmtrain.LMTrainConfig(n_embd=30, n_head=4)
     with pytest.raises(ValueError, match="n_layer must be a positive integer, got 0"):
-        lmlib.LMTrainConfig(n_layer=0)
+        lmtrain.LMTrainConfig(n_layer=0)
     with pytest.raises(ValueError, match="vocab_size must be at least 257"):
-        lmlib.LMTrainConfig(vocab_size=100)
+        lmtrain.LMTrainConfig(vocab_size=100)
     with pytest.raises(ValueError, match="dropout must be in"):
-        lmlib.LMTrainConfig(dropout=1.0)
+        lmtrain.LMTrainConfig(dropout=1.0)
     with pytest.raises(ValueError, match="max_minutes must be positive or None"):
-        lmlib.LMTrainConfig(max_minutes=0)
+        lmtrain.LMTrainConfig(max_minutes=0)
 
 
 def test_training_end_to_end(tmp_path):
     lines = []
     text = _tiny_text(6000)
     out = tmp_path / "model"
-    result = lmlib.train_course_model(text, out, config=TINY, device="cpu", progress=False, log=lines.append)
+    result = lmtrain.train_course_model(text, out, config=TINY, device="cpu", progress=False, log=lines.append)
     assert result.path == out and [s for s, _ in result.val_losses] == [3, 6] and result.n_parameters > 0
     assert math.isfinite(result.validation.bits_per_character)
-    assert result.validation.n_characters == len(lmlib.split_corpus(text)[1])
+    assert result.validation.n_characters == len(lmtrain.split_corpus(text)[1])
     assert any("validation" in line for line in lines)
     assert result.folder_bytes == sum(f.stat().st_size for f in out.iterdir())
     card = (out / "README.md").read_text()
@@ -234,22 +235,22 @@ def test_training_end_to_end(tmp_path):
     assert f"{result.validation.bits_per_character:.4f} bits per character" in card and "## Sample" in card
     loaded = lmlib.load_lm(out, device="cpu")
     assert loaded.n_layers == 2 and loaded.context_length == 32 and len(loaded.tokenizer) <= 300
-    assert lmlib.evaluate_text(loaded, lmlib.split_corpus(text)[1]) == result.validation
+    assert lmlib.evaluate_text(loaded, lmtrain.split_corpus(text)[1]) == result.validation
     with pytest.raises(ValueError, match="text has 100 characters; training needs at least 640"):
-        lmlib.train_course_model("x" * 100, tmp_path / "other", config=TINY, device="cpu", progress=False)
+        lmtrain.train_course_model("x" * 100, tmp_path / "other", config=TINY, device="cpu", progress=False)
 
 
 def test_training_for_early_exit(tmp_path):
     import dataclasses
     import json
 
-    from eelib.lm_exits import load_exit_heads
+    from eelib.lm.exits import load_exit_heads
 
     text = _tiny_text(6000)
     config = dataclasses.replace(TINY, early_exit=True, exit_positions=0.5)
     out = tmp_path / "ee"
     lines = []
-    result = lmlib.train_course_model(text, out, config=config, device="cpu", progress=False, log=lines.append)
+    result = lmtrain.train_course_model(text, out, config=config, device="cpu", progress=False, log=lines.append)
     assert any("exit losses by layer" in line for line in lines)
     summary = json.loads((out / "exit_heads" / "training.json").read_text())
     assert len(summary["agreement_by_layer"]) == 1 and summary["weights"] == [0.8]  # 2 layers: one early exit
@@ -261,11 +262,11 @@ def test_training_for_early_exit(tmp_path):
     assert "## Trained for early exit" in card and f"{summary['agreement_by_layer'][0]:.1%}" in card
     assert result.folder_bytes == sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     # continuing from a model keeps its tokenizer and needs the same shape
-    again = lmlib.train_course_model(text, tmp_path / "again", config=dataclasses.replace(config, init=str(out)),
+    again = lmtrain.train_course_model(text, tmp_path / "again", config=dataclasses.replace(config, init=str(out)),
                                      device="cpu", progress=False)
     assert (again.path / "tokenizer.json").read_text() == (out / "tokenizer.json").read_text()
     with pytest.raises(ValueError, match="init="):
-        lmlib.train_course_model(text, tmp_path / "bad", config=dataclasses.replace(config, init=str(out), n_embd=48),
+        lmtrain.train_course_model(text, tmp_path / "bad", config=dataclasses.replace(config, init=str(out), n_embd=48),
                                  device="cpu", progress=False)
     with pytest.raises(ValueError, match="exit_weights"):
         dataclasses.replace(config, exit_weights=(0.5, 0.5))
@@ -274,7 +275,7 @@ def test_training_for_early_exit(tmp_path):
 def test_course_ee_is_shipped_and_trained_for_early_exit():
     import json
 
-    from eelib.lm_exits import HEADS_FOLDER, course_exits
+    from eelib.lm.exits import HEADS_FOLDER, course_exits
 
     folder = lmlib.course_model_path(lmlib.COURSE_EE_MODEL)
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
@@ -340,12 +341,12 @@ def test_train_writes_to_the_cache_by_default_never_into_the_package(tmp_cache, 
         written.append(Path(out))
         raise SystemExit(0)
 
-    monkeypatch.setattr(lmlib, "train_course_model", fake_train)
-    monkeypatch.setattr(lmlib, "load_corpus", lambda path: "text")
+    monkeypatch.setattr(lmtrain, "train_course_model", fake_train)
+    monkeypatch.setattr(lmtrain, "load_corpus", lambda path: "text")
     for argv, expected in [(["train"], tmp_cache / "models" / lmlib.COURSE_MODEL),
                            (["train", "--early-exit"], tmp_cache / "models" / lmlib.COURSE_EE_MODEL),
                            (["train", "--into-package"], lmlib.course_model_path(lmlib.COURSE_MODEL))]:
         with pytest.raises(SystemExit):
-            lmlib.main(argv)
+            lmtrain.main(argv)
         assert written[-1] == expected
     assert not str(written[0]).startswith(str(lmlib.course_model_path(lmlib.COURSE_MODEL).parent))

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from eelib import lm as lmlib
-from eelib.lm_confidence import (StateGate, calibrate_gate, saturation, state_scores, train_exit_classifiers)
-from eelib.lm_exits import course_exits, heldout_text
-from eelib.lm_generate import early_exit_generate, teacher_forced_eval
-from eelib.lm_speculative import calibration_prompts
+from eelib.lm import model as lmlib
+from eelib.lm.confidence import (StateGate, calibrate_gate, saturation, state_scores, train_exit_classifiers)
+from eelib.lm.exits import course_exits, heldout_text
+from eelib.lm.generate import early_exit_generate, teacher_forced_eval
+from eelib.lm.speculative import calibration_prompts
 from eelib.policies import ExitPolicy
 
 

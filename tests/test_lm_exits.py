@@ -6,11 +6,12 @@ import random
 import pytest
 import torch
 
-from eelib import lm as lmlib
-from eelib.lm_exits import (EarlyExitLM, ExitAdapter, course_exits, heldout_text, load_exit_heads, new_adapters,
+from eelib.lm import model as lmlib
+from eelib.lm import train as lmtrain
+from eelib.lm.exits import (EarlyExitLM, ExitAdapter, course_exits, heldout_text, load_exit_heads, new_adapters,
                             oracle_layers, perplexity, token_exit_outputs, train_exit_heads)
-from eelib.lm_generate import Decoder, early_exit_generate, token_exit_costs
-from eelib.exits import ExitOutputs
+from eelib.lm.generate import Decoder, early_exit_generate, token_exit_costs
+from eelib.outputs import ExitOutputs
 from eelib.policies import ExitPolicy, apply_policy, calibrate, evaluate_policy
 
 PROMPTS = ("ROMEO:", "First Citizen:\nWe are accounted poor", "KING RICHARD III:\nNow is the winter")
@@ -34,7 +35,7 @@ def tiny(request, tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    tokenizer = lmlib.train_tokenizer(_tiny_text(), vocab_size=300)
+    tokenizer = lmtrain.train_tokenizer(_tiny_text(), vocab_size=300)
     eot = tokenizer.convert_tokens_to_ids(lmlib.END_OF_TEXT)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=32, n_layer=4, n_head=2,
                                        bos_token_id=eot, eos_token_id=eot,
@@ -321,7 +322,7 @@ def test_copy_up_changes_later_tokens_lazy_does_not(course):
 
 
 def test_threshold_for_agreement_by_hand():
-    from eelib.lm_exits import threshold_for_agreement
+    from eelib.lm.exits import threshold_for_agreement
 
     scores = torch.tensor([0.9, 0.8, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
     agrees = torch.tensor([1, 1, 0, 1, 0, 1, 1, 0, 0, 1], dtype=torch.bool)
@@ -337,7 +338,7 @@ def test_threshold_for_agreement_by_hand():
 
 
 def test_measured_generation_speed(course):
-    from eelib.lm_generate import measure_generation_speed
+    from eelib.lm.generate import measure_generation_speed
 
     ee = course_exits(course, (2, 4))
     prompts = [lmlib.encode(course, "ROMEO:"), "KING RICHARD III:\n"]
@@ -352,9 +353,9 @@ def test_measured_generation_speed(course):
 def test_retrain_heads_command(tmp_path):
     from pathlib import Path
 
-    from eelib import lm_exits
+    from eelib.lm import exits as lm_exits
 
-    corpus = Path(__file__).resolve().parents[2] / "shared" / "data" / lmlib.CORPUS_FILE
+    corpus = Path(__file__).resolve().parents[2] / "shared" / "data" / lmtrain.CORPUS_FILE
     if not corpus.is_file():
         pytest.skip("needs ../shared/data/tinyshakespeare.txt")
     assert lm_exits.main(["train", "--corpus", str(corpus), "--steps", "2", "--batch-size", "1",
@@ -366,7 +367,7 @@ def test_retrain_heads_command(tmp_path):
 
 
 def test_teacher_forced_eval(course):
-    from eelib.lm_generate import teacher_forced_eval
+    from eelib.lm.generate import teacher_forced_eval
 
     ee = course_exits(course, (2, 4))
     prompts = [lmlib.encode(course, "ROMEO:"), "KING RICHARD III:\n"]
@@ -410,11 +411,11 @@ def test_oracle_layers_with_a_final_exit_that_disagrees_with_the_labels():
 
 def test_generation_speed_is_the_fastest_run_of_each_loop_summed_over_prompts(course, monkeypatch):
     """A fake clock: each loop costs a known time per token; the measured seconds must be exactly those."""
-    import eelib.device
-    from eelib import lm_generate
+    import eelib._util.device
+    from eelib.lm import generate as lm_generate
 
     now = [0.0]
-    monkeypatch.setattr(eelib.device.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(eelib._util.device.time, "perf_counter", lambda: now[0])
     real = lm_generate.early_exit_generate
 
     def fake_generate(ee, ids, policy, *, max_new_tokens, **kwargs):

@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
-from eelib import lm as lmlib
-from eelib.lm_exits import EarlyExitLM, course_exits, heldout_text, new_adapters
-from eelib.lm_generate import Decoder, early_exit_generate
-from eelib.lm_speculative import (calibrate_speculative, calibration_prompts, frequent_tokens, resolve_settings,
+from eelib.lm import model as lmlib
+from eelib.lm import train as lmtrain
+from eelib.lm.exits import EarlyExitLM, course_exits, heldout_text, new_adapters
+from eelib.lm.generate import Decoder, early_exit_generate
+from eelib.lm.speculative import (calibrate_speculative, calibration_prompts, frequent_tokens, resolve_settings,
                                   self_speculative_generate, shipped_settings)
 
 from test_lm_exits import _tiny_text
@@ -30,7 +31,7 @@ def _tiny(seed: int, inverse: bool, folder):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    tokenizer = lmlib.train_tokenizer(_tiny_text(seed=seed), vocab_size=300)
+    tokenizer = lmtrain.train_tokenizer(_tiny_text(seed=seed), vocab_size=300)
     eot = tokenizer.convert_tokens_to_ids(lmlib.END_OF_TEXT)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=40, n_embd=32, n_layer=5, n_head=2,
                                        bos_token_id=eot, eos_token_id=eot, scale_attn_by_inverse_layer_idx=inverse))
@@ -218,7 +219,7 @@ def test_reorder_and_upcast_attn_is_honoured(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(4)
-    tokenizer = lmlib.train_tokenizer(_tiny_text(seed=4), vocab_size=300)
+    tokenizer = lmtrain.train_tokenizer(_tiny_text(seed=4), vocab_size=300)
     eot = tokenizer.convert_tokens_to_ids(lmlib.END_OF_TEXT)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=40, n_embd=32, n_layer=4, n_head=2,
                                        bos_token_id=eot, eos_token_id=eot, reorder_and_upcast_attn=True,

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import eelib
-from eelib import plots
-from eelib.train import EpochRecord, History
+from eelib.course import plots
+from eelib.vision.train import EpochRecord, History
 
 
 def _labelled(fig):
@@ -51,8 +51,9 @@ def test_bad_input():
 
 
 def test_early_exit_figures_are_labelled():
-    from eelib.cost import exit_costs
-    from eelib.exits import EarlyExitNet, ExitOutputs
+    from eelib.vision.cost import exit_costs
+    from eelib.outputs import ExitOutputs
+    from eelib.vision.exits import EarlyExitNet
     from eelib.policies import ExitPolicy, apply_policy, evaluate_oracle, static_exit, tradeoff_curve
 
     torch.manual_seed(0)

@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from eelib.exits import ExitOutputs
+from eelib.outputs import ExitOutputs
 from eelib.policies import (ExitPolicy, apply_policy, calibrate, confidence, easy_and_hard, entropy, evaluate_oracle,
                             evaluate_policy, margin, max_prob, oracle_exits, overthinking, patience, static_exit,
                             tradeoff_curve)
-from eelib.widgets import policy_summary, threshold_widget
+from eelib.course.widgets import policy_summary, threshold_widget
 
 
 def test_measures_on_hand_made_cases():

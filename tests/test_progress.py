@@ -3,7 +3,7 @@
 import pytest
 from tqdm.std import tqdm as text_bar
 
-from eelib.progress import tqdm
+from eelib._util.progress import tqdm
 
 
 def test_text_bars_for_handouts_and_none_when_off(monkeypatch):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from eelib.quiz import QUIZZES, Question
+from eelib.course.quiz import QUIZZES, Question
 
 
 def test_every_chapter_has_two_or_three_questions():

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from eelib import checks
-from eelib.exits import ExitOutputs
+from eelib.course import checks
+from eelib.outputs import ExitOutputs
 from eelib.rejection import (CONTINUE, EXIT, REJECT, CostModel, RejectPolicy, apply_reject_policy, binomial_tail,
                              binomial_upper_bound, calibrate_reject, decide, evaluate_reject_policy,
                              evaluate_selective, guaranteed_threshold, oracle_risk_coverage, risk_coverage_curve)
@@ -376,7 +376,7 @@ def test_rejection_figures_are_labelled():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from eelib import plots
+    from eelib.course import plots
 
     out = _outputs()
     scores = torch.softmax(out.logits, -1).amax(-1)

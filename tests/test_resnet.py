@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import eelib
-from eelib.resnet import BasicBlock, ResNet, ResNetConfig
+from eelib.vision.resnet import BasicBlock, ResNet, ResNetConfig
 
 
 @pytest.mark.parametrize("depth, in_channels, size", [(8, 1, 28), (20, 3, 32), (14, 1, 12)])

@@ -5,8 +5,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from eelib import course, slides
-from eelib.slides import SLIDE_LINES, is_display_cell, slides_of
+from eelib.course import cli as course
+
+from eelib.course import slides
+from eelib.course.slides import SLIDE_LINES, is_display_cell, slides_of
 
 ROOT = Path(__file__).resolve().parent.parent
 LECTURES = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -80,7 +82,7 @@ def test_annotation_rules():
     assert nbformat.writes(slides.annotate(once)) == nbformat.writes(once)
     assert "slideshow" not in nb.cells[0].metadata  # the input is not changed
     assert [is_display_cell(nbformat.v4.new_code_cell(s)) for s in
-            ("plt.plot(x)", "threshold_widget(val)", "display(q.widget())", "from eelib import widgets", "x.plot")] == \
+            ("plt.plot(x)", "threshold_widget(val)", "display(q.widget())", "from eelib.course import widgets", "x.plot")] == \
            [True, True, True, False, False]
 
 

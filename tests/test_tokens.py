@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import eelib
-from eelib import checks, plots
-from eelib.lm_exits import course_exits, heldout_text, oracle_layers, threshold_for_agreement, token_exit_outputs
-from eelib.lm_generate import token_exit_costs
-from eelib.tokens import TOKEN_KINDS, difficulty_by_kind, token_html, token_kind, token_kinds, token_strings
+from eelib.course import checks, plots
+from eelib.lm.exits import course_exits, heldout_text, oracle_layers, threshold_for_agreement, token_exit_outputs
+from eelib.lm.generate import token_exit_costs
+from eelib.lm.tokens import TOKEN_KINDS, difficulty_by_kind, token_html, token_kind, token_kinds, token_strings
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_token_kinds(token, previous, kind):
 
 
 def test_token_kinds_of_a_text(course):
-    ids = eelib.lm.encode(course, "ROMEO:\nI love thee, Lucentio.")
+    ids = eelib.lm.model.encode(course, "ROMEO:\nI love thee, Lucentio.")
     strings = token_strings(course, ids)
     kinds = token_kinds(course, ids)
     assert "".join(strings) == "ROMEO:\nI love thee, Lucentio."
@@ -66,7 +66,7 @@ def test_token_html():
 def test_layer_colours_are_ordered_by_lightness_and_text_contrasts():
     import matplotlib
 
-    from eelib.tokens import layer_colours, text_colour
+    from eelib.lm.tokens import layer_colours, text_colour
 
     colours = layer_colours(8)
     grey = [0.299 * r + 0.587 * g + 0.114 * b for r, g, b in map(matplotlib.colors.to_rgb, colours)]
@@ -101,7 +101,7 @@ def test_language_model_figures_are_labelled(course):
 
 
 def test_generation_summary(course):
-    from eelib.widgets import generation_summary
+    from eelib.course.widgets import generation_summary
 
     ee = course_exits(course, (2, 4))
     calibration = token_exit_outputs(ee, heldout_text("calibration"), max_tokens=600).outputs
@@ -123,7 +123,7 @@ def ref_layer_predictions(model, hs):
 
 
 def ref_oracle_exit(preds, final):
-    from eelib.exits import ExitOutputs
+    from eelib.outputs import ExitOutputs
 
     return oracle_layers(ExitOutputs(torch.nn.functional.one_hot(preds, int(preds.max()) + 1).float(), final,
                                      tuple(str(i) for i in range(len(preds)))))

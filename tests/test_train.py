@@ -3,7 +3,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import eelib
-from eelib.train import History
+from eelib.vision.train import History
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import eelib
-from eelib import zoo
-from eelib.resnet import ResNetConfig
+from eelib.vision import zoo
+from eelib.vision.resnet import ResNetConfig
 
 TINY = zoo.Recipe(ResNetConfig(depth=8, width=4), epochs=1, batch_size=256)
 
@@ -112,7 +112,7 @@ def test_unwritable_model_cache(tmp_path, monkeypatch):
 
 
 def test_prepare_models_trains_then_finds(tmp_cache, monkeypatch, capsys):
-    from eelib import course
+    from eelib.course import cli as course
 
     monkeypatch.setattr(zoo, "RECIPES", {"tiny": TINY})
     monkeypatch.setattr(zoo, "MANIFEST", tmp_cache / "no-manifest.json")  # nothing shipped
@@ -123,12 +123,12 @@ def test_prepare_models_trains_then_finds(tmp_cache, monkeypatch, capsys):
 
 
 TINY_EXITS = zoo.Recipe(ResNetConfig(depth=8, width=4), epochs=1, batch_size=256,
-                        exits=eelib.exits.ExitConfig(points=("stem", "layer1"), pool_size=2))
+                        exits=eelib.vision.exits.ExitConfig(points=("stem", "layer1"), pool_size=2))
 
 
 def test_an_early_exit_recipe_trains_and_caches(tmp_cache):
-    from eelib.exits import EarlyExitNet
-    from eelib.train import ExitHistory
+    from eelib.vision.exits import EarlyExitNet
+    from eelib.vision.train import ExitHistory
 
     first = eelib.load_trained(TINY_EXITS, progress=False, device="cpu")
     assert isinstance(first.model, EarlyExitNet) and first.model.exit_names == ("stem", "layer1", "final")
@@ -141,7 +141,7 @@ def test_an_early_exit_recipe_trains_and_caches(tmp_cache):
 
 def test_bad_exit_recipes():
     with pytest.raises(ValueError, match="unknown attach points"):
-        zoo.Recipe(ResNetConfig(depth=8, width=4), exits=eelib.exits.ExitConfig(points=("layer9",)))
+        zoo.Recipe(ResNetConfig(depth=8, width=4), exits=eelib.vision.exits.ExitConfig(points=("layer9",)))
     with pytest.raises(ValueError, match="exit_mode='all'"):
         zoo.Recipe(ResNetConfig(depth=8, width=4), exit_mode="all")
 
@@ -167,7 +167,7 @@ def test_every_course_model_is_shipped_and_loads_without_training(tmp_cache, mon
 
 
 def test_a_shipped_model_reports_its_recorded_test_accuracy():
-    from eelib.data import load_data
+    from eelib.vision.data import load_data
 
     run = eelib.load_trained("resnet20", device="cpu")
     loaders = load_data(run.recipe.data).loaders(256)
@@ -220,9 +220,9 @@ def test_retrain_ignores_the_shipped_model(tmp_cache, monkeypatch):
 _TRAIN_IN_A_PROCESS = """
 import sys, torch
 torch.set_num_threads(int(sys.argv[1]))
-from eelib import zoo
-from eelib.exits import ExitConfig
-from eelib.resnet import ResNetConfig
+from eelib.vision import zoo
+from eelib.vision.exits import ExitConfig
+from eelib.vision.resnet import ResNetConfig
 recipe = zoo.Recipe(ResNetConfig(depth=8, width=4), epochs=1, batch_size=128,
                     exits=ExitConfig(points=("layer1",), pool_size=2))
 model, history, accuracy = zoo.train_recipe(recipe, device="cpu", progress=False)

@@ -1,7 +1,7 @@
 """Figures for the course (matplotlib): every one has a title, labelled axes and units.
 
 Each function draws a new figure (``draw_residual_block`` can also draw into a given ``ax``) and
-returns it, so a notebook shows it and ``eelib.course run`` saves it.
+returns it, so a notebook shows it and ``eelib.course.cli run`` saves it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from matplotlib.ticker import MaxNLocator
 
-from .train import History
+from eelib.vision.train import History
 
 # Okabe & Ito's qualitative palette: its colours stay distinct with deuteranopia and protanopia
 # (red-green colour blindness) and in greyscale print; sequential scales use viridis / cividis.
@@ -30,13 +30,13 @@ RIGHT, WRONG = BLUE, VERMILLION  # right and wrong predictions: never green agai
 if TYPE_CHECKING:
     import torch
 
-    from .cost import ExitCosts
-    from .data import DataSplits
-    from .exits import ExitOutputs
-    from .lm_generate import TokenCosts
-    from .policies import PolicyEval
-    from .tokens import KindDifficulty
-    from .rejection import RejectEval, RejectPolicy, RiskCoverage
+    from eelib.vision.cost import ExitCosts
+    from eelib.vision.data import DataSplits
+    from eelib.outputs import ExitOutputs
+    from eelib.lm.generate import TokenCosts
+    from eelib.policies import PolicyEval
+    from eelib.lm.tokens import KindDifficulty
+    from eelib.rejection import RejectEval, RejectPolicy, RiskCoverage
 
 
 def _styled(fn):
@@ -93,7 +93,7 @@ def plot_gradient_norms(norms: Mapping[str, Mapping[str, float]], *, relative_de
     """Gradient norm of each layer's weights (log scale), layers in forward order, one line per model.
 
     Args:
-        norms: ``{label: {layer: norm}}``, e.g. from :func:`eelib.train.gradient_norms`.
+        norms: ``{label: {layer: norm}}``, e.g. from :func:`eelib.vision.train.gradient_norms`.
         relative_depth: put layer ``i`` of ``n`` at ``i / n`` (0 = input, 1 = output), so that
             networks of different depths share the axis; else at ``i``.
     """
@@ -145,7 +145,7 @@ def draw_residual_block(ax: Axes | None = None) -> Figure:
 @_styled
 def plot_image_grid(data: "DataSplits", split: str = "test", *, n: int = 16, indices: Sequence[int] | None = None,
                     title: str | None = None) -> Figure:
-    """A grid of images from a :class:`eelib.data.DataSplits` split, each titled with its label."""
+    """A grid of images from a :class:`eelib.vision.data.DataSplits` split, each titled with its label."""
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
     dataset = getattr(data, split)
@@ -230,14 +230,14 @@ def plot_exit_architecture(model, costs: "ExitCosts | None" = None, *,
                            title: str = "An early-exit ResNet: the backbone and its exit branches") -> Figure:
     """The talk's figure 3, drawn from the model itself: the backbone's blocks left to right (one
     colour per stage, output channels in each box), an exit branch below each attach point with
-    its head, and, given ``costs`` (:func:`eelib.cost.exit_costs`), the cost of leaving there as a
+    its head, and, given ``costs`` (:func:`eelib.vision.cost.exit_costs`), the cost of leaving there as a
     share of the network without exits.
 
     Args:
-        model: an :class:`eelib.exits.EarlyExitNet` on eelib's ResNet or torchvision's.
+        model: an :class:`eelib.vision.exits.EarlyExitNet` on eelib's ResNet or torchvision's.
         costs: the model's exit costs (optional: without them the branches carry no cost).
     """
-    from .exits import EarlyExitNet, backbone_units
+    from eelib.vision.exits import EarlyExitNet, backbone_units
 
     if not isinstance(model, EarlyExitNet):
         raise ValueError(f"model must be an EarlyExitNet, got {type(model).__name__}")
@@ -290,16 +290,16 @@ def plot_energy(costs: "ExitCosts", policies: Mapping[str, "PolicyEval"] | None 
                 title: str = "Estimated energy per image") -> Figure:
     """Estimated energy per image (µJ) of leaving at each exit (left) and of each policy (right).
 
-    The estimate is arithmetic only (:func:`eelib.cost.energy_estimate`: FLOPs x joules per FLOP,
+    The estimate is arithmetic only (:func:`eelib.vision.cost.energy_estimate`: FLOPs x joules per FLOP,
     the assumption written on the figure); ``measured`` (``{label: joules per image}``, e.g. from
-    :func:`eelib.cost.measure_energy` where the machine has a power counter) is drawn beside it.
+    :func:`eelib.vision.cost.measure_energy` where the machine has a power counter) is drawn beside it.
 
     Args:
-        costs: the exits' costs (:func:`eelib.cost.exit_costs`).
+        costs: the exits' costs (:func:`eelib.vision.cost.exit_costs`).
         policies: ``{label: PolicyEval}`` (e.g. calibrated policies, the oracle), by their average FLOPs.
-        joules_per_flop: the assumption (default: ``eelib.cost.JOULES_PER_FLOP``).
+        joules_per_flop: the assumption (default: ``eelib.vision.cost.JOULES_PER_FLOP``).
     """
-    from .cost import JOULES_PER_FLOP, energy_estimate
+    from eelib.vision.cost import JOULES_PER_FLOP, energy_estimate
 
     jpf = JOULES_PER_FLOP if joules_per_flop is None else joules_per_flop
     per_exit = [1e6 * energy_estimate(f, joules_per_flop=jpf) for f in costs.flops]
@@ -529,7 +529,7 @@ def plot_latency(costs: "ExitCosts", seconds: Sequence[float] | Sequence[Sequenc
 def plot_confidence(outputs: "ExitOutputs", k: int = 0, *, measure: str = "max_prob",
                     threshold: float | None = None, title: str | None = None) -> Figure:
     """Histogram of a confidence measure at exit ``k``, for the images it gets right and wrong."""
-    from .policies import confidence, get_measure
+    from eelib.policies import confidence, get_measure
 
     if not 0 <= k < outputs.num_exits:
         raise ValueError(f"exit {k!r} does not exist: there are {outputs.num_exits} exits (0..{outputs.num_exits - 1})")
@@ -599,8 +599,8 @@ def plot_reject_regions(policy: "RejectPolicy", outputs: "ExitOutputs", *, n: in
     for a score there (exit with the prediction, continue, reject). Dots: ``n`` samples of
     ``outputs`` at the exits they reach, green if the exit is right, red if wrong (jittered).
     """
-    from .policies import confidence, get_measure
-    from .rejection import _route
+    from eelib.policies import confidence, get_measure
+    from eelib.rejection import _route
 
     if outputs.num_exits != policy.num_exits:
         raise ValueError(f"the policy has {policy.num_exits} exits but outputs has {outputs.num_exits}")
@@ -777,7 +777,7 @@ def plot_agreement_per_layer(agreement: Mapping[str, Sequence[float]], layers: S
 @_styled
 def plot_token_costs(costs: "TokenCosts", *, title: str = "What a token costs, by where it leaves") -> Figure:
     """Left: the FLOPs of one layer, one exit head and one copied-up key/value; right: each exit's cost
-    per token as a share (%) of the model without exits (:func:`eelib.lm_generate.token_exit_costs`)."""
+    per token as a share (%) of the model without exits (:func:`eelib.lm.generate.token_exit_costs`)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
     parts = {"one layer": costs.layer_flops, "one exit head": costs.head_flops,
              "keys+values of\na skipped layer": costs.kv_flops}
@@ -801,7 +801,7 @@ def plot_token_costs(costs: "TokenCosts", *, title: str = "What a token costs, b
 @_styled
 def plot_difficulty_by_kind(rows: Sequence["KindDifficulty"], n_layers: int, *,
                             title: str = "Which tokens are easy?") -> Figure:
-    """Bars: mean exit layer per kind of token (:func:`eelib.tokens.difficulty_by_kind`), with the token counts."""
+    """Bars: mean exit layer per kind of token (:func:`eelib.lm.tokens.difficulty_by_kind`), with the token counts."""
     if not rows:
         raise ValueError("rows is empty: no kinds of token to show")
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
@@ -820,7 +820,7 @@ def plot_difficulty_by_kind(rows: Sequence["KindDifficulty"], n_layers: int, *,
 def plot_block_time(rows: Sequence[int], seconds: Sequence[Sequence[float]], *,
                     title: str = "One block call, by the number of rows (tokens) it processes") -> Figure:
     """Median time (µs) of one transformer block call against its rows, with the spread of the repeats
-    (:func:`eelib.lm_speculative.measure_block_time`); a dashed line: what ``rows`` separate calls would cost."""
+    (:func:`eelib.lm.speculative.measure_block_time`); a dashed line: what ``rows`` separate calls would cost."""
     if len(rows) != len(seconds) or not rows:
         raise ValueError(f"rows has {len(rows)} values and seconds {len(seconds)}: give one list of times per row count")
     us = [1e6 * np.asarray(s, dtype=float) for s in seconds]

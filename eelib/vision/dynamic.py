@@ -1,6 +1,6 @@
 """Dynamic inference: samples that leave at an early exit are not processed by the later blocks.
 
-:func:`dynamic_inference` runs a batch through an :class:`~eelib.exits.EarlyExitNet` segment
+:func:`dynamic_inference` runs a batch through an :class:`~eelib.vision.exits.EarlyExitNet` segment
 by segment. After each early exit it evaluates the policy on the samples still in the batch;
 those that pass leave (their prediction and exit are recorded) and are **removed from the
 batch**, so the next segment runs on fewer samples — per-sample routing, not "compute every
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .validation import check_finite
-from .cost import exit_costs
-from .device import eval_mode, timed
-from .exits import EarlyExitNet
-from .policies import ExitPolicy, get_measure
+from eelib._util.validation import check_finite
+from eelib.vision.cost import exit_costs
+from eelib._util.device import eval_mode, timed
+from eelib.vision.exits import EarlyExitNet
+from eelib.policies import ExitPolicy, get_measure
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def dynamic_inference(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) 
 
     Returns:
         A :class:`DynamicResult`. ``flops`` is the sum over samples of the cost of the exit each
-        took (:func:`eelib.cost.exit_costs`), which equals what ``FlopCounterMode`` counts
+        took (:func:`eelib.vision.cost.exit_costs`), which equals what ``FlopCounterMode`` counts
         while the routing runs (tested).
     """
     model.check_input(x)
@@ -143,7 +143,7 @@ def measure_speedup(model: EarlyExitNet, images: torch.Tensor, policy: ExitPolic
                     repeats: int = 3) -> Speedup:
     """Time the full network and dynamic inference over ``images`` in batches of ``batch_size``.
 
-    Both run in inference mode on ``images``' device (timed by :func:`eelib.device.timed`, which
+    Both run in inference mode on ``images``' device (timed by :func:`eelib._util.device.timed`, which
     synchronises that device), over the same
     batches; each is timed ``repeats`` times (interleaved) after a warm-up and the fastest pass counts
     (the least disturbed by other work on the machine). The ideal speedup comes from the FLOPs

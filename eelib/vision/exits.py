@@ -1,25 +1,25 @@
 """Early exits: auxiliary classifiers (exit heads) attached to a ResNet from the outside.
 
-An :class:`EarlyExitNet` wraps a backbone — eelib's CIFAR-style :class:`~eelib.resnet.ResNet`
+An :class:`EarlyExitNet` wraps a backbone — eelib's CIFAR-style :class:`~eelib.vision.resnet.ResNet`
 or torchvision's ResNet-18/34/50/... — and attaches an :class:`ExitHead` after some of its
 blocks or stages (Teerapittayanon et al., 2016, "BranchyNet"; Kaya et al., 2019, "Shallow-Deep
 Networks"). The backbone is not changed: its modules keep their names, so its own state dict
 (torchvision's pretrained weights included) loads as it is, and its own classifier is the last
 exit. ``forward`` returns the logits of every exit, first to last.
 
-For routing (:mod:`eelib.dynamic`) and for counting the cost of each exit (:mod:`eelib.cost`),
+For routing (:mod:`eelib.vision.dynamic`) and for counting the cost of each exit (:mod:`eelib.vision.cost`),
 the backbone is seen as a list of *units* run one after the other — the stem, then every block —
 followed by its classifier; ``model.segment(k)`` runs the units between exit ``k - 1`` and
 exit ``k``.
 
 Attach points: ``stem``, a stage (``layer1`` = after its last block) or a block (``layer2.3``),
-as in :attr:`eelib.resnet.ResNet.attach_points`; torchvision's ResNets have ``layer1..layer4``.
+as in :attr:`eelib.vision.resnet.ResNet.attach_points`; torchvision's ResNets have ``layer1..layer4``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .device import get_device
-from .resnet import ResNet
+from eelib._util.device import get_device
+from eelib.outputs import ExitOutputs
+from eelib.vision.resnet import ResNet
 
 
 class ExitHead(nn.Module):
@@ -83,7 +84,7 @@ class ExitHead(nn.Module):
         reads every feature once per class), but one pass over the feature map instead of
         adaptive pooling's slow windows: measured on the course network (1 CPU thread), a head
         at batch 256 is 5-18x faster, at batch 1 about 2.5x. ``FlopCounterMode`` counts what runs,
-        so :func:`eelib.cost.exit_costs` reports the folded heads' FLOPs. The result is the same up
+        so :func:`eelib.vision.cost.exit_costs` reports the folded heads' FLOPs. The result is the same up
         to float rounding; training and eval with gradients use the pooling. Built once per shape,
         device and dtype, rebuilt whenever the weights change; None (pooling used) when the folded
         weight would be large (``FOLD_MAX_ELEMENTS``) or the classes many (``FOLD_MAX_CLASSES``).
@@ -160,7 +161,7 @@ def backbone_units(backbone: nn.Module) -> tuple[list[tuple[str, nn.Module]], di
     elif _is_torchvision_resnet(backbone):
         stem, stages = _TorchvisionStem(backbone), ("layer1", "layer2", "layer3", "layer4")
     else:
-        raise TypeError(f"backbone must be an eelib.resnet.ResNet or a torchvision ResNet, got {type(backbone).__name__}")
+        raise TypeError(f"backbone must be an eelib.vision.resnet.ResNet or a torchvision ResNet, got {type(backbone).__name__}")
     units: list[tuple[str, nn.Module]] = [("stem", stem)]
     channels = {"stem": _stem_channels(backbone)}
     stage_end = {}
@@ -183,7 +184,7 @@ class EarlyExitNet(nn.Module):
     """A backbone with exit heads attached after some of its blocks or stages.
 
     Args:
-        backbone: an eelib :class:`~eelib.resnet.ResNet` or a torchvision ResNet; stored as
+        backbone: an eelib :class:`~eelib.vision.resnet.ResNet` or a torchvision ResNet; stored as
             ``self.backbone`` unchanged.
         points: attach points of the early exits (any order; they are sorted into forward
             order): ``stem``, ``layer1``, ``layer2.3``, ... The backbone's own classifier is
@@ -331,47 +332,6 @@ def torchvision_early_exit(arch: str = "resnet18", *, weights=None, points: Sequ
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     backbone = getattr(tvm, arch)(weights=weights, **kwargs)
     return EarlyExitNet(backbone, points, pool_size=pool_size, hidden_channels=hidden_channels)
-
-
-@dataclass(frozen=True)
-class ExitOutputs:
-    """The logits of every exit on a data set, computed once and analysed many times.
-
-    Attributes:
-        logits: ``(num_exits, N, num_classes)``, on the CPU.
-        labels: ``(N,)``.
-        exit_names: one per exit.
-    """
-
-    logits: torch.Tensor = field(repr=False)
-    labels: torch.Tensor = field(repr=False)
-    exit_names: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if self.logits.ndim != 3:
-            raise ValueError(f"logits must have shape (num_exits, N, num_classes), got {tuple(self.logits.shape)}")
-        if self.labels.shape != (self.logits.shape[1],):
-            raise ValueError(f"labels must have shape ({self.logits.shape[1]},), got {tuple(self.labels.shape)}")
-        if len(self.exit_names) != self.logits.shape[0]:
-            raise ValueError(f"exit_names has {len(self.exit_names)} names for {self.logits.shape[0]} exits")
-
-    @property
-    def num_exits(self) -> int:
-        return self.logits.shape[0]
-
-    @property
-    def predictions(self) -> torch.Tensor:
-        """``(num_exits, N)`` predicted classes."""
-        return self.logits.argmax(-1)
-
-    @property
-    def correct(self) -> torch.Tensor:
-        """``(num_exits, N)`` booleans: is exit k right on sample i."""
-        return self.predictions == self.labels
-
-    def accuracy_per_exit(self) -> list[float]:
-        """Accuracy (fraction) of each exit when every sample takes it."""
-        return self.correct.float().mean(1).tolist()
 
 
 @torch.no_grad()

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from .progress import tqdm
+from eelib._util.progress import tqdm
 
-from .device import get_device
+from eelib._util.device import get_device
 
 
 @dataclass(frozen=True)
@@ -336,7 +336,7 @@ def train_exits(model: nn.Module, train_loader: DataLoader, *, mode: str = "join
                 temperature: float = 3.0, momentum: float = 0.9, weight_decay: float = 5e-4,
                 val_loader: DataLoader | None = None, device: torch.device | str | None = None,
                 progress: bool = True, desc: str | None = None) -> ExitHistory:
-    """Train an :class:`eelib.exits.EarlyExitNet` (SGD + one-cycle, as :func:`train`).
+    """Train an :class:`eelib.vision.exits.EarlyExitNet` (SGD + one-cycle, as :func:`train`).
 
     Args:
         model: the early-exit network; its ``forward`` returns the logits of every exit.

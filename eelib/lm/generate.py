@@ -2,7 +2,7 @@
 
 :class:`Decoder` runs a ``GPT2LMHeadModel``'s own blocks one token at a time, with its own
 key/value cache (batch size 1), so that the loop can stop after any layer. Each new token
-goes up the stack; at each exit (:class:`~eelib.lm_exits.EarlyExitLM`) the policy's confidence
+goes up the stack; at each exit (:class:`~eelib.lm.exits.EarlyExitLM`) the policy's confidence
 measure decides whether it leaves there.
 
 **The key/value cache of the skipped layers.** A token that leaves after layer ``l`` has no
@@ -42,13 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .device import timed
-from .lm import encode
-from .lm_exits import EarlyExitLM
-from .policies import ExitPolicy, get_measure
+from eelib._util.device import timed
+from eelib.lm.model import encode
+from eelib.lm.exits import EarlyExitLM
+from eelib.policies import ExitPolicy, get_measure
 
 if TYPE_CHECKING:
-    from .lm_confidence import StateGate
+    from eelib.lm.confidence import StateGate
 
 
 KV_MODES = ("lazy", "copy")
@@ -225,7 +225,7 @@ class TokenStep:
 
 @dataclass(frozen=True)
 class Round:
-    """One draft-and-verify round of :func:`eelib.lm_speculative.self_speculative_generate`.
+    """One draft-and-verify round of :func:`eelib.lm.speculative.self_speculative_generate`.
 
     Attributes:
         drafted: tokens the draft exit proposed.
@@ -245,7 +245,7 @@ class Round:
 
 @dataclass(frozen=True)
 class Generation:
-    """The result of :func:`early_exit_generate` and of :func:`eelib.lm_speculative.self_speculative_generate`.
+    """The result of :func:`early_exit_generate` and of :func:`eelib.lm.speculative.self_speculative_generate`.
 
     Attributes:
         prompt_ids: the prompt's tokens.
@@ -362,7 +362,7 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
         count_flops: count the loop's FLOPs with ``FlopCounterMode`` (slower; do not time it).
         decoder: a :class:`Decoder` to use (and inspect afterwards); default a new one sized for
             this call. Its own ``kv`` mode is used; giving a different ``kv`` is an error.
-        gate: instead of ``policy``, a :class:`~eelib.lm_confidence.StateGate` (CALM's hidden-state
+        gate: instead of ``policy``, a :class:`~eelib.lm.confidence.StateGate` (CALM's hidden-state
             saturation or a learned exit classifier): the decision is made from the hidden state,
             and an exit's head is computed only for a token that leaves there.
 
@@ -556,16 +556,16 @@ def measure_generation_speed(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | S
     Loops: ``"early exit"`` (``policy``), ``"no exits"`` (every layer, the final head only: the
     baseline), ``"never exit"`` (every head and decision evaluated, nobody leaves: the heads' price),
     ``"HF generate"`` (Hugging Face ``generate``, greedy, with its KV cache), ``"self-speculative"``
-    (:func:`eelib.lm_speculative.self_speculative_generate` with the keyword arguments
+    (:func:`eelib.lm.speculative.self_speculative_generate` with the keyword arguments
     ``speculative``, default its calibrated settings) and ``"HF prompt lookup"`` (``generate`` with
     ``prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS``: Hugging Face's built-in speculative decoding
     that drafts by copying n-grams of the context). For each prompt every loop runs ``repeats``
     times in turn and the fastest run counts, so that a slow moment of the machine hits all loops
     alike; each run is synchronised on the model's device. Every loop generates exactly
     ``max_new_tokens`` tokens. With ``gate`` (and ``policy=None``), ``"early exit"`` decides with that
-    hidden-state gate (:mod:`eelib.lm_confidence`).
+    hidden-state gate (:mod:`eelib.lm.confidence`).
     """
-    from .lm_speculative import resolve_settings, self_speculative_generate
+    from eelib.lm.speculative import resolve_settings, self_speculative_generate
 
     if "self-speculative" in loops:  # resolved once, outside the timed calls
         settings = resolve_settings(ee, **(speculative or {}))
@@ -620,7 +620,7 @@ class ForcedEval:
         avg_exit_layer: mean layer after which a prediction left.
         avg_layers_computed: mean layers computed per token (lazy mode: the deferred layers too).
         oracle_avg_layers: the oracle on the same exits and tokens (each token's earliest exit from
-            which every later exit agrees with the full model, :func:`eelib.lm_exits.oracle_layers`).
+            which every later exit agrees with the full model, :func:`eelib.lm.exits.oracle_layers`).
         exit_shares: share of the tokens leaving at each exit.
     """
 
@@ -644,8 +644,8 @@ def teacher_forced_eval(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | Sequen
     """
     if policy is None and gate is None:
         raise ValueError("give a policy or a gate: teacher_forced_eval measures early exits")
-    from .exits import ExitOutputs
-    from .lm_exits import oracle_layers
+    from eelib.outputs import ExitOutputs
+    from eelib.lm.exits import oracle_layers
 
     layer_of = torch.tensor(ee.layers, dtype=torch.float64)
     n = same = exit_layers = computed = oracle = 0.0

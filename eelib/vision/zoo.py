@@ -12,7 +12,7 @@ trained by that recipe:
    damaged file is not used: a warning says so and the model is trained instead).
 2. **cached** — ``load_trained(name, retrain=True)``, a changed recipe or a custom
    :class:`Recipe` trains now (progress bar) and saves the result in the cache folder
-   (``<cache root>/models``, see :mod:`eelib.cache`); later calls for a recipe with no
+   (``<cache root>/models``, see :mod:`eelib._util.cache`); later calls for a recipe with no
    shipped model load it from there (``shipped=False`` prefers the cache for named recipes
    too). The cache file's name carries a hash of the recipe, so a changed recipe never loads
    stale weights. Files are written to a temporary name and renamed, so an interrupted run
@@ -21,7 +21,7 @@ trained by that recipe:
    that cannot be read (truncated, not safetensors, wrong tensors) is trained again, with a
    warning that says why; errors of the device (out of memory, a broken GPU) are not caught.
 
-Training is reproducible across thread counts: :func:`eelib.device.reproducible_training`
+Training is reproducible across thread counts: :func:`eelib._util.device.reproducible_training`
 (one CPU thread while a course model trains; deterministic cuDNN on a GPU) — the same recipe
 gives the same weights on any machine with the same PyTorch version and CPU instruction set
 (tested: two processes with 1 and 2 threads). ``benchmarks/train_zoo.py`` rebuilds the shipped
@@ -58,15 +58,15 @@ from filelock import FileLock
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .cache import atomic_path, ensure_writable_dir, file_digest, models_dir
-from .data import DATASETS, load_data
-from .device import get_device, reproducible_training, seed_everything
-from .exits import EarlyExitNet, ExitConfig, early_exit_resnet
-from .resnet import ResNet, ResNetConfig
-from .train import EXIT_MODES, ExitHistory, History, _check_positive, evaluate, train, train_exits
+from eelib._util.cache import atomic_path, ensure_writable_dir, file_digest, models_dir
+from eelib.vision.data import DATASETS, load_data
+from eelib._util.device import get_device, reproducible_training, seed_everything
+from eelib.vision.exits import EarlyExitNet, ExitConfig, early_exit_resnet
+from eelib.vision.resnet import ResNet, ResNetConfig
+from eelib.vision.train import EXIT_MODES, ExitHistory, History, _check_positive, evaluate, train, train_exits
 
 FORMAT_VERSION = 5  # bump when training code changes what a recipe produces
-SHIPPED_DIR = Path(__file__).resolve().parent / "models" / "zoo"  # the shipped course models
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "models" / "zoo"  # the shipped course models
 MANIFEST = SHIPPED_DIR / "MANIFEST.json"  # {name: {"file", "sha256", "key"}}
 
 
@@ -80,7 +80,7 @@ class Recipe:
     batch_size: int = 64
     lr: float = 0.05
     seed: int = 0
-    exits: ExitConfig | None = None  # exit heads: an early-exit network trained by eelib.train.train_exits
+    exits: ExitConfig | None = None  # exit heads: an early-exit network trained by eelib.vision.train.train_exits
     exit_mode: str = "joint"  # how, if there are exits: joint, frozen or distill
 
 
@@ -287,7 +287,7 @@ def train_recipe(recipe: Recipe, *, device: torch.device | str | None = None, pr
                  desc: str = "training") -> tuple[ResNet | EarlyExitNet, History | ExitHistory, float]:
     """Train a recipe from its seed: ``(model, history, test accuracy)``; nothing is saved.
 
-    Runs under :func:`eelib.device.reproducible_training` and with its own random state (the
+    Runs under :func:`eelib._util.device.reproducible_training` and with its own random state (the
     caller's random numbers are not disturbed).
     """
     device = torch.device(device) if device is not None else get_device()

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import nbformat
 
-from .cache import atomic_path
+from eelib._util.cache import atomic_path
 
 SLIDE_LINES = 22  # at most this many source lines on one slide (960 x 700 at nbconvert's 19-20 px fonts)
 SLIDE_TYPES = ("slide", "subslide", "fragment", "skip", "notes", "-")
@@ -134,7 +134,7 @@ def has_slide_metadata(nb: nbformat.NotebookNode) -> bool:
 
 
 def _dumps(nb: nbformat.NotebookNode) -> str:
-    return nbformat.writes(nb) + "\n"  # as eelib.course writes notebooks
+    return nbformat.writes(nb) + "\n"  # as eelib.course.cli writes notebooks
 
 
 def annotate_notebooks(paths: list[Path], *, check: bool = False, split_headings: bool = False) -> list[Path]:

@@ -1,6 +1,6 @@
 """Self-speculative decoding: an early exit drafts the easy tokens, the rest of the model checks them at once.
 
-Plain early exit (:mod:`eelib.lm_generate`) leaves a debt: the layers a token skipped still owe
+Plain early exit (:mod:`eelib.lm.generate`) leaves a debt: the layers a token skipped still owe
 keys and values to every later token. Self-speculative decoding (Draft & Verify, Zhang et al.
 2023; LayerSkip, Elhoushi et al. 2024) settles it exactly, in rounds:
 
@@ -41,10 +41,10 @@ from typing import Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .lm import _SHIPPED, LanguageModel, course_model_path, encode
-from .lm_exits import HEADS_FOLDER, EarlyExitLM
-from .device import synchronize as _sync, timed
-from .lm_generate import Decoder, Generation, Round, TokenStep, _prompt_ids
+from eelib.lm.model import _SHIPPED, LanguageModel, course_model_path, encode
+from eelib.lm.exits import HEADS_FOLDER, EarlyExitLM
+from eelib._util.device import synchronize as _sync, timed
+from eelib.lm.generate import Decoder, Generation, Round, TokenStep, _prompt_ids
 
 SETTINGS_FILE = "speculative.json"  # beside the exit heads of a shipped course model: the calibrated defaults
 FALLBACK = dict(threshold=0.5, max_draft=8, draft_vocab=None)  # for an exit (or a model) without calibrated settings
@@ -76,7 +76,7 @@ def frequent_tokens(lm: LanguageModel, text: str, k: int) -> tuple[int, ...]:
 
 def shipped_settings(ee: EarlyExitLM) -> dict:
     """The calibration saved beside a shipped course model's exit heads (``speculative.json``, written by
-    ``python -m eelib.lm_speculative calibrate``: the fastest settings for each draft layer, ``by_layer``),
+    ``python -m eelib.lm.speculative calibrate``: the fastest settings for each draft layer, ``by_layer``),
     or an empty dict for other models (then `FALLBACK` applies)."""
     if ee.lm.name in _SHIPPED:
         file = course_model_path(ee.lm.name) / HEADS_FOLDER / SETTINGS_FILE
@@ -95,7 +95,7 @@ def resolve_settings(ee: EarlyExitLM, draft_exit: int | None = None, threshold: 
     trimmed vocabulary (most frequent tokens of the calibration half), ``None`` the whole vocabulary,
     an int that many most frequent tokens, a sequence those token ids.
     """
-    from .lm_exits import heldout_text
+    from eelib.lm.exits import heldout_text
 
     saved = shipped_settings(ee) if ee.adapters is not None else {}  # calibrated for the trained heads only
     by_layer = {int(layer): values for layer, values in saved.get("by_layer", {}).items()}
@@ -168,7 +168,7 @@ def self_speculative_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | tor
     it does not stop at the end-of-text token.
 
     Returns:
-        A :class:`~eelib.lm_generate.Generation`: ``tokens``, ``text``, one step per token (an accepted
+        A :class:`~eelib.lm.generate.Generation`: ``tokens``, ``text``, one step per token (an accepted
         draft leaves at the draft exit with its confidence, a verified token at the final exit), its
         ``rounds`` (drafted, accepted, tokens, layers, seconds) and ``acceptance``, ``tokens_per_round``.
 
@@ -309,19 +309,19 @@ def calibrate_speculative(ee: EarlyExitLM, prompts: Sequence[torch.Tensor], *, t
     """Measure self-speculative decoding for every early exit of ``ee`` and every setting of the grid, and
     keep the fastest per exit layer: the defaults of :func:`self_speculative_generate`.
 
-    Speed is measured with :func:`eelib.lm_generate.measure_generation_speed`: each setting's loop and
+    Speed is measured with :func:`eelib.lm.generate.measure_generation_speed`: each setting's loop and
     the plain loop (``"no exits"``) run in turn on the same prompts, the fastest of ``repeats`` runs
     counting, so a speedup is a ratio measured side by side. The course calibrates on prompts from
-    the calibration half of the held-out text (``python -m eelib.lm_speculative calibrate``); chapter
+    the calibration half of the held-out text (``python -m eelib.lm.speculative calibrate``); chapter
     8 and the benchmark measure on the test half.
 
     Returns:
         ``{"by_layer": {layer: {threshold, max_draft, draft_vocab, speedup, tokens_per_round, acceptance}},
         "grid": [one row per setting measured]}``.
     """
-    from .progress import tqdm
+    from eelib._util.progress import tqdm
 
-    from .lm_generate import measure_generation_speed
+    from eelib.lm.generate import measure_generation_speed
 
     rows = []
     grid = [(k, t, m, v) for k in range(len(ee.exit_layers)) for t in thresholds for m in max_drafts
@@ -346,14 +346,14 @@ def calibrate_speculative(ee: EarlyExitLM, prompts: Sequence[torch.Tensor], *, t
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m eelib.lm_speculative calibrate --model course-ee``: choose and save the draft's defaults."""
+    """``python -m eelib.lm.speculative calibrate --model course-ee``: choose and save the draft's defaults."""
     import argparse
 
-    from .cache import atomic_path
-    from .lm import load_lm
-    from .lm_exits import course_exits
+    from eelib._util.cache import atomic_path
+    from eelib.lm.model import load_lm
+    from eelib.lm.exits import course_exits
 
-    parser = argparse.ArgumentParser(prog="python -m eelib.lm_speculative", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m eelib.lm.speculative", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     cal = sub.add_parser("calibrate", help="measure the draft settings on the calibration half and save the fastest")
     cal.add_argument("--model", default="course-ee", choices=sorted(_SHIPPED))
@@ -386,7 +386,7 @@ PROMPT_TOKENS = 32
 def calibration_prompts(lm: LanguageModel, n: int, part: str = "calibration") -> list[torch.Tensor]:
     """``n`` prompts of ``PROMPT_TOKENS`` tokens at evenly spaced places of a half of the held-out text
     (``"calibration"`` or ``"test"``), as the benchmarks take them."""
-    from .lm_exits import heldout_text
+    from eelib.lm.exits import heldout_text
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")

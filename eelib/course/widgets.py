@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Sequence
 
 import matplotlib.pyplot as plt
 
-from .exits import ExitOutputs
-from .policies import ExitPolicy, PolicyEval, evaluate_oracle, evaluate_policy, get_measure
+from eelib.outputs import ExitOutputs
+from eelib.policies import ExitPolicy, PolicyEval, evaluate_oracle, evaluate_policy, get_measure
 
 if TYPE_CHECKING:
-    from .lm_exits import EarlyExitLM
-    from .lm_generate import Generation
+    from eelib.lm.exits import EarlyExitLM
+    from eelib.lm.generate import Generation
 
 
 def policy_summary(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: float,
@@ -39,7 +39,7 @@ def threshold_widget(outputs: ExitOutputs, exit_flops: Sequence[float], full_flo
 
     Args:
         outputs: every exit's logits on a data set (e.g. the validation split).
-        exit_flops, full_flops: costs per exit and of the network without exits (:func:`eelib.cost.exit_costs`).
+        exit_flops, full_flops: costs per exit and of the network without exits (:func:`eelib.vision.cost.exit_costs`).
         measure: the confidence measure.
         shared: one slider for every exit (True) or one per early exit.
         initial: the sliders' starting value (default: the middle of the measure's range).
@@ -50,7 +50,7 @@ def threshold_widget(outputs: ExitOutputs, exit_flops: Sequence[float], full_flo
     import ipywidgets as widgets
     from IPython.display import display
 
-    from .plots import plot_exit_histogram
+    from eelib.course.plots import plot_exit_histogram
 
     m = get_measure(measure)
     lo, hi = m.range(outputs.logits.shape[-1], outputs.num_exits)
@@ -89,21 +89,21 @@ def generation_summary(ee: "EarlyExitLM", prompt: str, calibration: ExitOutputs,
     describe the result: the coloured text (HTML), the layers saved and the measured speedup.
 
     Args:
-        ee: an :class:`~eelib.lm_exits.EarlyExitLM`.
+        ee: an :class:`~eelib.lm.exits.EarlyExitLM`.
         calibration: ``ExitOutputs`` of ``ee`` on held-out text (``token_exit_outputs(...).outputs``).
         target_agreement: the fraction of calibration tokens whose early prediction must equal the
             full model's top-1 (0 < target <= 1).
         context: the context length at which exits are costed for the calibration.
 
     Returns:
-        ``(early, full, html)``: the early-exit :class:`~eelib.lm_generate.Generation`, the one
+        ``(early, full, html)``: the early-exit :class:`~eelib.lm.generate.Generation`, the one
         without exits, and an HTML report.
     """
     import html as _html
 
-    from .lm_generate import early_exit_generate, token_exit_costs
-    from .policies import calibrate
-    from .tokens import token_html, token_strings
+    from eelib.lm.generate import early_exit_generate, token_exit_costs
+    from eelib.policies import calibrate
+    from eelib.lm.tokens import token_html, token_strings
 
     if not 0 < target_agreement <= 1:
         raise ValueError(f"target_agreement must be in (0, 1], got {target_agreement!r}")

@@ -8,7 +8,7 @@ Folders (created on first use):
 
 * ``EELIB_CACHE`` — the root, default ``~/.cache/eelib``;
 * ``EELIB_DATA`` — downloaded data sets, default ``<root>/data``;
-* ``<root>/models`` — trained course models (see :mod:`eelib.zoo`).
+* ``<root>/models`` — trained course models (see :mod:`eelib.vision.zoo`).
 """
 
 from __future__ import annotations
@@ -29,14 +29,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from filelock import FileLock
+from eelib.errors import DownloadError
 
 ENV_CACHE = "EELIB_CACHE"
 ENV_DATA = "EELIB_DATA"
 DEFAULT_TIMEOUT_S = 30.0
-
-
-class DownloadError(RuntimeError):
-    """A file could not be downloaded or did not match its checksum."""
 
 
 def cache_root() -> Path:

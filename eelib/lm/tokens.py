@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from .lm import LanguageModel
+from eelib.lm.model import LanguageModel
 
 TOKEN_KINDS = ("newline", "punctuation", "name (capitals)", "frequent word", "word start", "word continuation")
 # The most frequent words of Early Modern English plays (function words), lower case.

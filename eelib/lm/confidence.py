@@ -11,7 +11,7 @@ measures look at the hidden state instead, so a token that goes on pays no head 
   (logistic regression, :func:`train_exit_classifiers`); its output is that probability.
 
 Both are higher-is-confident; a :class:`StateGate` holds one of them and one threshold per early
-exit, and :func:`eelib.lm_generate.early_exit_generate` (``gate=``) applies it while generating;
+exit, and :func:`eelib.lm.generate.early_exit_generate` (``gate=``) applies it while generating;
 :func:`calibrate_gate` chooses a shared threshold for an agreement target, as
 :func:`eelib.policies.calibrate` does for the logit measures.
 """
@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lm import encode
-from .lm_exits import EarlyExitLM
-from .policies import Measure, first_exits
+from eelib.lm.model import encode
+from eelib.lm.exits import EarlyExitLM
+from eelib.policies import Measure, first_exits
 
 STATE_MEASURES = ("saturation", "classifier")
 

@@ -18,7 +18,7 @@ Downloads go into ``$EELIB_DATA`` (default ``~/.cache/eelib/data``) in torchvisi
 layout (``MNIST/raw/*-ubyte``, ``cifar-10-batches-py/``), so a folder that torchvision already
 filled can be passed as ``root``. Each archive is fetched to a temporary file, checked against
 torchvision's md5 and only then renamed and unpacked (into a temporary folder, then renamed); a
-failed download raises :class:`eelib.cache.DownloadError` naming the data set, the URL, the
+failed download raises :class:`eelib._util.cache.DownloadError` naming the data set, the URL, the
 cache folder and the offline alternative. An unpacked folder is trusted because it can only
 have been made from a verified archive.
 """
@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from .progress import tqdm
+from eelib._util.progress import tqdm
 
-from .cache import (DEFAULT_TIMEOUT_S, DownloadError, atomic_path, data_dir, download, ensure_writable_dir, file_digest,
+from eelib._util.cache import (DEFAULT_TIMEOUT_S, DownloadError, atomic_path, data_dir, download, ensure_writable_dir, file_digest,
                     folder_ready)
 
 OFFLINE_DEFAULT = "mnist5k"
@@ -170,7 +170,7 @@ def _dataset(images: torch.Tensor, labels, idx=None) -> TensorDataset:
     return TensorDataset(images, labels)
 
 
-MNIST5K = Path(__file__).resolve().parent / "datasets" / "mnist5k.npz"  # provenance: datasets/README.md
+MNIST5K = Path(__file__).resolve().parents[1] / "datasets" / "mnist5k.npz"  # provenance: datasets/README.md
 MNIST5K_SHA256 = "246e0c30eeea57c8d0037d3f38c8e00651ec204cc61b8022563e9aeeb9d756f4"
 
 

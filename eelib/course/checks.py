@@ -14,8 +14,8 @@ from typing import Callable
 
 import torch
 
-from .resnet import BasicBlock, ResNet, ResNetConfig
-from .train import gradient_norms
+from eelib.vision.resnet import BasicBlock, ResNet, ResNetConfig
+from eelib.vision.train import gradient_norms
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -97,7 +97,7 @@ def check_residual_forward(residual_forward: Callable[[BasicBlock, torch.Tensor]
 
 
 def check_gradient_norms(student_gradient_norms: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], dict]) -> None:
-    """Check ``student_gradient_norms(model, x, y)`` against :func:`eelib.train.gradient_norms`.
+    """Check ``student_gradient_norms(model, x, y)`` against :func:`eelib.vision.train.gradient_norms`.
 
     The model handed to the student's function is in eval mode (as a trained model is) and has
     stale values in its ``.grad`` fields, so forgetting ``model.train()`` or accumulating into
@@ -155,7 +155,7 @@ def _call(name: str, fn: Callable, *args):
 
 
 def _tiny_exit_net(seed: int = 0):
-    from .exits import EarlyExitNet
+    from eelib.vision.exits import EarlyExitNet
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -216,7 +216,7 @@ def check_joint_loss(joint_loss: Callable[[list, torch.Tensor, list], torch.Tens
 
 def check_conv_flops(conv_flops: Callable[[torch.nn.Conv2d, int, int], int]) -> None:
     """Check ``conv_flops(conv, height, width)`` against ``FlopCounterMode`` on one image."""
-    from .cost import count_flops
+    from eelib.vision.cost import count_flops
 
     cases = [(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), 16, 16),
              (torch.nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), 16, 16),
@@ -239,8 +239,8 @@ def check_conv_flops(conv_flops: Callable[[torch.nn.Conv2d, int, int], int]) -> 
 
 
 def check_cumulative_costs(cumulative_costs: Callable[[list, list], list]) -> None:
-    """Check ``cumulative_costs(segment_flops, head_flops)`` against :func:`eelib.cost.exit_costs`."""
-    from .cost import count_flops, exit_costs
+    """Check ``cumulative_costs(segment_flops, head_flops)`` against :func:`eelib.vision.cost.exit_costs`."""
+    from eelib.vision.cost import count_flops, exit_costs
 
     model, x = _tiny_exit_net()
     segments, heads, h = [], [], x[:1]
@@ -265,12 +265,12 @@ def check_cumulative_costs(cumulative_costs: Callable[[list, list], list]) -> No
         else:
             hint = "exit k costs segments 0..k plus heads 0..k (cumulative sums)"
         raise AssertionError(f"got {got}, expected {expected}. Hint: {hint}.")
-    print(f"Correct: cumulative costs of all {len(expected)} exits match eelib.cost.exit_costs.")
+    print(f"Correct: cumulative costs of all {len(expected)} exits match eelib.vision.cost.exit_costs.")
 
 
 def check_entropy(entropy_measure: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """Check ``entropy_measure(logits)`` (nats, one value per row) against :func:`eelib.policies.entropy`."""
-    from .policies import entropy
+    from eelib.policies import entropy
 
     with torch.random.fork_rng():
         torch.manual_seed(3)
@@ -302,8 +302,8 @@ def check_entropy(entropy_measure: Callable[[torch.Tensor], torch.Tensor]) -> No
 def check_route_batch(route_batch: Callable) -> None:
     """Check ``route_batch(model, x, threshold)`` -> ``(predictions, exits)`` against eelib's routing,
     and that samples that left are not processed by the later segments."""
-    from .dynamic import route
-    from .policies import ExitPolicy, max_prob
+    from eelib.vision.dynamic import route
+    from eelib.policies import ExitPolicy, max_prob
 
     model, x = _tiny_exit_net()
     with torch.no_grad():
@@ -355,7 +355,7 @@ def _tensor_or_fail(name: str, value, n: int) -> torch.Tensor:
 def check_risk_coverage(risk_coverage: Callable) -> None:
     """Check ``risk_coverage(scores, correct)`` -> ``(coverage, risk)``: one point per sample, the most
     confident first, against :func:`eelib.rejection.risk_coverage_curve` (distinct scores, max probability)."""
-    from .rejection import risk_coverage_curve
+    from eelib.rejection import risk_coverage_curve
 
     with torch.random.fork_rng():
         torch.manual_seed(5)
@@ -397,7 +397,7 @@ def check_guaranteed_threshold(choose_threshold: Callable) -> None:
     :func:`eelib.rejection.guaranteed_threshold` (max probability), on three calibration sets."""
     import math
 
-    from .rejection import binomial_tail, guaranteed_threshold, risk_coverage_curve
+    from eelib.rejection import binomial_tail, guaranteed_threshold, risk_coverage_curve
 
     cases = []
     with torch.random.fork_rng():
@@ -446,7 +446,7 @@ def check_guaranteed_threshold(choose_threshold: Callable) -> None:
 def check_exit_or_reject(exit_or_reject: Callable) -> None:
     """Check ``exit_or_reject(scores, exit_thresholds, reject_thresholds)`` -> ``(exits, rejected)`` for
     max-probability scores ``(E, N)`` against :class:`eelib.rejection.RejectPolicy`'s decisions."""
-    from .rejection import RejectPolicy, _route
+    from eelib.rejection import RejectPolicy, _route
 
     with torch.random.fork_rng():
         torch.manual_seed(7)
@@ -532,8 +532,8 @@ def check_layer_predictions(layer_predictions: Callable) -> None:
 
 def check_oracle_exit(oracle_exit: Callable) -> None:
     """Check ``oracle_exit(predictions, final)`` -> ``(T,)`` earliest exit from which every later exit agrees."""
-    from .exits import ExitOutputs
-    from .lm_exits import oracle_layers
+    from eelib.outputs import ExitOutputs
+    from eelib.lm.exits import oracle_layers
 
     with torch.random.fork_rng():
         torch.manual_seed(5)
@@ -559,8 +559,8 @@ def check_oracle_exit(oracle_exit: Callable) -> None:
 
 
 def check_threshold_for_agreement(threshold_for_agreement: Callable) -> None:
-    """Check ``threshold_for_agreement(scores, agrees, target)`` against :func:`eelib.lm_exits.threshold_for_agreement`."""
-    from .lm_exits import threshold_for_agreement as reference
+    """Check ``threshold_for_agreement(scores, agrees, target)`` against :func:`eelib.lm.exits.threshold_for_agreement`."""
+    from eelib.lm.exits import threshold_for_agreement as reference
 
     with torch.random.fork_rng():
         torch.manual_seed(11)
@@ -597,8 +597,8 @@ def check_threshold_for_agreement(threshold_for_agreement: Callable) -> None:
 
 
 def check_accepted_tokens(accepted_tokens: Callable) -> None:
-    """Check ``accepted_tokens(drafts, verified)`` against :func:`eelib.lm_speculative.accepted_tokens`."""
-    from .lm_speculative import accepted_tokens as reference
+    """Check ``accepted_tokens(drafts, verified)`` against :func:`eelib.lm.speculative.accepted_tokens`."""
+    from eelib.lm.speculative import accepted_tokens as reference
 
     cases = [([1, 2, 3, 4], [1, 9, 3, 4, 5]), ([5, 7, 9], [5, 7, 2, 4]), ([5, 7, 9], [5, 7, 9, 4]),
              ([5, 7, 9], [1, 7, 9, 4]), ([], [8]), ([3, 3, 3], [3, 3, 1, 3])]
@@ -622,8 +622,8 @@ def check_accepted_tokens(accepted_tokens: Callable) -> None:
 
 
 def check_tokens_per_round(tokens_per_round: Callable) -> None:
-    """Check ``tokens_per_round(acceptance, max_draft)`` against :func:`eelib.lm_speculative.expected_tokens_per_round`."""
-    from .lm_speculative import expected_tokens_per_round as reference
+    """Check ``tokens_per_round(acceptance, max_draft)`` against :func:`eelib.lm.speculative.expected_tokens_per_round`."""
+    from eelib.lm.speculative import expected_tokens_per_round as reference
 
     for a, k in ((0.0, 4), (0.5, 1), (0.5, 4), (0.8, 8), (1.0, 5), (0.3, 16)):
         expected = reference(a, k)

@@ -9,24 +9,24 @@ exercise) and exercise cells whose stub raises at the top level get the tag
 ``raises-exception``: nbval then expects their errors, and JupyterLab's "Run All" carries on
 past them, so a blank exercise notebook still runs top to bottom. ``--check`` only compares and exits 1
 when ``exercises/`` is out of date. The same command first writes nbgrader's cell metadata
-into ``solutions/`` (``eelib.grading.annotate``; ``--check`` also fails when it is stale).
+into ``solutions/`` (``eelib.course.grading.annotate``; ``--check`` also fails when it is stale).
 
 ``python -m eelib.course nbgrader DIR`` sets up an nbgrader course folder from ``solutions/``
-(``eelib.grading.setup_course``: one assignment per chapter); it refuses to replace an existing
+(``eelib.course.grading.setup_course``: one assignment per chapter); it refuses to replace an existing
 folder unless given ``--force``.
 
 ``python -m eelib.course models`` trains every course model that is not in the cache yet
-(``eelib.zoo.RECIPES``), e.g. before a class, so that no notebook trains during the lecture.
+(``eelib.vision.zoo.RECIPES``), e.g. before a class, so that no notebook trains during the lecture.
 
 ``python -m eelib.course run`` executes every lecture notebook (``notebooks/``; add
 ``--solutions`` for ``solutions/`` too) on this machine, and writes into ``build/`` the executed
 notebook, an HTML handout and every figure as a PNG, with each notebook's run time in
 ``build/times.json``. ``--slides`` also writes each notebook as reveal.js slides into
-``build/slides/`` (``eelib.slides``: a notebook without slide metadata gets one slide per cell, and
+``build/slides/`` (``eelib.course.slides``: a notebook without slide metadata gets one slide per cell, and
 this says so), with a copy of reveal.js beside them, so they open offline.
 
 ``python -m eelib.course slides --annotate`` writes the lecture notebooks' slide metadata
-(``eelib.slides``: its rules, computed from the cells' sources); ``--check`` only compares and
+(``eelib.course.slides``: its rules, computed from the cells' sources); ``--check`` only compares and
 exits 1 when a lecture's metadata is out of date, e.g. after its text was edited.
 """
 
@@ -43,8 +43,8 @@ from pathlib import Path
 
 import nbformat
 
-from .cache import atomic_path
-from .grading import BEGIN_MARK_SCHEME, CODE_STUB
+from eelib._util.cache import atomic_path
+from eelib.course.grading import BEGIN_MARK_SCHEME, CODE_STUB
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 CHECK_TAG, RAISES_TAG = "check", "raises-exception"
@@ -146,7 +146,7 @@ def generate_exercises(root: Path, *, check: bool = False) -> list[Path]:
         The solution files whose nbgrader metadata was stale and the exercise files that were out
         of date (and, unless ``check``, were rewritten).
     """
-    from .grading import annotate
+    from eelib.course.grading import annotate
 
     solutions = sorted((root / "solutions").glob("*.ipynb"))
     if not solutions:
@@ -185,12 +185,12 @@ def run_notebooks(paths: list[Path], out_dir: Path, *, timeout: int = 900, slide
     from nbclient import NotebookClient
     from nbconvert import HTMLExporter
 
-    from . import slides as slides_
+    from eelib.course import slides as slides_
 
     out_dir.mkdir(parents=True, exist_ok=True)
     # Kernels inherit the environment: draw figures inline (a headless MPLBACKEND=Agg shows none).
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-    os.environ.setdefault("EELIB_PROGRESS", "text")  # a widget bar would be saved frozen at 0% (eelib.progress)
+    os.environ.setdefault("EELIB_PROGRESS", "text")  # a widget bar would be saved frozen at 0% (eelib._util.progress)
     times: dict[str, float] = {}
     for path in paths:
         nb = nbformat.read(path, as_version=4)
@@ -225,7 +225,7 @@ def run_notebooks(paths: list[Path], out_dir: Path, *, timeout: int = 900, slide
 
 def prepare_models(*, progress: bool = True) -> dict[str, str]:
     """Load every course model (shipped, else cached, else trained now); return ``{name: what happened}``."""
-    from . import zoo
+    from eelib.vision import zoo
 
     done = {}
     for name in zoo.RECIPES:
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
               if stale else "solutions/ and exercises/ are up to date")
         return 0
     if args.command == "nbgrader":
-        from .grading import setup_course
+        from eelib.course.grading import setup_course
 
         if args.folder.exists() and not args.force:
             parser.error(f"folder {args.folder} exists: pass --force to replace it")
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare_models()
         return 0
     if args.command == "slides":
-        from .slides import ANNOTATE_COMMAND, annotate_notebooks
+        from eelib.course.slides import ANNOTATE_COMMAND, annotate_notebooks
 
         lectures = sorted((root / "notebooks").glob("*.ipynb"))
         if not lectures:

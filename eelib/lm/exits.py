@@ -21,7 +21,7 @@ The exit decisions reuse the image chapters' machinery (:mod:`eelib.policies`): 
 full model, ``calibrate(..., max_accuracy_drop=0.05)`` finds thresholds for 95% agreement, and
 the patience measure with threshold 2 is "agreement between consecutive exits".
 
-Costs count what the exit-generation loop (:mod:`eelib.lm_generate`) really computes, with
+Costs count what the exit-generation loop (:mod:`eelib.lm.generate`) really computes, with
 ``FlopCounterMode``: the layers run, every exit head evaluated on the way (a head is a
 ``d x vocab`` product: **twice a layer of the course model**, 5 layers of GPT-2 small), and the
 keys and values that the skipped layers still need (see :func:`token_exit_costs`).
@@ -37,10 +37,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .progress import tqdm
+from eelib._util.progress import tqdm
 
-from .exits import ExitOutputs
-from .lm import _SHIPPED, COURSE_MODEL, LanguageModel, course_model_path, encode
+from eelib.outputs import ExitOutputs
+from eelib.lm.model import _SHIPPED, COURSE_MODEL, LanguageModel, course_model_path, encode
 
 HEADS_FOLDER = "exit_heads"  # beside the course model: eelib/models/shakespeare-gpt2/exit_heads/
 HELDOUT_FILE = "heldout.txt"  # the last 10% of Tiny Shakespeare, which the course model never trained on
@@ -169,7 +169,7 @@ class EarlyExitLM(nn.Module):
         """Write the adapters (safetensors) and their layer count to ``folder``."""
         from safetensors.torch import save_file
 
-        from .cache import atomic_path
+        from eelib._util.cache import atomic_path
 
         if self.adapters is None:
             raise ValueError("this EarlyExitLM uses the logit lens: there are no trained heads to save")
@@ -232,7 +232,7 @@ def course_exits(lm: LanguageModel | None = None, exit_layers: Sequence[int] = (
     """A course model (default ``"course"``; ``load_lm("course-ee")`` for the one trained for early exit)
     with exits after ``exit_layers`` (default 2 and 4, as in chapter 7 and the benchmark): its shipped
     trained heads, or the logit lens."""
-    from .lm import load_lm
+    from eelib.lm.model import load_lm
 
     lm = load_lm(COURSE_MODEL) if lm is None else lm
     return load_exit_heads(lm, exit_layers) if trained else EarlyExitLM(lm, exit_layers)
@@ -245,7 +245,7 @@ class TokenExits:
     """Every exit's logits on a text, one row per predicted position.
 
     Attributes:
-        outputs: an :class:`~eelib.exits.ExitOutputs` whose "labels" are the **full model's
+        outputs: an :class:`~eelib.outputs.ExitOutputs` whose "labels" are the **full model's
             top-1 tokens**: an exit's accuracy is its agreement with the full model, and every
             function of :mod:`eelib.policies` applies (policies, calibration, oracle, trade-off).
         input_ids: ``(T,)`` the tokens of the text; row ``i`` predicts the token after ``input_ids[i]``.
@@ -457,7 +457,7 @@ def save_trained_exits(lm: LanguageModel, adapters: nn.ModuleList, folder: Path,
     ``val_text``, beside the course model with its tuned heads). Returns that summary."""
     import json
 
-    from .lm import load_lm
+    from eelib.lm.model import load_lm
 
     every = list(range(1, lm.n_layers))
     ee = EarlyExitLM(lm, every, adapters=adapters)
@@ -487,13 +487,14 @@ def shipped_heads_training() -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m eelib.lm_exits train``: retrain the course model's exit heads (on its training text)."""
+    """``python -m eelib.lm.exits train``: retrain the course model's exit heads (on its training text)."""
     import argparse
     import json
 
-    from .lm import load_corpus, load_lm, split_corpus
+    from eelib.lm.model import load_lm
+    from eelib.lm.train import load_corpus, split_corpus
 
-    parser = argparse.ArgumentParser(prog="python -m eelib.lm_exits", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m eelib.lm.exits", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train exit heads for every layer of the course model")
     train.add_argument("--corpus", help="tinyshakespeare.txt (sha256 checked); default: download it")

@@ -2,7 +2,7 @@
 
 In a notebook::
 
-    from eelib.quiz import QUIZZES
+    from eelib.course.quiz import QUIZZES
     q = QUIZZES["04"][0]
     q                 # shows the question and its choices
     q.answer("b")     # prints right or wrong, and why

@@ -2,7 +2,7 @@
 
 ``tqdm.auto`` draws an ipywidgets bar in Jupyter. A notebook executed without a browser
 (``python -m eelib.course run``, nbclient) keeps only the widget's first state, a bar frozen at 0%.
-With ``EELIB_PROGRESS=text`` in the environment (``eelib.course run`` sets it for its kernels) the
+With ``EELIB_PROGRESS=text`` in the environment (``eelib.course.cli run`` sets it for its kernels) the
 bars are text, whose last state is what the executed notebook shows; ``EELIB_PROGRESS=off`` hides them.
 """
 

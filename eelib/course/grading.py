@@ -78,10 +78,10 @@ def annotate(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNod
     Idempotent: annotating an annotated notebook changes nothing.
 
     Raises:
-        ValueError: exercise and check cells that do not pair up (``eelib.course.make_exercise``),
+        ValueError: exercise and check cells that do not pair up (``eelib.course.cli.make_exercise``),
             or two exercises defining the same function.
     """
-    from .course import BEGIN, CHECK_TAG, RAISES_TAG, blank_solution, is_reference_answer, make_exercise
+    from eelib.course.cli import BEGIN, CHECK_TAG, RAISES_TAG, blank_solution, is_reference_answer, make_exercise
 
     make_exercise(solution, name)  # validates the pairing of exercise and check cells
     nb = copy.deepcopy(solution)

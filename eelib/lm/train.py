@@ -1,14 +1,7 @@
-"""The course language model: GPT-2 through Hugging Face, and a small one shipped with eelib.
+"""Training the course language model: the corpus, the tokenizer, the training loop, the model card, the command line.
 
-`load_lm(name)` loads any GPT-2-family checkpoint (``GPT2LMHeadModel`` and its tokenizer) with
-the same code: ``"course"`` — a small 8-layer GPT-2 trained on Tiny Shakespeare and shipped
-inside the package, so it works offline —, a Hugging Face Hub id (``gpt2``, ``distilgpt2``,
-``gpt2-medium``, ...; from the Hub or the local Hugging Face cache), or any folder written by
-``save_pretrained``. Weights are read as safetensors, never with ``trust_remote_code``.
-
-`evaluate_text` measures a model on a text: loss per token and bits per character, with a
-sliding window for texts longer than the context. `train_course_model` (or
-``python -m eelib.lm train``) retrains the shipped model from the corpus:
+`train_course_model` (or ``python -m eelib.lm train``) retrains the shipped model
+(`eelib.lm.model`) from the corpus:
 
 * corpus: Tiny Shakespeare, 1,115,394 characters (public domain), read from a path or downloaded
   from ``CORPUS_URL``; its sha256 is checked either way;
@@ -16,6 +9,8 @@ sliding window for texts longer than the context. `train_course_model` (or
   ``text[len(text) * 9 // 10:]`` validates — the last 10%, on which the model card reports;
 * a byte-level BPE tokenizer (``tokenizers``) and a ``GPT2LMHeadModel`` trained with AdamW,
   linear warm-up and cosine decay, from a fixed seed; saved in fp16 with a model card.
+
+``python -m eelib.lm eval`` measures a model on the last 10% of the corpus.
 """
 
 from __future__ import annotations
@@ -33,275 +28,19 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from .progress import tqdm
 
-from .cache import DownloadError, _check_host_resolves, atomic_path, data_dir, download, file_digest, folder_ready
-from .device import get_device, seed_everything
+from eelib._util.cache import DownloadError, atomic_path, data_dir, download, file_digest
+from eelib._util.device import get_device, seed_everything
+from eelib._util.progress import tqdm
+from eelib.lm.model import (COURSE_EE_MODEL, COURSE_MODEL, END_OF_TEXT, LanguageModel, LMEval, course_model_path,
+                            encode, evaluate_text, load_lm)
 
-if TYPE_CHECKING:  # transformers is imported when a model is loaded, not with eelib
-    from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
-COURSE_MODEL = "course"
-COURSE_EE_MODEL = "course-ee"  # the course model trained for early exit (chapter 8)
 CORPUS_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 CORPUS_FILE = "tinyshakespeare.txt"
-END_OF_TEXT = "<|endoftext|>"  # GPT-2's only special token: begins and ends a text
-_COURSE_FOLDER = Path(__file__).resolve().parent / "models" / "shakespeare-gpt2"
-_COURSE_EE_FOLDER = Path(__file__).resolve().parent / "models" / "shakespeare-gpt2-ee"
-_SHIPPED = {COURSE_MODEL: _COURSE_FOLDER, COURSE_EE_MODEL: _COURSE_EE_FOLDER}
-
-
-class ModelUnavailableError(OSError):
-    """A model name that is neither the course model, a local folder, nor reachable on the Hub."""
-
-
-@dataclass(frozen=True)
-class LanguageModel:
-    """A loaded GPT-2-family model and its tokenizer.
-
-    Attributes:
-        model: the ``GPT2LMHeadModel``, in eval mode.
-        tokenizer: its tokenizer (byte-level BPE).
-        name: the name it was loaded by (``"course"``, a Hub id, or a folder).
-        n_layers: number of transformer blocks.
-        context_length: the most tokens the model sees at once (``n_positions``).
-    """
-
-    model: GPT2LMHeadModel
-    tokenizer: PreTrainedTokenizerBase
-    name: str
-    n_layers: int
-    context_length: int
-
-    @property
-    def device(self) -> torch.device:
-        """Where the model's parameters are."""
-        return next(self.model.parameters()).device
-
-
-@dataclass(frozen=True)
-class LMEval:
-    """How well a model predicts a text.
-
-    Attributes:
-        loss_per_token: mean negative log-likelihood per token, in nats.
-        bits_per_character: total negative log-likelihood in bits divided by the number of
-            characters — comparable across tokenizers.
-        n_tokens: tokens scored.
-        n_characters: characters in the text.
-    """
-
-    loss_per_token: float
-    bits_per_character: float
-    n_tokens: int
-    n_characters: int
-
-
-def course_model_path(name: str = COURSE_MODEL) -> Path:
-    """The folder of a course model shipped inside the package: ``"course"`` or ``"course-ee"``."""
-    if name not in _SHIPPED:
-        raise ValueError(f"name must be one of {', '.join(map(repr, _SHIPPED))} (the shipped course models), "
-                         f"got {name!r}")
-    return _SHIPPED[name]
-
-
-def _unavailable(name: str, err: Exception) -> ModelUnavailableError:
-    return ModelUnavailableError(
-        f"cannot load the language model {name!r}: it is not a local folder with a config.json, and "
-        f"the Hugging Face Hub could not provide it (this machine is offline, or no such model "
-        f"exists there; {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-        f"Offline, use the course model shipped with eelib: load_lm({COURSE_MODEL!r}). For a Hub "
-        f"model such as 'gpt2', download it once while online, e.g. `hf download gpt2` (older "
-        f"huggingface_hub: `huggingface-cli download gpt2`; the Hugging Face cache then serves it offline), or load it online and call "
-        f"model.save_pretrained(folder) and tokenizer.save_pretrained(folder), then load_lm(folder)."
-    )
-
-
-def _in_hf_cache(source: str) -> bool:
-    """True when ``source`` is a folder, or a Hub id whose config the local Hugging Face cache has."""
-    if Path(source).is_dir():
-        return False  # a folder: from_pretrained reads it, no Hub involved
-    from transformers import AutoConfig
-
-    try:
-        AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")  # one file, or the index of shards
-
-
-def _weights_in_hf_cache(repo_id: str) -> bool:
-    """True when the local Hugging Face cache holds ``repo_id``'s safetensors weights (or their index)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in SAFETENSORS_FILES)
-
-
-def _check_hub_reachable(name: str, timeout: float = 5.0) -> None:
-    """Raise `ModelUnavailableError` at once when the Hub is off (``HF_HUB_OFFLINE``) or its host
-    does not resolve; otherwise the Hub client retries for half a minute before failing."""
-    import huggingface_hub.constants as hub
-
-    if hub.HF_HUB_OFFLINE:
-        raise _unavailable(name, OSError("HF_HUB_OFFLINE is set and the Hugging Face cache does not have it"))
-    try:
-        _check_host_resolves(hub.ENDPOINT, timeout)
-    except DownloadError as err:
-        raise _unavailable(name, err) from err
-
-
-def load_lm(name: str | os.PathLike = COURSE_MODEL, *, device: str | torch.device | None = None,
-            dtype: torch.dtype | None = torch.float32) -> LanguageModel:
-    """Load a GPT-2-family language model and its tokenizer.
-
-    Args:
-        name: ``"course"`` (the model shipped with eelib, offline), a Hugging Face Hub id
-            (``"gpt2"``, ``"distilgpt2"``, ``"gpt2-medium"``, ...: downloaded, or taken from the
-            local Hugging Face cache), or a folder written by ``save_pretrained``.
-        device: where to put the model; default ``eelib.get_device()``.
-        dtype: the parameters' dtype. Default float32: the course model is stored in float16 to
-            keep the package small, and is converted, because CPUs compute float32 faster and
-            more accurately. None keeps the stored dtype.
-
-    Returns:
-        A `LanguageModel` in eval mode.
-
-    Raises:
-        ModelUnavailableError: (an ``OSError``) the name is not a folder and the Hub cannot
-            provide it — offline, or unknown; the message says how to use the course model or
-            pre-download the checkpoint.
-        ValueError: the checkpoint is not a GPT-2 model (``model_type`` other than ``"gpt2"``).
-    """
-    from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel
-
-    label = str(name)
-    if label in _SHIPPED:
-        source = str(course_model_path(label))
-        if not (course_model_path(label) / "config.json").is_file():
-            how = ("`python -m eelib.lm train --into-package`" if label == COURSE_MODEL else
-                   "`python -m eelib.lm train --early-exit --init course --into-package`")
-            raise ModelUnavailableError(f"the course model {label!r} is missing from {source!r}; reinstall eelib "
-                                        f"(`pip install -e .` in the course folder), or retrain it with {how}")
-    elif folder_ready(Path(name).expanduser()):  # a folder (waits if another process is replacing it)
-        source = str(Path(name).expanduser())
-        if not (Path(source) / "config.json").is_file():
-            raise ValueError(f"name={label!r} is a folder without config.json; give a folder written by "
-                             f"save_pretrained, a Hub id such as 'gpt2', or {COURSE_MODEL!r}")
-    else:
-        source = label
-    cached = _in_hf_cache(source)
-    if cached and not _weights_in_hf_cache(source):  # the config is cached, the weights are not
-        try:
-            _check_hub_reachable(label)
-        except ModelUnavailableError as err:
-            raise ModelUnavailableError(
-                f"the Hugging Face cache has {label!r}'s config.json but not its weights "
-                f"({' or '.join(SAFETENSORS_FILES)}), and the Hub cannot be reached now to download them "
-                f"(offline, or HF_HUB_OFFLINE is set); "
-                f"download them once while online (eelib.load_lm({label!r})), or use {COURSE_MODEL!r}") from err
-        cached = False  # online: let from_pretrained download the missing weights
-    if not cached and not Path(source).is_dir():
-        _check_hub_reachable(label)  # fail in seconds, not after the Hub client's retries
-    try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=cached)
-    except (OSError, ValueError) as err:  # offline, unknown id (OSError), malformed id (ValueError)
-        raise _unavailable(label, err) from err
-    if config.model_type != "gpt2":
-        raise ValueError(f"name={label!r} is a {config.model_type!r} model; load_lm loads GPT-2-family "
-                         f"models only (model_type 'gpt2': gpt2, distilgpt2, gpt2-medium, ...)")
-    if Path(source).is_dir() and not any((Path(source) / f).is_file() for f in SAFETENSORS_FILES):
-        found = sorted(p.name for p in Path(source).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-        raise ValueError(f"name={label!r} is a folder with no safetensors weights ({' or '.join(SAFETENSORS_FILES)})"
-                         + (f"; it has {', '.join(found)}, which eelib does not load: pickled weights can run "
-                            f"code. If you trust them, convert once with transformers: "
-                            f"GPT2LMHeadModel.from_pretrained(folder).save_pretrained(folder)" if found else ""))
-    try:
-        model = GPT2LMHeadModel.from_pretrained(source, use_safetensors=True, trust_remote_code=False,
-                                                local_files_only=cached)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=cached)
-    except OSError as err:
-        raise _unavailable(label, err) from err
-    model.to(device=get_device(device) if not isinstance(device, torch.device) else device)
-    if dtype is not None:
-        model.to(dtype=dtype)
-    model.eval()
-    return LanguageModel(model=model, tokenizer=tokenizer, name=label, n_layers=config.n_layer,
-                         context_length=config.n_positions)
-
-
-def encode(lm: LanguageModel, text: str) -> torch.Tensor:
-    """The token ids of ``text`` (no special tokens added), as a 1-D LongTensor on the CPU.
-
-    Raises:
-        ValueError: ``text`` is empty.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    if not text:
-        raise ValueError("text is empty: give at least one character to encode or score")
-    return torch.tensor(lm.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
-
-
-@torch.no_grad()
-def token_losses(lm: LanguageModel, text: str, *, stride: int | None = None) -> torch.Tensor:
-    """Negative log-likelihood (nats) of each token of ``text``, given the tokens before it.
-
-    The text is preceded by ``<|endoftext|>`` (GPT-2's beginning of text), so that its first
-    token is scored too. A text longer than the context window is scored with a **sliding
-    window**: the first window scores its ``context_length - 1`` tokens, then each next window
-    moves ``stride`` tokens on and scores only the ``stride`` new tokens at its end. So every
-    token is scored exactly once, with at least ``context_length - stride`` tokens of left
-    context (all of them, near the start).
-
-    Args:
-        lm: the model.
-        text: a non-empty text.
-        stride: how far each window moves on, 1 to ``context_length - 1``; default half the
-            context.
-            Smaller is more accurate (more context per token) and slower.
-
-    Returns:
-        A float32 CPU tensor with one loss per token of ``encode(lm, text)``.
-
-    Raises:
-        ValueError: empty text, or a stride outside 1..context_length.
-    """
-    ids = encode(lm, text)
-    window = lm.context_length
-    stride = window // 2 if stride is None else stride
-    if not isinstance(stride, int) or isinstance(stride, bool) or not 1 <= stride < window:
-        raise ValueError(f"stride must be an integer from 1 to the context length minus one ({window - 1}), "
-                         f"got {stride!r}")
-    bos = lm.tokenizer.bos_token_id if lm.tokenizer.bos_token_id is not None else lm.tokenizer.eos_token_id
-    if bos is None:
-        raise ValueError(f"the tokenizer of {lm.name!r} has neither a bos nor an eos token to start the text with")
-    full = torch.cat([torch.tensor([bos]), ids])  # position 0 is context only
-    losses = torch.empty(len(ids))
-    pos = 1  # next position of `full` to score; token i of ids sits at position i + 1
-    while pos < len(full):
-        end = min(window if pos == 1 else pos + stride, len(full))  # score positions pos .. end - 1
-        start = max(0, end - window)  # with as much left context as fits
-        chunk = full[start:end].to(lm.device).unsqueeze(0)  # (1, T)
-        logits = lm.model(chunk).logits[0, :-1].float()  # (T - 1, vocab): predicts positions start + 1 ..
-        nll = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="none").cpu()
-        losses[pos - 1:end - 1] = nll[pos - start - 1:]
-        pos = end
-    return losses
-
-
-def evaluate_text(lm: LanguageModel, text: str, *, stride: int | None = None) -> LMEval:
-    """Loss per token and bits per character of ``lm`` on ``text`` (see `token_losses`).
-
-    Bits per character = total negative log-likelihood in nats / ln 2 / ``len(text)``.
-    """
-    losses = token_losses(lm, text, stride=stride)
-    total = float(losses.double().sum())
-    return LMEval(loss_per_token=total / len(losses), bits_per_character=total / math.log(2) / len(text),
-                  n_tokens=len(losses), n_characters=len(text))
 
 
 # --- the corpus ------------------------------------------------------------------------------
@@ -312,7 +51,7 @@ def load_corpus(path: str | os.PathLike | None = None, *, sha256: str = CORPUS_S
 
     Args:
         path: a copy of the file. None: download it from ``CORPUS_URL`` into the eelib data
-            cache (kept for next time; see `eelib.cache`).
+            cache (kept for next time; see `eelib._util.cache`).
         sha256: the expected digest.
         timeout: seconds before an unreachable download gives up.
 
@@ -605,7 +344,7 @@ def train_course_model(text: str, out: str | os.PathLike, *, config: LMTrainConf
     adapters, exit_weights = None, None
     named = list(model.named_parameters())
     if config.early_exit:
-        from .lm_exits import initial_adapters
+        from eelib.lm.exits import initial_adapters
 
         adapters = initial_adapters(model, init).to(device).train()
         exit_weights = config.exit_weights or default_exit_weights(config.n_layer)
@@ -678,7 +417,7 @@ def train_course_model(text: str, out: str | os.PathLike, *, config: LMTrainConf
         sample = generate_sample(lm, sample_prompt, seed=config.seed)
         early_exit = None
         if adapters is not None:
-            from .lm_exits import save_trained_exits
+            from eelib.lm.exits import save_trained_exits
 
             early_exit = save_trained_exits(lm, adapters.eval(), tmp, val_text, weights=exit_weights,
                                             distill=config.exit_distill, init=config.init, log=log)
@@ -750,7 +489,7 @@ def _model_card(*, config: LMTrainConfig, n_params: int, seconds: float, steps: 
         ee_section = f"""
 ## Trained for early exit
 Every layer 1 .. {config.n_layer - 1} has an exit: an `ExitAdapter` (`ln(h + A h + b)`, in `exit_heads/`)
-before the model's own, shared `lm_head`, trained **jointly with the model** (`eelib.lm.early_exit_loss`):
+before the model's own, shared `lm_head`, trained **jointly with the model** (`eelib.lm.train.early_exit_loss`):
 the loss is the final layer's cross-entropy plus, for each layer l, weight w_l times
 ({1 - config.exit_distill:g} x cross-entropy + {config.exit_distill:g} x KL(final layer || exit l)), the final layer's
 distribution detached. Weights w_1 .. w_{config.n_layer - 1}: {", ".join(f"{w:g}" for w in early_exit["weights"])}
@@ -768,7 +507,7 @@ its tuned exit heads (`eelib.course_exits`):
     return f"""# {title}
 
 A small GPT-2 (`GPT2LMHeadModel`, `model_type` "gpt2") trained on Tiny Shakespeare, shipped inside
-eelib so that the language-model chapters run offline. Load it with `eelib.lm.load_lm({name!r})`,
+eelib so that the language-model chapters run offline. Load it with `eelib.lm.model.load_lm({name!r})`,
 or with `transformers.GPT2LMHeadModel.from_pretrained(<this folder>)` and
 `transformers.AutoTokenizer.from_pretrained(<this folder>)`.
 
@@ -786,7 +525,7 @@ or with `transformers.GPT2LMHeadModel.from_pretrained(<this folder>)` and
 - Stored as fp16 safetensors; this folder is {folder_bytes:,} bytes.
 
 ## Training
-`python -m eelib.lm train` with these settings (`eelib.lm.LMTrainConfig`):
+`python -m eelib.lm train` with these settings (`eelib.lm.train.LMTrainConfig`):
 
 | setting | value |
 |---|---|
@@ -806,7 +545,7 @@ Losses in nats per token.
 - **{validation.loss_per_token:.4f} nats per token** over {validation.n_tokens:,} tokens
 - **{validation.bits_per_character:.4f} bits per character** over {validation.n_characters:,} characters
 
-Measured with `eelib.lm.evaluate_text`: `<|endoftext|>` first, then a sliding window of
+Measured with `eelib.lm.model.evaluate_text`: `<|endoftext|>` first, then a sliding window of
 {config.context_length} tokens with stride {config.context_length // 2}, each token scored once.
 
 ## Sample
@@ -820,7 +559,7 @@ Prompt `{prompt!r}`, sampled (temperature 0.8, top-k 40, seed {config.seed}):
 
 def default_train_folder(name: str = COURSE_MODEL) -> Path:
     """Where ``python -m eelib.lm train`` writes by default: ``<cache root>/models/<name>`` (never the package)."""
-    from .cache import models_dir
+    from eelib._util.cache import models_dir
 
     return models_dir() / name
 

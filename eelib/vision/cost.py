@@ -17,9 +17,10 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .device import eval_mode, synchronize, timed
-from .exits import EarlyExitNet
-from .resnet import ResNet
+from eelib._util.device import eval_mode, synchronize, timed
+from eelib.vision.exits import EarlyExitNet
+from eelib.vision.resnet import ResNet
+from eelib.errors import EnergyUnavailable
 
 # Energy of arithmetic only: a 32-bit float multiply (3.7 pJ) plus add (0.9 pJ) in 45 nm CMOS
 # (Horowitz, ISSCC 2014) is ~4.6 pJ per multiply-accumulate = 2.3 pJ per FLOP. Memory traffic,
@@ -135,8 +136,8 @@ def latency_per_exit(model: EarlyExitNet, x: torch.Tensor, *, repeats: int = 20,
                      all_runs: bool = False) -> list[float] | list[list[float]]:
     """Wall-clock seconds to compute exit ``k`` alone on batch ``x`` (backbone up to it + its head).
 
-    Measured on ``x``'s device (:func:`eelib.device.timed` synchronises it), in eval mode; the fastest of ``repeats``
-    runs counts (the least disturbed by other work, as in :func:`eelib.dynamic.measure_speedup`).
+    Measured on ``x``'s device (:func:`eelib._util.device.timed` synchronises it), in eval mode; the fastest of ``repeats``
+    runs counts (the least disturbed by other work, as in :func:`eelib.vision.dynamic.measure_speedup`).
     The last value is the full backbone with its own classifier, no early heads. With
     ``all_runs`` every exit's ``repeats`` times are returned instead (for a figure of the spread).
     """
@@ -164,10 +165,6 @@ def energy_estimate(flops: float, *, joules_per_flop: float = JOULES_PER_FLOP) -
 # --- measured energy, where the machine has a counter ---------------------------------------------
 
 RAPL_ROOT = Path("/sys/class/powercap")  # Linux's RAPL energy counters (Intel and AMD CPUs)
-
-
-class EnergyUnavailable(RuntimeError):
-    """This machine offers no energy counter that eelib can read (the message says why)."""
 
 
 def energy_counter(device: torch.device | str | None = None) -> Callable[[], float]:
