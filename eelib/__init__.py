@@ -31,8 +31,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {  # module -> the public names it gives to `eelib`
     "eelib.errors": ("DownloadError", "EelibError", "EnergyUnavailable", "ModelUnavailableError"),
-    "eelib._util.device": ("eval_mode", "get_device", "reproducible_training", "seed_everything", "synchronize",
-        "timed"),
+    "eelib._util.device": ("get_device", "reproducible_training", "seed_everything"),
+    "eelib._util.eval_mode": ("eval_mode",),
+    "eelib._util.flops": ("count_flops",),
+    "eelib._util.timing": ("synchronize", "timed"),
     "eelib.policies": ("Calibration", "ExitPolicy", "MEASURES", "PolicyEval", "PolicyResult", "apply_policy",
         "calibrate", "confidence", "evaluate_oracle", "evaluate_policy", "oracle_exits", "static_exit",
         "tradeoff_curve"),
@@ -48,7 +50,7 @@ _EXPORTS = {  # module -> the public names it gives to `eelib`
     "eelib.outputs": ("ExitOutputs",),
     "eelib.vision.exits": ("EarlyExitNet", "ExitConfig", "ExitHead", "exit_outputs",
         "torchvision_early_exit"),
-    "eelib.vision.cost": ("ExitCosts", "count_flops", "energy_estimate", "exit_costs", "latency_per_exit"),
+    "eelib.vision.cost": ("ExitCosts", "energy_estimate", "exit_costs", "latency_per_exit"),
     "eelib.vision.dynamic": ("DynamicResult", "Speedup", "dynamic_inference", "measure_speedup"),
     "eelib.lm.model": ("COURSE_EE_MODEL", "COURSE_MODEL", "LMEval", "LanguageModel", "evaluate_text", "load_lm",
         "token_losses"),

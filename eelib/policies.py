@@ -76,8 +76,15 @@ class Measure:
         return {"max_prob": (1 / num_classes, 1.0), "entropy": (0.0, math.log(num_classes)),
                 "margin": (0.0, 1.0), "patience": (1.0, float(num_exits))}[self.name]
 
-    def passes(self, score: torch.Tensor, threshold: float) -> torch.Tensor:
-        """Booleans: which samples are confident enough to leave."""
+    def passes(self, score: torch.Tensor | float, threshold: float) -> torch.Tensor | bool:
+        """The exit decision, the one rule of the package: is ``score`` confident enough to leave?
+
+        ``score >= threshold`` for a higher-is-confident measure, ``score <= threshold`` for entropy;
+        elementwise for a tensor, a ``bool`` for a number. Simulation (`first_exits`), routing
+        (`eelib.vision.dynamic.route`), generation (`eelib.lm.generate`), speculative drafting
+        (`eelib.lm.speculative`), CALM's gates (`eelib.lm.confidence`) and rejection
+        (`eelib.rejection.decide`) all decide with it.
+        """
         return score >= threshold if self.higher_is_confident else score <= threshold
 
 

@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 
 from eelib.outputs import ExitOutputs
-from eelib.policies import candidate_thresholds, first_exits, get_measure
+from eelib.policies import candidate_thresholds, get_measure
 from eelib._util.validation import check_finite
 
 EXIT, CONTINUE, REJECT = 0, 1, 2  # the three decisions at an exit (see decide)
@@ -379,7 +379,7 @@ class RejectResult:
     rejected: torch.Tensor  # (N,) booleans
 
 
-def _route(scores: torch.Tensor, policy: RejectPolicy) -> tuple[torch.Tensor, torch.Tensor]:
+def decide_all(scores: torch.Tensor, policy: RejectPolicy) -> tuple[torch.Tensor, torch.Tensor]:
     """Exit index and rejection of each sample from the scores of every exit ``(E, N)``."""
     num_exits, n = scores.shape
     decisions = torch.stack([decide(scores[k], policy.exit_thresholds[k] if k < num_exits - 1 else 0.0,
@@ -395,7 +395,7 @@ def apply_reject_policy(policy: RejectPolicy, logits: torch.Tensor) -> RejectRes
     if logits.ndim != 3:
         raise ValueError(f"logits must have shape (num_exits, N, num_classes), got {tuple(logits.shape)}")
     policy.check(logits.shape[0], logits.shape[-1])
-    exits, rejected = _route(get_measure(policy.measure).fn(logits), policy)
+    exits, rejected = decide_all(get_measure(policy.measure).fn(logits), policy)
     return RejectResult(exits, logits.argmax(-1).gather(0, exits[None])[0], rejected)
 
 
@@ -570,7 +570,7 @@ def calibrate_reject(outputs: ExitOutputs, costs: CostModel, *, flops_budget: fl
             candidate_thresholds(outputs, measure, max_candidates=max_candidates)
         for t in exit_candidates:
             policy = RejectPolicy(measure, (t,) * (num_exits - 1), early_reject + (keep_all,))
-            exits, rejected = _route(scores, policy)
+            exits, rejected = decide_all(scores, policy)
             if float(flops[exits].mean()) > budget:
                 continue
             if mode == "exit_only":
@@ -589,7 +589,7 @@ def calibrate_reject(outputs: ExitOutputs, costs: CostModel, *, flops_budget: fl
         raise ValueError(f"no {mode} policy meets flops_budget={flops_budget:.4g}")
     if mode == "combined":
         def key_of(policy: RejectPolicy) -> tuple[float, float]:
-            exits, rejected = _route(scores, policy)
+            exits, rejected = decide_all(scores, policy)
             e = _evaluate(exits, rejected, correct.gather(0, exits[None])[0], costs)
             return (e.cost, e.avg_flops)
 
@@ -604,7 +604,7 @@ def calibrate_reject(outputs: ExitOutputs, costs: CostModel, *, flops_budget: fl
                 rejects = policy.reject_thresholds[:k] + (t,) + policy.reject_thresholds[k + 1:]
                 candidate = RejectPolicy(measure, policy.exit_thresholds, rejects)
                 key = key_of(candidate)
-                exits, _ = _route(scores, candidate)
+                exits, _ = decide_all(scores, candidate)
                 if float(flops[exits].mean()) <= budget and key < best[0]:
                     best = (key, candidate)
         again = search_exit(best[1].reject_thresholds[:-1])

@@ -170,7 +170,7 @@ def test_measure_speedup_times_each_run_and_keeps_the_fastest(model, monkeypatch
     from eelib.vision import dynamic
 
     clock = FakeClock()
-    monkeypatch.setattr(eelib._util.device.time, "perf_counter", clock)
+    monkeypatch.setattr(eelib._util.timing.time, "perf_counter", clock)
     passes = {"dynamic": 0}
     real_route = dynamic.route
 
@@ -197,7 +197,7 @@ def test_latency_per_exit_times_each_exit_alone(model, monkeypatch):
     import eelib._util.device
 
     clock = FakeClock()
-    monkeypatch.setattr(eelib._util.device.time, "perf_counter", clock)
+    monkeypatch.setattr(eelib._util.timing.time, "perf_counter", clock)
     real = model.forward_until
 
     def forward_until(x, k):

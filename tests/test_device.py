@@ -58,7 +58,7 @@ def test_seed_must_be_a_non_negative_int(seed):
 
 
 def test_timed_synchronises_the_device_it_is_given(monkeypatch):
-    import eelib._util.device as dev
+    import eelib._util.timing as dev
 
     calls = []
     monkeypatch.setattr(dev.torch.cuda, "synchronize", lambda device=None: calls.append(("sync", str(device))))
@@ -76,7 +76,7 @@ def test_timed_synchronises_the_device_it_is_given(monkeypatch):
 def test_eval_mode_restores_every_submodule_even_on_error():
     import torch
 
-    from eelib._util.device import eval_mode
+    from eelib._util.eval_mode import eval_mode
 
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(2))
     net.train()
@@ -104,3 +104,26 @@ def test_reproducible_training_pins_the_threads_and_restores_them():
     with reproducible_training("cpu"):
         assert torch.get_num_threads() == TRAINING_THREADS and torch.backends.cudnn.deterministic
     assert torch.get_num_threads() == before
+
+
+def test_train_mode_restores_every_submodule():
+    import torch
+
+    from eelib._util.eval_mode import train_mode
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    net.eval()
+    with train_mode(net):
+        assert all(m.training for m in net.modules())
+    assert not any(m.training for m in net.modules())
+
+
+def test_interleaved_runs_every_call_in_turn(monkeypatch):
+    import eelib._util.timing as timing
+
+    order = []
+    runs = timing.interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3)
+    assert order == ["a", "b"] * 3  # one run of each in turn, not all of a then all of b
+    assert set(runs) == {"a", "b"} and all(len(r) == 3 and min(r) >= 0 for r in runs.values())
+    with pytest.raises(ValueError, match="repeats"):
+        timing.interleaved({"a": lambda: None}, 0)

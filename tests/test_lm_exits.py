@@ -415,7 +415,7 @@ def test_generation_speed_is_the_fastest_run_of_each_loop_summed_over_prompts(co
     from eelib.lm import generate as lm_generate
 
     now = [0.0]
-    monkeypatch.setattr(eelib._util.device.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(eelib._util.timing.time, "perf_counter", lambda: now[0])
     real = lm_generate.early_exit_generate
 
     def fake_generate(ee, ids, policy, *, max_new_tokens, **kwargs):

@@ -1,4 +1,4 @@
-"""Device choice and reproducibility: one place that decides where tensors live.
+"""Device choice, seeding and reproducible training: one place that decides where tensors live.
 
 `get_device()` prefers CUDA, then Apple's MPS, then the CPU; the environment variable
 ``EELIB_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``) overrides the choice, e.g. to run a
@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import time
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -84,58 +83,6 @@ def seed_everything(seed: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
-
-
-def synchronize(device: torch.device | str | None = None) -> None:
-    """Wait until every kernel queued on ``device`` has finished (nothing to wait for on the CPU).
-
-    Timings call this before reading the clock: GPU work is queued, so without it a timer
-    measures how fast work is *queued*, not done. ``device`` is the device of the tensors being
-    timed (``cuda:1`` waits for GPU 1, not for the current GPU).
-    """
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def timed(fn: Callable[[], object], device: torch.device | str | None = None) -> float:
-    """Seconds that ``fn()`` takes, synchronised on ``device`` before and after (see :func:`synchronize`).
-
-    The one timing helper of eelib: every measured time in the package goes through it.
-    """
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-@contextlib.contextmanager
-def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
-    """Run a block with ``modules`` in eval mode; restore every submodule's own mode afterwards.
-
-    Restores on error too, and restores each submodule's flag (a frozen backbone kept in eval
-    mode inside a training model stays so). Nothing is moved to another device.
-
-    Example::
-
-        with eval_mode(model):
-            logits = model(x)
-    """
-    for m in modules:
-        if not isinstance(m, torch.nn.Module):
-            raise TypeError(f"eval_mode takes torch.nn.Module objects, got {type(m).__name__}")
-    flags = [[(sub, sub.training) for sub in m.modules()] for m in modules]
-    try:
-        for m in modules:
-            m.eval()
-        yield
-    finally:
-        for saved in flags:
-            for sub, flag in saved:
-                sub.training = flag
 
 
 TRAINING_THREADS = 1  # CPU threads for the course models' training (see reproducible_training)

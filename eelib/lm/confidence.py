@@ -30,6 +30,7 @@ from eelib.lm.exits import EarlyExitLM
 from eelib.policies import Measure, first_exits
 
 STATE_MEASURES = ("saturation", "classifier")
+_STATE_SCORE = Measure("state", lambda s: s, higher_is_confident=True, per_exit=True)  # both: higher is confident
 
 
 def saturation(h: torch.Tensor, h_before: torch.Tensor) -> torch.Tensor:
@@ -72,6 +73,10 @@ class StateGate:
         if self.measure == "saturation":
             return saturation(h, h_before)
         return self.classifiers(k, h)
+
+    def passes(self, score: torch.Tensor | float, k: int) -> torch.Tensor | bool:
+        """The exit decision at early exit ``k`` (`eelib.policies.Measure.passes`: score >= threshold)."""
+        return _STATE_SCORE.passes(score, self.thresholds[k])
 
 
 def _states(ee: EarlyExitLM, text: str, max_tokens: int):
@@ -141,13 +146,12 @@ def calibrate_gate(ee: EarlyExitLM, text: str, measure: str, *, target: float = 
     if not 0 < target <= 1:
         raise ValueError(f"target must be in (0, 1], got {target!r}")
     scores, correct = state_scores(ee, text, measure, classifiers, max_tokens=max_tokens)
-    higher = Measure(measure, lambda s: s, True, True)
     full = torch.cat([scores, torch.zeros(1, scores.shape[1])])  # the final exit takes the rest
     layers = torch.tensor(ee.layers, dtype=torch.float64)
     qs = torch.linspace(0, 1, max_candidates, dtype=torch.float64)
     candidates = sorted(set(torch.quantile(scores.flatten().double(), qs).tolist())) + [math.inf]
     for t in candidates:  # from the loosest to the strictest: the first that meets the target
-        exits = first_exits(full, (t,) * len(ee.exit_layers), higher)
+        exits = first_exits(full, (t,) * len(ee.exit_layers), _STATE_SCORE)
         agreement = correct.double().gather(0, exits[None]).mean().item()
         if agreement >= target - 1e-12:
             return GateCalibration(StateGate(measure, (t,) * len(ee.exit_layers), classifiers), agreement,

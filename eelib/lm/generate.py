@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
-from eelib._util.device import timed
+from eelib._util.flops import count_flops, flop_counter
+from eelib._util.timing import interleaved
 from eelib.lm.model import encode
 from eelib.lm.exits import EarlyExitLM
 from eelib.policies import ExitPolicy, get_measure
@@ -393,7 +393,7 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
     layers = ee.layers
     # without a policy only the final exit is visited: the plain decoding loop
     plan = list(enumerate(layers)) if policy is not None or gate is not None else [(len(layers) - 1, layers[-1])]
-    counter = FlopCounterMode(display=False) if count_flops else None
+    counter = flop_counter() if count_flops else None
     steps = []
     if counter is not None:
         counter.__enter__()
@@ -413,7 +413,7 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
                     score = float("nan")  # the final exit takes every token left: no decision
                 if gate is not None and k < len(layers) - 1:  # decide from the state; a head only to leave
                     score = float(gate.score(k, x, before))
-                    if score >= gate.thresholds[k]:
+                    if gate.passes(score, k):
                         logits = ee.head(k, x)
                         dec.leave(layer, x, pos)
                         break
@@ -432,7 +432,7 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
                     run = run + 1 if pred == prev_pred else 1
                     prev_pred, score = pred, float(run)
                 t = policy.thresholds[k]
-                if (score >= t) if measure.higher_is_confident else (score <= t):
+                if measure.passes(score, t):  # the one exit rule (eelib.policies.Measure.passes)
                     dec.leave(layer, x, pos)  # the layers above: copied up, or deferred (lazy)
                     break
             dec.length = pos + 1
@@ -487,12 +487,6 @@ class TokenCosts:
         return tuple(f / self.full_flops for f in self.flops)
 
 
-def _count(fn) -> int:
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
 def token_exit_costs(ee: EarlyExitLM, context: int = 128, kv: str = "lazy") -> TokenCosts:
     """Count what a token costs at each exit of ``ee``, by running the decoder's own pieces.
 
@@ -508,10 +502,10 @@ def token_exit_costs(ee: EarlyExitLM, context: int = 128, kv: str = "lazy") -> T
         raise ValueError(f"context must be an integer from 1 to {ee.lm.context_length}, got {context!r}")
     dec = Decoder(ee)
     x = torch.zeros(1, dec.d, device=ee.lm.device, dtype=dec.keys.dtype)
-    layer = _count(lambda: dec.block(0, x, context - 1))
-    head = _count(lambda: ee.head(0, x))
-    final_head = _count(lambda: ee.head(ee.num_exits - 1, x))
-    kv_flops = _count(lambda: dec.fill_kv(0, x, context - 1))
+    layer = count_flops(lambda: dec.block(0, x, context - 1))
+    head = count_flops(lambda: ee.head(0, x))
+    final_head = count_flops(lambda: ee.head(ee.num_exits - 1, x))
+    kv_flops = count_flops(lambda: dec.fill_kv(0, x, context - 1))
     n = ee.lm.n_layers
     skipped = kv_flops if kv == "copy" else layer
     flops = [l * layer + (k + 1) * head + (n - l) * skipped for k, l in enumerate(ee.exit_layers)]
@@ -598,12 +592,9 @@ def measure_generation_speed(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | S
             "HF prompt lookup": lambda: lm.model.generate(ids[None], prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS,
                                                           **hf),
         }
-        best = {name: math.inf for name in loops}
-        for _ in range(repeats):
-            for name in loops:
-                best[name] = min(best[name], timed(calls[name], ids.device))
+        runs = interleaved({name: calls[name] for name in loops}, repeats, ids.device)
         for name in loops:
-            seconds[name] += best[name]
+            seconds[name] += min(runs[name])  # the fastest run counts
         total += n_new
     return GenerationSpeed(total, seconds)
 

@@ -39,14 +39,16 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from eelib.lm.model import _SHIPPED, LanguageModel, course_model_path, encode
 from eelib.lm.exits import HEADS_FOLDER, EarlyExitLM
-from eelib._util.device import synchronize as _sync, timed
+from eelib._util.flops import flop_counter
+from eelib._util.timing import synchronize as _sync, timed
 from eelib.lm.generate import Decoder, Generation, Round, TokenStep, _prompt_ids
+from eelib.policies import MEASURES
 
 SETTINGS_FILE = "speculative.json"  # beside the exit heads of a shipped course model: the calibrated defaults
+DRAFT_MEASURE = MEASURES["max_prob"]  # the draft goes on while its exit is this confident
 FALLBACK = dict(threshold=0.5, max_draft=8, draft_vocab=None)  # for an exit (or a model) without calibrated settings
 
 
@@ -198,7 +200,7 @@ def self_speculative_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | tor
     L, N = ee.layers[settings.draft_exit], ee.lm.n_layers
     tf, device = ee.model.transformer, ids.device
     final_layer = ee.num_exits - 1
-    counter = FlopCounterMode(display=False) if count_flops else None
+    counter = flop_counter() if count_flops else None
     produced: list[int] = []
     steps: list[TokenStep] = []
     rounds: list[Round] = []
@@ -221,7 +223,7 @@ def self_speculative_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | tor
                     break
                 conf, tok = head(x)
                 c = float(conf)  # the one host sync of a draft step: it decides whether to go on
-                if c < settings.threshold:
+                if not DRAFT_MEASURE.passes(c, settings.threshold):  # the one exit rule: max_prob >= threshold
                     break
                 drafts.append(tok)
                 confs.append(c)

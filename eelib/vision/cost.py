@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from eelib._util.device import eval_mode, synchronize, timed
+from eelib._util.eval_mode import eval_mode
+from eelib._util.flops import count_flops
+from eelib._util.timing import interleaved, synchronize
 from eelib.vision.exits import EarlyExitNet
 from eelib.vision.resnet import ResNet
 from eelib.errors import EnergyUnavailable
@@ -63,13 +64,6 @@ class ExitCosts:
                      relative=f / self.full_flops, params=p)
                 for name, b, h, f, p in zip(self.exit_names, self.backbone_flops, self.head_flops, self.flops,
                                              self.params)]
-
-
-def count_flops(fn, *args) -> int:
-    """FLOPs that ``fn(*args)`` performs, counted by ``FlopCounterMode`` (no_grad)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        fn(*args)
-    return int(counter.get_total_flops())
 
 
 def default_input_shape(model: EarlyExitNet) -> tuple[int, int, int]:
@@ -121,22 +115,19 @@ def exit_costs(model: EarlyExitNet, input_shape: tuple[int, int, int] | None = N
 def _timed_runs(fns, x, repeats: int, warmup: int) -> list[list[float]]:
     """Every repeat of every function on ``x``, interleaved (one run of each in turn), so that a
     disturbance of the machine falls on all of them alike."""
-    runs: list[list[float]] = [[] for _ in fns]
     with torch.inference_mode():
         for fn in fns:
             for _ in range(warmup):
                 fn(x)
-        for _ in range(repeats):
-            for k, fn in enumerate(fns):
-                runs[k].append(timed(lambda: fn(x), x.device))
-    return runs
+        runs = interleaved({k: (lambda fn=fn: fn(x)) for k, fn in enumerate(fns)}, repeats, x.device)
+    return [runs[k] for k in range(len(fns))]
 
 
 def latency_per_exit(model: EarlyExitNet, x: torch.Tensor, *, repeats: int = 20, warmup: int = 3,
                      all_runs: bool = False) -> list[float] | list[list[float]]:
     """Wall-clock seconds to compute exit ``k`` alone on batch ``x`` (backbone up to it + its head).
 
-    Measured on ``x``'s device (:func:`eelib._util.device.timed` synchronises it), in eval mode; the fastest of ``repeats``
+    Measured on ``x``'s device (:func:`eelib._util.timing.timed` synchronises it), in eval mode; the fastest of ``repeats``
     runs counts (the least disturbed by other work, as in :func:`eelib.vision.dynamic.measure_speedup`).
     The last value is the full backbone with its own classifier, no early heads. With
     ``all_runs`` every exit's ``repeats`` times are returned instead (for a figure of the spread).

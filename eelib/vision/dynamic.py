@@ -16,7 +16,8 @@ import torch
 
 from eelib._util.validation import check_finite
 from eelib.vision.cost import exit_costs
-from eelib._util.device import eval_mode, timed
+from eelib._util.eval_mode import eval_mode
+from eelib._util.timing import interleaved
 from eelib.vision.exits import EarlyExitNet
 from eelib.policies import ExitPolicy, get_measure
 
@@ -143,7 +144,7 @@ def measure_speedup(model: EarlyExitNet, images: torch.Tensor, policy: ExitPolic
                     repeats: int = 3) -> Speedup:
     """Time the full network and dynamic inference over ``images`` in batches of ``batch_size``.
 
-    Both run in inference mode on ``images``' device (timed by :func:`eelib._util.device.timed`, which
+    Both run in inference mode on ``images``' device (timed by :func:`eelib._util.timing.timed`, which
     synchronises that device), over the same
     batches; each is timed ``repeats`` times (interleaved) after a warm-up and the fastest pass counts
     (the least disturbed by other work on the machine). The ideal speedup comes from the FLOPs
@@ -159,22 +160,18 @@ def measure_speedup(model: EarlyExitNet, images: torch.Tensor, policy: ExitPolic
     check_finite(images, "images")
     batches = list(torch.split(images, batch_size))
 
-    def one_pass(fn) -> float:
-        return timed(lambda: [fn(b) for b in batches], images.device)
-
     never = ExitPolicy.never_exit(model.num_exits, policy.measure)
     runs = {"full": model.backbone, "dynamic": lambda b: route(model, b, policy),
             "never": lambda b: route(model, b, never)}
-    best = dict.fromkeys(runs, float("inf"))
     with eval_mode(model):
         with torch.inference_mode():
             for fn in runs.values():
                 for b in batches[:2]:
                     fn(b)  # warm-up
-            for _ in range(repeats):  # interleaved, so that a slow spell of the machine hits all three alike
-                for name, fn in runs.items():
-                    best[name] = min(best[name], one_pass(fn))
-        full, dynamic, never_exit = best["full"], best["dynamic"], best["never"]
+            # interleaved, so that a slow spell of the machine hits all three alike; one pass = every batch
+            times = interleaved({name: (lambda fn=fn: [fn(b) for b in batches]) for name, fn in runs.items()},
+                                repeats, images.device)
+        full, dynamic, never_exit = (min(times[name]) for name in ("full", "dynamic", "never"))
         costs = exit_costs(model, tuple(images.shape[1:]))
         spent = sum(dynamic_inference(model, b, policy).flops for b in batches)
     return Speedup(batch_size, len(images), full, dynamic, never_exit, costs.full_flops * len(images) / spent)

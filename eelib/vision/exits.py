@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from eelib._util.device import get_device
+from eelib._util.eval_mode import eval_mode
 from eelib.outputs import ExitOutputs
 from eelib.vision.resnet import ResNet
 
@@ -338,13 +339,12 @@ def torchvision_early_exit(arch: str = "resnet18", *, weights=None, points: Sequ
 def exit_outputs(model: EarlyExitNet, loader: DataLoader, *, device: torch.device | str | None = None) -> ExitOutputs:
     """Logits of every exit for every sample of ``loader`` (eval mode), gathered on the CPU."""
     device = torch.device(device) if device is not None else get_device()
-    was_training = model.training
-    model.eval().to(device)
     logits, labels = [], []
-    for x, y in loader:
-        logits.append(torch.stack(model(x.to(device))).cpu())
-        labels.append(y)
-    model.train(was_training)
+    with eval_mode(model):
+        model.to(device)
+        for x, y in loader:
+            logits.append(torch.stack(model(x.to(device))).cpu())
+            labels.append(y)
     if not logits:
         raise ValueError("loader is empty: nothing to predict")
     return ExitOutputs(torch.cat(logits, 1), torch.cat(labels), model.exit_names)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from eelib._util.progress import tqdm
 
 from eelib._util.device import get_device
+from eelib._util.eval_mode import eval_mode, train_mode
 
 
 @dataclass(frozen=True)
@@ -98,18 +99,17 @@ def _check_run(train_loader: DataLoader, epochs: int, lr: float,
 def evaluate(model: nn.Module, loader: DataLoader, *, device: torch.device | str | None = None) -> EvalResult:
     """Mean cross-entropy and accuracy of ``model`` on every batch of ``loader`` (eval mode)."""
     device = torch.device(device) if device is not None else get_device()
-    was_training = model.training
-    model.eval().to(device)
     wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     total_loss = torch.zeros((), dtype=wide, device=device)  # summed on the device: one sync at the end
     correct, n = torch.zeros((), dtype=torch.long, device=device), 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        total_loss += F.cross_entropy(logits, y, reduction="sum").to(wide)
-        correct += (logits.argmax(1) == y).sum()
-        n += len(y)
-    model.train(was_training)
+    with eval_mode(model):
+        model.to(device)
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            total_loss += F.cross_entropy(logits, y, reduction="sum").to(wide)
+            correct += (logits.argmax(1) == y).sum()
+            n += len(y)
     if n == 0:
         raise ValueError("loader is empty: nothing to evaluate")
     return EvalResult(loss=float(total_loss) / n, accuracy=int(correct) / n, n=n)
@@ -119,13 +119,12 @@ def evaluate(model: nn.Module, loader: DataLoader, *, device: torch.device | str
 def predict(model: nn.Module, loader: DataLoader, *, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``(N, classes)`` and labels ``(N,)`` for every sample of ``loader``, on the CPU."""
     device = torch.device(device) if device is not None else get_device()
-    was_training = model.training
-    model.eval().to(device)
     logits, labels = [], []
-    for x, y in loader:
-        logits.append(model(x.to(device)).cpu())
-        labels.append(y)
-    model.train(was_training)
+    with eval_mode(model):
+        model.to(device)
+        for x, y in loader:
+            logits.append(model(x.to(device)).cpu())
+            labels.append(y)
     if not logits:
         raise ValueError("loader is empty: nothing to predict")
     return torch.cat(logits), torch.cat(labels)
@@ -225,13 +224,11 @@ def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     params = dict(model.named_parameters())
     weights = [params[n] for n in names]
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}  # batch norm's running statistics
-    was_training = model.training
-    model.train()
     try:
-        loss = F.cross_entropy(model(x.to(device)), y.to(device))
-        grads = torch.autograd.grad(loss, weights)
+        with train_mode(model):
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            grads = torch.autograd.grad(loss, weights)
     finally:
-        model.train(was_training)
         with torch.no_grad():
             for n, b in model.named_buffers():
                 b.copy_(buffers[n])
@@ -317,15 +314,13 @@ def _exit_loss(logits: list[torch.Tensor], y: torch.Tensor, *, mode: str, exit_w
 
 @torch.no_grad()
 def _exit_accuracies(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, ...]:
-    was_training = model.training
-    model.eval()
     correct, n = None, 0
-    for x, y in loader:
-        y = y.to(device)
-        right = torch.stack([(z.argmax(1) == y).sum() for z in model(x.to(device))])
-        correct = right if correct is None else correct + right
-        n += len(y)
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in loader:
+            y = y.to(device)
+            right = torch.stack([(z.argmax(1) == y).sum() for z in model(x.to(device))])
+            correct = right if correct is None else correct + right
+            n += len(y)
     if n == 0:
         raise ValueError("val_loader is empty: nothing to evaluate")
     return tuple((correct.float() / n).tolist())
