@@ -111,7 +111,7 @@ def course_figures():
 
 def _public_figure_functions() -> set[str]:
     return {n for n, f in inspect.getmembers(plots, inspect.isfunction)
-            if f.__module__ == plots.__name__ and n.startswith(("plot_", "draw_"))}
+            if f.__module__.startswith(plots.__name__ + ".") and n.startswith(("plot_", "draw_"))}
 
 
 def test_every_figure_function_is_rendered(course_figures):
