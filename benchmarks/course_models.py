@@ -93,11 +93,11 @@ def chapter4(data, device) -> dict:
     costs = eelib.exit_costs(ee)
     rows = {}
     for measure in ("max_prob", "entropy", "margin", "patience"):
-        cal = eelib.calibrate(val, costs.flops, costs.full_flops, measure=measure, max_accuracy_drop=0.005)
-        ev = eelib.evaluate_policy(cal.policy, test, costs.flops, costs.full_flops)
+        cal = eelib.calibrate(val, costs, measure=measure, max_accuracy_drop=0.005)
+        ev = eelib.evaluate_policy(cal.policy, test, costs)
         rows[measure] = {"threshold": cal.policy.thresholds[0], "val_accuracy": cal.val.accuracy,
                          "test_accuracy": ev.accuracy, "test_flops_saved": ev.flops_saved}
-    oracle = eelib.evaluate_oracle(test, costs.flops, costs.full_flops)
+    oracle = eelib.evaluate_oracle(test, costs)
     return {
         "policies": rows,
         "max_accuracy_drop": 0.005,

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     cal_out = token_exit_outputs(ee, heldout_text("calibration"), max_tokens=args.calibration_tokens).outputs
     mean_context = args.prompt_tokens + args.new_tokens // 2
     costs = token_exit_costs(ee, mean_context)
-    cal = calibrate(cal_out, costs.flops, costs.full_flops, measure=args.measure, max_accuracy_drop=1 - args.target,
+    cal = calibrate(cal_out, costs, measure=args.measure, max_accuracy_drop=1 - args.target,
                     per_exit=args.per_exit)
     policy: ExitPolicy = cal.policy
     del cal_out

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows[f"{mode}_accuracy"].append(ev.accuracy)
             rows[f"{mode}_coverage"].append(ev.coverage)
             if mode == "combined":
-                rows["combined_cal_avg_flops"].append(cal.cal.avg_flops)
+                rows["combined_cal_avg_flops"].append(cal.val.avg_flops)
     over = [f > budget for f in rows["combined_avg_flops"]]
     results = {
         "alpha": args.alpha,

@@ -107,7 +107,7 @@ def chapter7_figures(lm, prompts, args) -> dict:
     cal_text = heldout_text("calibration")
     outputs = token_exit_outputs(ee, cal_text, max_tokens=args.calibration_tokens).outputs
     costs = token_exit_costs(ee, 32 + args.new_tokens // 2)
-    policy = calibrate(outputs, costs.flops, costs.full_flops, max_accuracy_drop=1 - args.target).policy
+    policy = calibrate(outputs, costs, max_accuracy_drop=1 - args.target).policy
     del outputs
     classifiers = train_exit_classifiers(ee, cal_text, max_tokens=args.calibration_tokens)
     figures = {}

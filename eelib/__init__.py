@@ -55,7 +55,7 @@ _EXPORTS = {  # module -> the public names it gives to `eelib`
     "eelib.lm.model": ("COURSE_EE_MODEL", "COURSE_MODEL", "LMEval", "LanguageModel", "evaluate_text", "load_lm",
         "token_losses"),
     "eelib.lm.exits": ("EarlyExitLM", "TokenExits", "agreement_by_layer", "course_exits", "heldout_text",
-        "load_exit_heads", "oracle_layers", "perplexity", "threshold_for_agreement", "token_exit_outputs",
+        "load_exit_heads", "oracle_layers", "oracle_token_exits", "perplexity", "threshold_for_agreement", "token_exit_outputs",
         "train_exit_heads"),
     "eelib.lm.generate": ("Decoder", "ForcedEval", "Generation", "GenerationSpeed", "Round", "TokenCosts",
         "early_exit_generate", "measure_generation_speed", "teacher_forced_eval", "token_exit_costs"),

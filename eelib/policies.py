@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,7 @@ class Measure:
     name: str
     fn: Callable[[torch.Tensor], torch.Tensor]
     higher_is_confident: bool
-    per_exit: bool  # True: computed from one exit's logits; False: needs all exits so far (patience)
+    one_exit: bool  # True: computed from one exit's logits; False: needs all exits so far (patience)
 
     def range(self, num_classes: int, num_exits: int) -> tuple[float, float]:
         """The values the measure can take (thresholds must lie in it)."""
@@ -150,8 +150,8 @@ class ExitPolicy:
 class PolicyResult:
     """Where each sample left and what it predicted."""
 
+    predictions: torch.Tensor  # (N,) the class predicted at the exit each sample took
     exits: torch.Tensor  # (N,) exit index of each sample
-    predictions: torch.Tensor  # (N,) the class predicted at that exit
 
 
 def first_exits(scores: torch.Tensor, thresholds: Sequence[float], measure: Measure) -> torch.Tensor:
@@ -178,7 +178,7 @@ def apply_policy(policy: ExitPolicy, logits: torch.Tensor) -> PolicyResult:
     measure = get_measure(policy.measure)
     exits = first_exits(measure.fn(logits), policy.thresholds, measure)
     predictions = logits.argmax(-1).gather(0, exits[None]).squeeze(0)
-    return PolicyResult(exits, predictions)
+    return PolicyResult(predictions, exits)
 
 
 def oracle_exits(outputs: ExitOutputs) -> PolicyResult:
@@ -190,7 +190,7 @@ def oracle_exits(outputs: ExitOutputs) -> PolicyResult:
     any_right = correct.any(0)
     exits = torch.where(any_right, correct.float().argmax(0), torch.zeros_like(outputs.labels))
     predictions = outputs.predictions.gather(0, exits[None]).squeeze(0)
-    return PolicyResult(exits, predictions)
+    return PolicyResult(predictions, exits)
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,28 @@ class PolicyEval:
         return self.full_flops / self.avg_flops
 
 
+CostDescription = Any  # an object with ``exit_flops`` (per exit) and ``full_flops``: see exit_and_full_flops
+
+
+def exit_and_full_flops(costs: CostDescription, full_flops: float | None = None) -> tuple[Sequence[float], float]:
+    """``(exit_flops, full_flops)`` of a cost description: the one kind of cost every ``evaluate*`` and
+    ``calibrate*`` function takes.
+
+    A cost description is any object with ``exit_flops`` (the FLOPs of a sample that leaves at each
+    exit, heads on the way included) and ``full_flops`` (the network without exits, the reference for
+    savings): :func:`eelib.vision.cost.exit_costs`'s `ExitCosts`, :func:`eelib.lm.generate.token_exit_costs`'s
+    `TokenCosts`, or chapter 5's `eelib.rejection.CostModel` (which adds the prices of errors and
+    rejections). The two numbers may also be given as they are, ``(exit_flops, full_flops)``.
+    """
+    if full_flops is not None:
+        return costs, full_flops
+    if not (hasattr(costs, "exit_flops") and hasattr(costs, "full_flops")):
+        raise TypeError(f"costs must be a cost description with exit_flops and full_flops (eelib.exit_costs(model), "
+                        f"eelib.token_exit_costs(ee), eelib.CostModel), or give exit_flops and full_flops; "
+                        f"got {type(costs).__name__}")
+    return costs.exit_flops, costs.full_flops
+
+
 def _check_costs(exit_flops: Sequence[float], num_exits: int) -> torch.Tensor:
     costs = torch.as_tensor(list(exit_flops), dtype=torch.float64)
     if costs.shape != (num_exits,):
@@ -219,14 +241,14 @@ def _check_costs(exit_flops: Sequence[float], num_exits: int) -> torch.Tensor:
     return costs
 
 
-def evaluate_result(result: PolicyResult, labels: torch.Tensor, exit_flops: Sequence[float],
-                    full_flops: float) -> PolicyEval:
+def evaluate_result(result: PolicyResult, labels: torch.Tensor, costs: CostDescription,
+                    full_flops: float | None = None) -> PolicyEval:
     """Accuracy, average FLOPs and exit histogram of a :class:`PolicyResult`.
 
     Args:
-        exit_flops: cost of a sample that leaves at each exit (see :func:`eelib.vision.cost.exit_costs`).
-        full_flops: cost of the backbone without exits, the reference for savings.
+        costs: what a sample costs at each exit (a cost description, see :func:`exit_and_full_flops`).
     """
+    exit_flops, full_flops = exit_and_full_flops(costs, full_flops)
     costs = torch.as_tensor(list(exit_flops), dtype=torch.float64)
     if len(result.exits) and int(result.exits.max()) >= len(costs):
         raise ValueError(f"exit_flops has {len(costs)} values but a sample left at exit {int(result.exits.max())}")
@@ -236,27 +258,30 @@ def evaluate_result(result: PolicyResult, labels: torch.Tensor, exit_flops: Sequ
                       exit_fractions=tuple((counts / len(labels)).tolist()))
 
 
-def evaluate_policy(policy: ExitPolicy, outputs: ExitOutputs, exit_flops: Sequence[float],
-                    full_flops: float) -> PolicyEval:
+def evaluate_policy(policy: ExitPolicy, outputs: ExitOutputs, costs: CostDescription,
+                    full_flops: float | None = None) -> PolicyEval:
     """Simulate ``policy`` on ``outputs`` and measure it (see :func:`evaluate_result`)."""
+    exit_flops, full_flops = exit_and_full_flops(costs, full_flops)
     _check_costs(exit_flops, outputs.num_exits)
     check_finite(outputs.logits, "outputs.logits")
     return evaluate_result(apply_policy(policy, outputs.logits), outputs.labels, exit_flops, full_flops)
 
 
-def evaluate_oracle(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: float) -> PolicyEval:
+def evaluate_oracle(outputs: ExitOutputs, costs: CostDescription, full_flops: float | None = None) -> PolicyEval:
     """The oracle's accuracy and cost: the best accuracy on these exits, at the least cost that reaches it."""
+    exit_flops, full_flops = exit_and_full_flops(costs, full_flops)
     _check_costs(exit_flops, outputs.num_exits)
     return evaluate_result(oracle_exits(outputs), outputs.labels, exit_flops, full_flops)
 
 
-def static_exit(outputs: ExitOutputs, k: int, exit_flops: Sequence[float], full_flops: float) -> PolicyEval:
+def static_exit(outputs: ExitOutputs, k: int, costs: CostDescription, full_flops: float | None = None) -> PolicyEval:
     """Every sample leaves at exit ``k`` (a smaller network with no choice)."""
+    exit_flops, full_flops = exit_and_full_flops(costs, full_flops)
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < outputs.num_exits:
         raise ValueError(f"exit {k!r} does not exist: there are {outputs.num_exits} exits (0..{outputs.num_exits - 1})")
     _check_costs(exit_flops, outputs.num_exits)
     exits = torch.full_like(outputs.labels, k)
-    return evaluate_result(PolicyResult(exits, outputs.predictions[k]), outputs.labels, exit_flops, full_flops)
+    return evaluate_result(PolicyResult(outputs.predictions[k], exits), outputs.labels, exit_flops, full_flops)
 
 
 def candidate_thresholds(outputs: ExitOutputs, measure: str, *, max_candidates: int = 200,
@@ -272,9 +297,10 @@ def candidate_thresholds(outputs: ExitOutputs, measure: str, *, max_candidates: 
     return sorted(set(values), reverse=not m.higher_is_confident) + [never]  # from most to fewest exits
 
 
-def tradeoff_curve(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: float, *,
+def tradeoff_curve(outputs: ExitOutputs, costs: CostDescription, full_flops: float | None = None, *,
                    measure: str = "max_prob", max_candidates: int = 60) -> list[tuple[float, PolicyEval]]:
     """Accuracy and average FLOPs of the shared-threshold policies, one per candidate threshold."""
+    exit_flops, full_flops = exit_and_full_flops(costs, full_flops)
     curve = []
     for t in candidate_thresholds(outputs, measure, max_candidates=max_candidates):
         policy = ExitPolicy(measure, (t,) * (outputs.num_exits - 1))
@@ -291,7 +317,7 @@ class Calibration:
     target: str  # what was asked, in words
 
 
-def calibrate(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: float, *, measure: str = "max_prob",
+def calibrate(outputs: ExitOutputs, costs: CostDescription, full_flops: float | None = None, *, measure: str = "max_prob",
               max_accuracy_drop: float | None = None, flops_budget: float | None = None,
               per_exit: bool = False, max_candidates: int = 200) -> Calibration:
     """Choose the thresholds of a policy on validation outputs, for one of two targets.
@@ -316,6 +342,7 @@ def calibrate(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: flo
     """
     if (max_accuracy_drop is None) == (flops_budget is None):
         raise ValueError("give exactly one target: max_accuracy_drop (fraction) or flops_budget (FLOPs per sample)")
+    exit_flops, full_flops = exit_and_full_flops(costs, full_flops)
     _check_costs(exit_flops, outputs.num_exits)
     check_finite(outputs.logits, "outputs.logits")
     predictions = outputs.predictions  # (E, N), computed once
@@ -370,7 +397,7 @@ def calibrate(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: flo
                 best = (thresholds, e)
     policy = ExitPolicy(measure, best[0])
     exits = first_exits(scores, policy.thresholds, m)  # apply_policy's decisions, on the scores computed above
-    result = PolicyResult(exits, predictions.gather(0, exits[None]).squeeze(0))
+    result = PolicyResult(predictions.gather(0, exits[None]).squeeze(0), exits)
     return Calibration(policy, evaluate_result(result, outputs.labels, exit_flops, full_flops), target)
 
 

@@ -374,8 +374,8 @@ def decide(scores: torch.Tensor, exit_threshold: float, reject_threshold: float,
 class RejectResult:
     """Where each sample stopped, what it predicted there, and whether it was rejected."""
 
+    predictions: torch.Tensor  # (N,) the prediction of the exit where the sample stopped (not given if rejected)
     exits: torch.Tensor  # (N,) exit index where the sample stopped (exited or was rejected)
-    predictions: torch.Tensor  # (N,) the prediction of that exit (not given for rejected samples)
     rejected: torch.Tensor  # (N,) booleans
 
 
@@ -396,7 +396,7 @@ def apply_reject_policy(policy: RejectPolicy, logits: torch.Tensor) -> RejectRes
         raise ValueError(f"logits must have shape (num_exits, N, num_classes), got {tuple(logits.shape)}")
     policy.check(logits.shape[0], logits.shape[-1])
     exits, rejected = decide_all(get_measure(policy.measure).fn(logits), policy)
-    return RejectResult(exits, logits.argmax(-1).gather(0, exits[None])[0], rejected)
+    return RejectResult(logits.argmax(-1).gather(0, exits[None])[0], exits, rejected)
 
 
 @dataclass(frozen=True)
@@ -478,7 +478,7 @@ class RejectCalibration:
     """The policy chosen by :func:`calibrate_reject` and how it did on the calibration data."""
 
     policy: RejectPolicy
-    cal: RejectEval  # on the calibration data
+    val: RejectEval  # on the calibration data (the validation split), as Calibration.val
     mode: str
     target: str  # what was asked, in words
 

@@ -60,12 +60,12 @@ def test_dynamic_inference_matches_the_simulated_policy(model, measure):
         policy = ExitPolicy(measure, separated_thresholds(confidence(logits, measure), measure))
         simulated = apply_policy(policy, logits)
         assert len(simulated.exits.unique()) >= 2  # the policy really splits the batch
-        result = dynamic_inference(m, x, policy)
+        result = dynamic_inference(policy, m, x)
         assert torch.equal(result.exits, simulated.exits)
         assert torch.equal(result.predictions, simulated.predictions)
         costs = exit_costs(m, (1, 16, 16))
         assert result.flops == sum(costs.flops[k] for k in simulated.exits.tolist())
-        assert count_flops(route, m, x, policy) == result.flops  # what was really computed
+        assert count_flops(route, policy, m, x) == result.flops  # what was really computed
     finally:
         model.float()
 
@@ -78,7 +78,7 @@ def test_samples_that_left_skip_the_later_blocks(model):
     seen = []
     hook = model.backbone.layer3[0].register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[0]))
     try:
-        result = dynamic_inference(model, x, policy)
+        result = dynamic_inference(policy, model, x)
     finally:
         hook.remove()
     left_early = int((result.exits < 3).sum())
@@ -87,21 +87,21 @@ def test_samples_that_left_skip_the_later_blocks(model):
 
 def test_never_and_always_exit(model):
     x = torch.randn(8, 1, 16, 16)
-    never = dynamic_inference(model, x, ExitPolicy.never_exit(4))
+    never = dynamic_inference(ExitPolicy.never_exit(4), model, x)
     with torch.no_grad():
         assert never.exits.tolist() == [3] * 8 and torch.equal(never.predictions, model.backbone(x).argmax(1))
-    always = dynamic_inference(model, x, ExitPolicy("max_prob", (0.1, 0.1, 0.1)))
+    always = dynamic_inference(ExitPolicy("max_prob", (0.1, 0.1, 0.1)), model, x)
     assert always.exits.tolist() == [0] * 8
     assert always.flops == 8 * exit_costs(model, (1, 16, 16)).flops[0]
 
 
 def test_dynamic_inference_bad_input(model):
     with pytest.raises(ValueError, match="thresholds has 2 values but the model has 4 exits"):
-        dynamic_inference(model, torch.randn(2, 1, 16, 16), ExitPolicy("max_prob", (0.5, 0.5)))
+        dynamic_inference(ExitPolicy("max_prob", (0.5, 0.5)), model, torch.randn(2, 1, 16, 16))
     with pytest.raises(ValueError, match="3 channels"):
-        dynamic_inference(model, torch.randn(2, 3, 16, 16), ExitPolicy("max_prob", (0.5, 0.5, 0.5)))
+        dynamic_inference(ExitPolicy("max_prob", (0.5, 0.5, 0.5)), model, torch.randn(2, 3, 16, 16))
     with pytest.raises(ValueError, match="outside the range of margin"):
-        dynamic_inference(model, torch.randn(2, 1, 16, 16), ExitPolicy("margin", (0.5, 0.5, 2.0)))
+        dynamic_inference(ExitPolicy("margin", (0.5, 0.5, 2.0)), model, torch.randn(2, 1, 16, 16))
 
 
 def test_torchvision_model_routes_too():
@@ -111,7 +111,7 @@ def test_torchvision_model_routes_too():
     with torch.no_grad():
         logits = torch.stack(tv(x))
     policy = ExitPolicy("max_prob", (0.1, 1.0))
-    result = dynamic_inference(tv, x, policy)
+    result = dynamic_inference(policy, tv, x)
     assert result.exits.tolist() == [0] * 4 and torch.equal(result.predictions, apply_policy(policy, logits).predictions)
     assert exit_costs(tv, (3, 32, 32)).full_flops == count_flops(tv.backbone, torch.zeros(1, 3, 32, 32))
 
@@ -141,16 +141,15 @@ def test_routing_needs_eval_mode_and_speedup_is_measured(model):
     model.train()
     try:
         with pytest.raises(ValueError, match="training mode"):
-            route(model, torch.randn(2, 1, 16, 16), ExitPolicy("max_prob", (0.5, 0.5, 0.5)))
-        result = dynamic_inference(model, torch.randn(2, 1, 16, 16), ExitPolicy("max_prob", (0.5, 0.5, 0.5)))
+            route(ExitPolicy("max_prob", (0.5, 0.5, 0.5)), model, torch.randn(2, 1, 16, 16))
+        result = dynamic_inference(ExitPolicy("max_prob", (0.5, 0.5, 0.5)), model, torch.randn(2, 1, 16, 16))
         assert model.training and len(result.exits) == 2  # dynamic_inference switches to eval and back
     finally:
         model.eval()
-    s = measure_speedup(model, torch.randn(8, 1, 16, 16), ExitPolicy("max_prob", (0.1, 0.1, 0.1)), batch_size=4,
-                        repeats=1)
+    s = measure_speedup(ExitPolicy("max_prob", (0.1, 0.1, 0.1)), model, torch.randn(8, 1, 16, 16), batch_size=4, repeats=1)
     assert s.ideal_speedup == pytest.approx(exit_costs(model, (1, 16, 16)).full_flops / exit_costs(model, (1, 16, 16)).flops[0])
     with pytest.raises(ValueError, match="batch_size"):
-        measure_speedup(model, torch.randn(8, 1, 16, 16), ExitPolicy("max_prob", (0.1, 0.1, 0.1)), batch_size=0)
+        measure_speedup(ExitPolicy("max_prob", (0.1, 0.1, 0.1)), model, torch.randn(8, 1, 16, 16), batch_size=0)
 
 
 class FakeClock:
@@ -174,11 +173,11 @@ def test_measure_speedup_times_each_run_and_keeps_the_fastest(model, monkeypatch
     passes = {"dynamic": 0}
     real_route = dynamic.route
 
-    def route(m, x, policy):
+    def route(policy, m, x):
         never = math.isinf(policy.thresholds[0])
         passes["dynamic"] += not never
         clock.now += len(x) * (1.1 if never else 0.3 if passes["dynamic"] <= 4 else 0.2)  # 2 warm-up + 2 batches
-        return real_route(m, x, policy)
+        return real_route(policy, m, x)
 
     def backbone(x):
         clock.now += len(x) * 1.0
@@ -186,8 +185,7 @@ def test_measure_speedup_times_each_run_and_keeps_the_fastest(model, monkeypatch
 
     monkeypatch.setattr(dynamic, "route", route)
     monkeypatch.setattr(model.backbone, "forward", backbone)
-    s = dynamic.measure_speedup(model, torch.randn(8, 1, 16, 16), ExitPolicy("max_prob", (0.1, 0.1, 0.1)),
-                                batch_size=4, repeats=3)
+    s = dynamic.measure_speedup(ExitPolicy("max_prob", (0.1, 0.1, 0.1)), model, torch.randn(8, 1, 16, 16), batch_size=4, repeats=3)
     assert s.full_seconds == pytest.approx(8.0) and s.never_exit_seconds == pytest.approx(8.8)
     assert s.dynamic_seconds == pytest.approx(1.6)  # the first timed pass (0.3 per image) was slower: not kept
     assert s.speedup == pytest.approx(5.0) and s.overhead == pytest.approx(0.1)
@@ -220,9 +218,9 @@ def test_non_finite_images_are_refused_by_name(model, bad):
     x = torch.randn(3, 1, 16, 16)
     x[1, 0, 4, 4] = bad
     with pytest.raises(ValueError, match=r"^x holds 1 non-finite value"):
-        dynamic_inference(model, x, ExitPolicy("max_prob", (0.5, 0.5, 0.5)))
+        dynamic_inference(ExitPolicy("max_prob", (0.5, 0.5, 0.5)), model, x)
     with pytest.raises(ValueError, match=r"^images holds 1 non-finite value"):
-        measure_speedup(model, x, ExitPolicy("max_prob", (0.5, 0.5, 0.5)), batch_size=2)
+        measure_speedup(ExitPolicy("max_prob", (0.5, 0.5, 0.5)), model, x, batch_size=2)
 
 
 def test_folded_heads_compute_the_pooled_heads_logits():

@@ -33,16 +33,16 @@ def both():
 def test_routing_on_cuda_matches_the_cpu(both):
     cpu, gpu, images, outputs = both
     costs = eelib.exit_costs(cpu)
-    policy = calibrate(outputs, costs.flops, costs.full_flops, max_accuracy_drop=0.005).policy
-    on_cpu = eelib.dynamic_inference(cpu, images, policy)
-    on_gpu = eelib.dynamic_inference(gpu, images.cuda(), policy)
+    policy = calibrate(outputs, costs, max_accuracy_drop=0.005).policy
+    on_cpu = eelib.dynamic_inference(policy, cpu, images)
+    on_gpu = eelib.dynamic_inference(policy, gpu, images.cuda())
     assert on_gpu.predictions.device.type == "cuda"
     # GPU kernels round differently: a sample at a threshold may leave one exit apart; almost all agree
     assert (on_gpu.exits.cpu() == on_cpu.exits).float().mean() >= 0.99
     assert (on_gpu.predictions.cpu() == on_cpu.predictions).float().mean() >= 0.99
-    speed = eelib.measure_speedup(gpu, images.cuda(), policy, batch_size=64, repeats=2)
+    speed = eelib.measure_speedup(policy, gpu, images.cuda(), batch_size=64, repeats=2)
     assert speed.ideal_speedup == pytest.approx(eelib.exit_costs(gpu).full_flops * len(images)
-                                                / eelib.dynamic_inference(gpu, images.cuda(), policy).flops)
+                                                / eelib.dynamic_inference(policy, gpu, images.cuda()).flops)
 
 
 @pytest.mark.parametrize("measure", ["max_prob", "entropy", "margin", "patience"])

@@ -19,7 +19,7 @@ def ref_conv_flops(conv, h, w):
 
 
 def ref_route(model, x, t):
-    return route(model, x, ExitPolicy("max_prob", (t,) * (model.num_exits - 1)))
+    return route(ExitPolicy("max_prob", (t,) * (model.num_exits - 1)), model, x)
 
 
 def naive_route(model, x, t):

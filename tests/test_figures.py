@@ -43,9 +43,9 @@ def course_figures():
     with torch.no_grad():
         outputs = eelib.ExitOutputs(torch.stack(ee(images)), labels, ee.exit_names)
     costs = eelib.exit_costs(ee)
-    policy = eelib.calibrate(outputs, costs.flops, costs.full_flops, max_accuracy_drop=0.005).policy
-    chosen = eelib.evaluate_policy(policy, outputs, costs.flops, costs.full_flops)
-    oracle = eelib.evaluate_oracle(outputs, costs.flops, costs.full_flops)
+    policy = eelib.calibrate(outputs, costs, max_accuracy_drop=0.005).policy
+    chosen = eelib.evaluate_policy(policy, outputs, costs)
+    oracle = eelib.evaluate_oracle(outputs, costs)
     result = eelib.apply_policy(policy, outputs.logits)
     easy, hard = easy_and_hard(outputs, result, n=4)
     scores = torch.softmax(outputs.logits, -1).amax(-1)
@@ -58,7 +58,7 @@ def course_figures():
                        "speculative.json").read_text(encoding="utf-8"))["grid"]
     resnet = eelib.load_trained("resnet56", device="cpu", progress=False).model.eval()
     with torch.no_grad():
-        features = resnet.forward_intermediates(images[:1])
+        features = resnet.features_at(images[:1])
     history = eelib.load_trained("plain20", device="cpu", progress=False).history
     x, y = next(iter(data.loaders(64, seed=0).train))
     calls = {
@@ -73,8 +73,8 @@ def course_figures():
         "plot_accuracy_per_exit": lambda: plots.plot_accuracy_per_exit(
             {"joint training": outputs.accuracy_per_exit()}, ee.exit_names, relative_flops=costs.relative_flops),
         "plot_tradeoff": lambda: plots.plot_tradeoff(
-            {"max_prob": tradeoff_curve(outputs, costs.flops, costs.full_flops)}, exit_names=ee.exit_names,
-            static=[static_exit(outputs, k, costs.flops, costs.full_flops) for k in range(ee.num_exits)],
+            {"max_prob": tradeoff_curve(outputs, costs)}, exit_names=ee.exit_names,
+            static=[static_exit(outputs, k, costs) for k in range(ee.num_exits)],
             oracle=oracle, chosen=chosen),
         "plot_exit_histogram": lambda: plots.plot_exit_histogram(chosen.exit_fractions, ee.exit_names),
         "plot_easy_and_hard": lambda: plots.plot_easy_and_hard(data, easy, hard, outputs, result.exits),

@@ -244,7 +244,7 @@ def test_training_for_early_exit(tmp_path):
     import dataclasses
     import json
 
-    from eelib.lm.exits import load_exit_heads
+    from eelib.lm.exits import EarlyExitLM
 
     text = _tiny_text(6000)
     config = dataclasses.replace(TINY, early_exit=True, exit_positions=0.5)
@@ -256,7 +256,7 @@ def test_training_for_early_exit(tmp_path):
     assert len(summary["agreement_by_layer"]) == 1 and summary["weights"] == [0.8]  # 2 layers: one early exit
     assert len(summary["course_agreement_by_layer"]) == 7  # the course model's, for comparison
     loaded = lmlib.load_lm(out, device="cpu")
-    ee = load_exit_heads(loaded, [1], out / "exit_heads")
+    ee = EarlyExitLM.from_pretrained(loaded, [1], out / "exit_heads")
     assert ee.adapters[0].proj.weight.abs().sum() > 0  # trained jointly: no longer the zero init of the logit lens
     card = (out / "README.md").read_text()
     assert "## Trained for early exit" in card and f"{summary['agreement_by_layer'][0]:.1%}" in card

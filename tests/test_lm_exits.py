@@ -8,8 +8,8 @@ import torch
 
 from eelib.lm import model as lmlib
 from eelib.lm import train as lmtrain
-from eelib.lm.exits import (EarlyExitLM, ExitAdapter, course_exits, heldout_text, load_exit_heads, new_adapters,
-                            oracle_layers, perplexity, token_exit_outputs, train_exit_heads)
+from eelib.lm.exits import (EarlyExitLM, ExitAdapter, course_exits, heldout_text, load_exit_heads, new_adapters, oracle_layers,
+                            oracle_token_exits, perplexity, token_exit_outputs, train_exit_heads)
 from eelib.lm.generate import Decoder, early_exit_generate, token_exit_costs
 from eelib.outputs import ExitOutputs
 from eelib.policies import ExitPolicy, apply_policy, calibrate, evaluate_policy
@@ -99,16 +99,22 @@ def test_trained_heads_train_save_and_load(tiny, tmp_path):
     assert all(torch.equal(v, weights[k]) for k, v in tiny.model.state_dict().items())  # the model stayed frozen
     assert [p.requires_grad for p in tiny.model.parameters()] == flags  # and is given back as it was
     ee = EarlyExitLM(tiny, [1, 3], adapters=adapters)
-    ee.save_heads(tmp_path / "heads")
-    again = load_exit_heads(tiny, [1, 3], tmp_path / "heads")
+    ee.save_pretrained(tmp_path / "heads")
+    again = EarlyExitLM.from_pretrained(tiny, [1, 3], tmp_path / "heads")
     ids = lmlib.encode(tiny, "my lord of Verona")
     assert torch.allclose(ee.exit_logits(ids), again.exit_logits(ids), atol=2e-2)  # stored in fp16
     with pytest.raises(ValueError, match="course model"):
-        load_exit_heads(tiny, [1])
+        EarlyExitLM.from_pretrained(tiny, [1])
     with pytest.raises(FileNotFoundError, match="adapters.safetensors"):
-        load_exit_heads(tiny, [1], tmp_path)
+        EarlyExitLM.from_pretrained(tiny, [1], tmp_path)
     with pytest.raises(ValueError, match="no trained heads"):
-        EarlyExitLM(tiny, [1]).save_heads(tmp_path / "none")
+        EarlyExitLM(tiny, [1]).save_pretrained(tmp_path / "none")
+    # the old names still work, and say what replaced them
+    with pytest.warns(DeprecationWarning, match="save_pretrained"):
+        ee.save_heads(tmp_path / "old")
+    with pytest.warns(DeprecationWarning, match="from_pretrained"):
+        old = load_exit_heads(tiny, [1, 3], tmp_path / "old")
+    assert torch.equal(old.exit_logits(ids), again.exit_logits(ids))
 
 
 def test_shipped_heads_beat_the_logit_lens(course):
@@ -152,17 +158,19 @@ def test_oracle_layer_is_the_first_from_which_all_later_agree():
                           [7, 5, 2, 4, 8]])
     logits = torch.nn.functional.one_hot(preds, 10).float()
     out = ExitOutputs(logits, preds[-1], ("a", "b", "c", "final"))
-    assert oracle_layers(out).tolist() == [3, 1, 0, 2, 3]  # token 0 agrees at exit 0 but not at exit 2
+    assert oracle_token_exits(out).tolist() == [3, 1, 0, 2, 3]  # token 0 agrees at exit 0 but not at exit 2
+    with pytest.warns(DeprecationWarning, match="oracle_token_exits"):
+        assert oracle_layers(out).tolist() == [3, 1, 0, 2, 3]  # the old name
 
 
 def test_calibrated_policy_reaches_its_agreement_on_calibration_text(course):
     ee = course_exits(course, (2, 4))
     te = token_exit_outputs(ee, heldout_text("calibration"), max_tokens=1500)
     costs = token_exit_costs(ee, 128)
-    cal = calibrate(te.outputs, costs.flops, costs.full_flops, measure="max_prob", max_accuracy_drop=0.05)
+    cal = calibrate(te.outputs, costs, measure="max_prob", max_accuracy_drop=0.05)
     assert cal.val.accuracy >= 0.95
     assert cal.val.exit_fractions[0] > 0  # some tokens do leave early
-    assert evaluate_policy(cal.policy, te.outputs, costs.flops, costs.full_flops) == cal.val
+    assert evaluate_policy(cal.policy, te.outputs, costs) == cal.val
 
 
 # --- generation ---------------------------------------------------------------------------------
@@ -363,7 +371,7 @@ def test_retrain_heads_command(tmp_path):
     info = __import__("json").loads((tmp_path / "training.json").read_text())
     assert info["steps"] == 2 and len(info["kl_after"]) == 7
     course = lmlib.load_lm(lmlib.COURSE_MODEL, device="cpu")
-    assert load_exit_heads(course, [2], tmp_path).num_exits == 2
+    assert EarlyExitLM.from_pretrained(course, [2], tmp_path).num_exits == 2
 
 
 def test_teacher_forced_eval(course):
@@ -394,7 +402,7 @@ def test_more_bad_generation_input(course):
         ee.head(3, torch.zeros(1, 160))
 
 
-def test_oracle_layers_with_a_final_exit_that_disagrees_with_the_labels():
+def test_oracle_token_exits_with_a_final_exit_that_disagrees_with_the_labels():
     """Labels from another pass (e.g. a float16 near-tie decided otherwise): every index stays in range."""
     preds = torch.tensor([[7, 1, 2],
                           [7, 5, 2],
@@ -402,7 +410,7 @@ def test_oracle_layers_with_a_final_exit_that_disagrees_with_the_labels():
     logits = torch.nn.functional.one_hot(preds, 10).float()
     labels = torch.tensor([7, 6, 2])  # token 1: no exit predicts 6; token 2: the final exit says 4, not 2
     out = ExitOutputs(logits, labels, ("a", "b", "final"))
-    oracle = oracle_layers(out)
+    oracle = oracle_token_exits(out)
     assert oracle.tolist() == [0, 1, 2]  # measured against the final exit's own prediction
     assert int(oracle.max()) < out.num_exits
     layer_of = torch.tensor([2, 4, 8])

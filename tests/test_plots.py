@@ -33,7 +33,7 @@ def test_pictures():
     assert sum(len(ax.images) > 0 for ax in fig.axes) == 10 and fig._suptitle.get_text()
     model = eelib.resnet(8, width=4).eval()
     with torch.no_grad():
-        features = model.forward_intermediates(data.test[0][0][None])
+        features = model.features_at(data.test[0][0][None])
     fig = plots.plot_feature_maps(features, channels=3)
     assert len(fig.axes) == 4 * 3 and "first 3 channels" in fig._suptitle.get_text()
     assert plots.draw_residual_block().axes[0].get_title().startswith("A residual block")
@@ -62,8 +62,8 @@ def test_early_exit_figures_are_labelled():
     labels = torch.randint(0, 10, (30,))
     outputs = ExitOutputs(torch.randn(3, 30, 10) + 2 * torch.nn.functional.one_hot(labels, 10), labels,
                           model.exit_names)
-    curve = tradeoff_curve(outputs, costs.flops, costs.full_flops)
-    static = [static_exit(outputs, k, costs.flops, costs.full_flops) for k in range(3)]
+    curve = tradeoff_curve(outputs, costs)
+    static = [static_exit(outputs, k, costs) for k in range(3)]
     result = apply_policy(ExitPolicy("max_prob", (0.5, 0.5)), outputs.logits)
     data = eelib.load_data()
     figs = [plots.plot_cost_per_head(costs),
@@ -71,7 +71,7 @@ def test_early_exit_figures_are_labelled():
             plots.plot_accuracy_per_exit({"joint": [0.5, 0.6, 0.7]}, model.exit_names,
                                          relative_flops=costs.relative_flops),
             plots.plot_tradeoff(curve, static=static, exit_names=model.exit_names,
-                                oracle=evaluate_oracle(outputs, costs.flops, costs.full_flops), chosen=curve[3][1]),
+                                oracle=evaluate_oracle(outputs, costs), chosen=curve[3][1]),
             plots.plot_exit_histogram([0.5, 0.3, 0.2], model.exit_names),
             plots.plot_overthinking([0.01, 0.02], model.exit_names[:-1]),
             plots.plot_latency(costs, [0.001, 0.002, 0.003], batch_size=8)]
@@ -87,6 +87,6 @@ def test_early_exit_figures_are_labelled():
         plots.plot_accuracy_per_exit({"a": [0.5]}, model.exit_names)
     with pytest.raises(ValueError, match="curve is empty"):
         plots.plot_tradeoff([])
-    two = plots.plot_tradeoff({"max_prob": curve, "entropy": tradeoff_curve(outputs, costs.flops, costs.full_flops,
+    two = plots.plot_tradeoff({"max_prob": curve, "entropy": tradeoff_curve(outputs, costs,
                                                                               measure="entropy")}, oracle=None)
     assert [t.get_text() for t in two.axes[0].get_legend().get_texts()] == ["max_prob", "entropy"]

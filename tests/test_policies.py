@@ -141,14 +141,14 @@ def test_tradeoff_curve_spans_cheap_to_full():
 
 def test_widget_logic_and_widget():
     out = random_outputs()
-    e, text = policy_summary(out, [20, 45, 70, 101], 100, ExitPolicy("max_prob", (0.5, 0.5, 0.5)))
+    e, text = policy_summary(ExitPolicy("max_prob", (0.5, 0.5, 0.5)), out, [20, 45, 70, 101], 100)
     assert e == evaluate_policy(ExitPolicy("max_prob", (0.5, 0.5, 0.5)), out, [20, 45, 70, 101], 100)
     assert f"{100 * e.accuracy:.2f}%" in text and "oracle" in text and f"{100 * e.flops_saved:.1f}% saved" in text
     box = threshold_widget(out, [20, 45, 70, 101], 100, shared=False, initial=0.6)
     sliders = box.children[:3]
     assert [s.description for s in sliders] == ["e0", "e1", "e2"]
     sliders[0].value = 0.99  # moving a slider recomputes the summary
-    expected = policy_summary(out, [20, 45, 70, 101], 100, ExitPolicy("max_prob", (0.99, 0.6, 0.6)))[1]
+    expected = policy_summary(ExitPolicy("max_prob", (0.99, 0.6, 0.6)), out, [20, 45, 70, 101], 100)[1]
     assert expected in box.children[3].value
 
 

@@ -229,9 +229,9 @@ def test_combined_policy_is_never_above_its_budget_on_the_calibration_split(budg
     for mode in ("combined", "exit_only"):
         cal = calibrate_reject(out, costs, flops_budget=budget, mode=mode)
         again = evaluate_reject_policy(cal.policy, out, costs)
-        assert again.avg_flops <= budget + 1e-9 and cal.cal == again
-    combined = calibrate_reject(out, costs, flops_budget=budget).cal
-    exit_only = calibrate_reject(out, costs, flops_budget=budget, mode="exit_only").cal
+        assert again.avg_flops <= budget + 1e-9 and cal.val == again
+    combined = calibrate_reject(out, costs, flops_budget=budget).val
+    exit_only = calibrate_reject(out, costs, flops_budget=budget, mode="exit_only").val
     assert combined.cost <= exit_only.cost + 1e-12  # exit-only is one of the combined policies
 
 
@@ -239,9 +239,9 @@ def test_reject_only_and_no_budget():
     out = _outputs()
     costs = CostModel((1.0, 2.0, 3.0, 4.0), 4.0, error_cost=1.0, reject_cost=0.2)
     r = calibrate_reject(out, costs, mode="reject_only")
-    assert r.cal.avg_flops == 4.0 and r.cal.coverage < 1 and r.cal.accuracy > out.accuracy_per_exit()[-1]
+    assert r.val.avg_flops == 4.0 and r.val.coverage < 1 and r.val.accuracy > out.accuracy_per_exit()[-1]
     free = calibrate_reject(out, costs)  # no budget: at least as good as reject-only
-    assert free.cal.cost <= r.cal.cost + 1e-12
+    assert free.val.cost <= r.val.cost + 1e-12
     with pytest.raises(ValueError, match=r"flops_budget=2 is below the cheapest reject_only policy"):
         calibrate_reject(out, costs, flops_budget=2.0, mode="reject_only")
 

@@ -12,7 +12,7 @@ def test_output_shape_and_stages(depth, in_channels, size):
     assert model(x).shape == (2, 7)
     n = (depth - 2) // 6
     assert [len(getattr(model, s)) for s in ("layer1", "layer2", "layer3")] == [n, n, n]
-    feats = model.forward_intermediates(x)
+    feats = model.features_at(x)
     assert list(feats) == ["stem", "layer1", "layer2", "layer3"]
     for info in model.feature_info:  # feature_info tells the truth about every stage
         f = feats[info["module"]]
@@ -25,10 +25,10 @@ def test_block_attach_points_and_order():
     model = eelib.resnet(14, width=4).eval()
     assert model.block_names == ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1"]
     x = torch.randn(1, 1, 16, 16)
-    feats = model.forward_intermediates(x, ["layer3.1", "layer1.1", "stem"])
+    feats = model.features_at(x, ["layer3.1", "layer1.1", "stem"])
     assert list(feats) == ["stem", "layer1.1", "layer3.1"]  # forward order
     for info in model.block_info:
-        f = model.forward_intermediates(x, [info["module"]])[info["module"]]
+        f = model.features_at(x, [info["module"]])[info["module"]]
         assert f.shape[1] == info["num_chs"]
     # the last block's output is the backbone's output
     assert torch.allclose(feats["layer3.1"], model.forward_features(x))
@@ -36,7 +36,7 @@ def test_block_attach_points_and_order():
 
 def test_unknown_attach_point():
     with pytest.raises(ValueError, match="unknown attach points.*layer4"):
-        eelib.resnet(8).forward_intermediates(torch.randn(1, 1, 8, 8), ["layer4"])
+        eelib.resnet(8).features_at(torch.randn(1, 1, 8, 8), ["layer4"])
 
 
 def test_plain_blocks_have_no_skip_connection():
@@ -66,7 +66,7 @@ def test_wrong_input_channels_named():
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         model(torch.randn(1, 28, 28))
     with pytest.raises(ValueError, match="3 channels"):
-        model.forward_intermediates(torch.randn(1, 3, 28, 28), ["layer1"])
+        model.features_at(torch.randn(1, 3, 28, 28), ["layer1"])
 
 
 def test_intermediates_stop_where_asked():
@@ -74,10 +74,10 @@ def test_intermediates_stop_where_asked():
     calls = []
     for name in model.block_names:
         model.get_submodule(name).register_forward_hook(lambda m, a, o, name=name: calls.append(name))
-    model.forward_intermediates(torch.randn(1, 1, 8, 8), ["layer1.1"])
+    model.features_at(torch.randn(1, 1, 8, 8), ["layer1.1"])
     assert calls == ["layer1.0", "layer1.1"]  # later blocks are not run
     calls.clear()
-    model.forward_intermediates(torch.randn(1, 1, 8, 8), ["layer2"])
+    model.features_at(torch.randn(1, 1, 8, 8), ["layer2"])
     assert calls == model.block_names[:6]
 
 

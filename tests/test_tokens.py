@@ -10,7 +10,7 @@ import torch
 
 import eelib
 from eelib.course import checks, plots
-from eelib.lm.exits import course_exits, heldout_text, oracle_layers, threshold_for_agreement, token_exit_outputs
+from eelib.lm.exits import course_exits, heldout_text, oracle_token_exits, threshold_for_agreement, token_exit_outputs
 from eelib.lm.generate import token_exit_costs
 from eelib.lm.tokens import TOKEN_KINDS, difficulty_by_kind, token_html, token_kind, token_kinds, token_strings
 
@@ -125,7 +125,7 @@ def ref_layer_predictions(model, hs):
 def ref_oracle_exit(preds, final):
     from eelib.outputs import ExitOutputs
 
-    return oracle_layers(ExitOutputs(torch.nn.functional.one_hot(preds, int(preds.max()) + 1).float(), final,
+    return oracle_token_exits(ExitOutputs(torch.nn.functional.one_hot(preds, int(preds.max()) + 1).float(), final,
                                      tuple(str(i) for i in range(len(preds)))))
 
 

@@ -8,7 +8,7 @@ redraws the accuracy, the average cost and the histogram of exits. The text it s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 
@@ -20,11 +20,12 @@ if TYPE_CHECKING:
     from eelib.lm.generate import Generation
 
 
-def policy_summary(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: float,
-                   policy: ExitPolicy) -> tuple[PolicyEval, str]:
-    """Evaluate ``policy`` on ``outputs``; return the result and a one-paragraph summary."""
-    e = evaluate_policy(policy, outputs, exit_flops, full_flops)
-    oracle = evaluate_oracle(outputs, exit_flops, full_flops)
+def policy_summary(policy: ExitPolicy, outputs: ExitOutputs, costs, full_flops: float | None = None
+                   ) -> tuple[PolicyEval, str]:
+    """Evaluate ``policy`` on ``outputs`` at ``costs`` (a cost description, `eelib.policies.exit_and_full_flops`);
+    return the result and a one-paragraph summary."""
+    e = evaluate_policy(policy, outputs, costs, full_flops)
+    oracle = evaluate_oracle(outputs, costs, full_flops)
     final = outputs.accuracy_per_exit()[-1]
     text = (f"accuracy {100 * e.accuracy:.2f}% (final exit alone: {100 * final:.2f}%, "
             f"{100 * (e.accuracy - final):+.2f} pp) | average cost {100 * e.avg_flops / e.full_flops:.1f}% of the "
@@ -33,13 +34,14 @@ def policy_summary(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops
     return e, text
 
 
-def threshold_widget(outputs: ExitOutputs, exit_flops: Sequence[float], full_flops: float, *,
+def threshold_widget(outputs: ExitOutputs, costs, full_flops: float | None = None, *,
                      measure: str = "max_prob", shared: bool = True, initial: float | None = None):
     """Sliders for the thresholds -> live accuracy, average cost and exit histogram.
 
     Args:
         outputs: every exit's logits on a data set (e.g. the validation split).
-        exit_flops, full_flops: costs per exit and of the network without exits (:func:`eelib.vision.cost.exit_costs`).
+        costs: what a sample costs at each exit and without exits, e.g. :func:`eelib.exit_costs`'s result
+            (any cost description, `eelib.policies.exit_and_full_flops`).
         measure: the confidence measure.
         shared: one slider for every exit (True) or one per early exit.
         initial: the sliders' starting value (default: the middle of the measure's range).
@@ -67,7 +69,7 @@ def threshold_widget(outputs: ExitOutputs, exit_flops: Sequence[float], full_flo
     def update(_=None) -> None:
         values = [s.value for s in sliders]
         policy = ExitPolicy(measure, tuple(values * n_early if shared else values))
-        e, summary = policy_summary(outputs, exit_flops, full_flops, policy)
+        e, summary = policy_summary(policy, outputs, costs, full_flops)
         direction = ">=" if m.higher_is_confident else "<="
         text.value = f"<b>leave when {measure} {direction} threshold</b><br>{summary}"
         with plot:
@@ -108,7 +110,7 @@ def generation_summary(ee: "EarlyExitLM", prompt: str, calibration: ExitOutputs,
     if not 0 < target_agreement <= 1:
         raise ValueError(f"target_agreement must be in (0, 1], got {target_agreement!r}")
     costs = token_exit_costs(ee, context)
-    policy = calibrate(calibration, costs.flops, costs.full_flops, measure=measure,
+    policy = calibrate(calibration, costs, measure=measure,
                        max_accuracy_drop=1 - target_agreement).policy
     runs = []
     for _ in range(2):  # the faster of two runs each, interleaved

@@ -30,7 +30,7 @@ from eelib.lm.exits import EarlyExitLM
 from eelib.policies import Measure, first_exits
 
 STATE_MEASURES = ("saturation", "classifier")
-_STATE_SCORE = Measure("state", lambda s: s, higher_is_confident=True, per_exit=True)  # both: higher is confident
+_STATE_SCORE = Measure("state", lambda s: s, higher_is_confident=True, one_exit=True)  # both: higher is confident
 
 
 def saturation(h: torch.Tensor, h_before: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ keys and values that the skipped layers still need (see :func:`token_exit_costs`
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -165,8 +166,8 @@ class EarlyExitLM(nn.Module):
         logits.append(self.model.lm_head(hs[-1]))  # already normalised by ln_f
         return torch.stack(logits)[:, 0]
 
-    def save_heads(self, folder: str | Path) -> Path:
-        """Write the adapters (safetensors) and their layer count to ``folder``."""
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write the adapters (safetensors) and their layer count to ``folder`` (read by :meth:`from_pretrained`)."""
         from safetensors.torch import save_file
 
         from eelib._util.cache import atomic_path
@@ -180,6 +181,41 @@ class EarlyExitLM(nn.Module):
             save_file(tensors, str(tmp), metadata={"n_layers": str(self.lm.n_layers),
                                                    "hidden_size": str(self.model.config.n_embd)})
         return folder
+
+    def save_heads(self, folder: str | Path) -> Path:
+        """Deprecated name of :meth:`save_pretrained`, kept for older code."""
+        warnings.warn("EarlyExitLM.save_heads is now save_pretrained", DeprecationWarning, stacklevel=2)
+        return self.save_pretrained(folder)
+
+    @classmethod
+    def from_pretrained(cls, lm: LanguageModel, exit_layers: Sequence[int],
+                        folder: str | Path | None = None) -> "EarlyExitLM":
+        """An :class:`EarlyExitLM` with trained exit heads read from ``folder`` (Hugging Face's verb).
+
+        Args:
+            lm: the language model the heads were trained for.
+            exit_layers: where the exits go (the heads of those layers are used).
+            folder: written by :meth:`save_pretrained`; default: the heads shipped beside the
+                course model (``lm`` must then be a course model).
+        """
+        from safetensors.torch import load_file
+
+        if folder is None:
+            if lm.name not in _SHIPPED:
+                raise ValueError(f"shipped exit heads belong to the course models ({', '.join(map(repr, _SHIPPED))}), "
+                                 f"not {lm.name!r}: train heads for it with train_exit_heads, or give folder=")
+            folder = course_model_path(lm.name) / HEADS_FOLDER
+        path = Path(folder) / "adapters.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"no trained exit heads in {str(folder)!r} (adapters.safetensors is missing)")
+        adapters = new_adapters(lm)
+        state = load_file(str(path), device="cpu")
+        try:
+            adapters.load_state_dict({k: v.float() for k, v in state.items()})
+        except RuntimeError as err:
+            raise ValueError(f"the exit heads in {str(folder)!r} do not fit {lm.name!r} ({lm.n_layers} layers, width "
+                             f"{lm.model.config.n_embd}): {err}") from None
+        return cls(lm, exit_layers, adapters=adapters)
 
 
 def _as_batch(input_ids: torch.Tensor, lm: LanguageModel) -> torch.Tensor:
@@ -201,30 +237,10 @@ def new_adapters(lm: LanguageModel) -> nn.ModuleList:
 
 
 def load_exit_heads(lm: LanguageModel, exit_layers: Sequence[int], folder: str | Path | None = None) -> EarlyExitLM:
-    """An :class:`EarlyExitLM` with trained exit heads read from ``folder``.
-
-    Args:
-        folder: written by :meth:`EarlyExitLM.save_heads`; default: the heads shipped beside the
-            course model (``lm`` must then be the course model).
-    """
-    from safetensors.torch import load_file
-
-    if folder is None:
-        if lm.name not in _SHIPPED:
-            raise ValueError(f"shipped exit heads belong to the course models ({', '.join(map(repr, _SHIPPED))}), "
-                             f"not {lm.name!r}: train heads for it with train_exit_heads, or give folder=")
-        folder = course_model_path(lm.name) / HEADS_FOLDER
-    path = Path(folder) / "adapters.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"no trained exit heads in {str(folder)!r} (adapters.safetensors is missing)")
-    adapters = new_adapters(lm)
-    state = load_file(str(path), device="cpu")
-    try:
-        adapters.load_state_dict({k: v.float() for k, v in state.items()})
-    except RuntimeError as err:
-        raise ValueError(f"the exit heads in {str(folder)!r} do not fit {lm.name!r} ({lm.n_layers} layers, width "
-                         f"{lm.model.config.n_embd}): {err}") from None
-    return EarlyExitLM(lm, exit_layers, adapters=adapters)
+    """Deprecated name of :meth:`EarlyExitLM.from_pretrained` (Hugging Face's verb), kept for older code."""
+    warnings.warn("load_exit_heads(lm, layers, folder) is now EarlyExitLM.from_pretrained(lm, layers, folder)",
+                  DeprecationWarning, stacklevel=2)
+    return EarlyExitLM.from_pretrained(lm, exit_layers, folder)
 
 
 def course_exits(lm: LanguageModel | None = None, exit_layers: Sequence[int] = (2, 4), *,
@@ -235,7 +251,7 @@ def course_exits(lm: LanguageModel | None = None, exit_layers: Sequence[int] = (
     from eelib.lm.model import load_lm
 
     lm = load_lm(COURSE_MODEL) if lm is None else lm
-    return load_exit_heads(lm, exit_layers) if trained else EarlyExitLM(lm, exit_layers)
+    return EarlyExitLM.from_pretrained(lm, exit_layers) if trained else EarlyExitLM(lm, exit_layers)
 
 
 # --- per-token analysis ----------------------------------------------------------------------
@@ -286,8 +302,8 @@ def token_exit_outputs(ee: EarlyExitLM, text: str, *, max_tokens: int = 2048,
     return TokenExits(outputs, inputs, targets)
 
 
-def oracle_layers(outputs: ExitOutputs) -> torch.Tensor:
-    """Each token's oracle exit: the earliest exit from which **every later exit** agrees with the final one.
+def oracle_token_exits(outputs: ExitOutputs) -> torch.Tensor:
+    """Each token's oracle exit (an exit index, not a layer: ``ee.layers[k]`` is its layer): the earliest exit from which **every later exit** agrees with the final one.
 
     The final exit always agrees with itself, so every token has one: agreement is measured
     against the final exit's own prediction, not against ``outputs.labels`` (which may differ from
@@ -298,6 +314,13 @@ def oracle_layers(outputs: ExitOutputs) -> torch.Tensor:
     correct = preds == preds[-1]  # (E, N): agrees with the final exit
     stays = correct.flip(0).to(torch.int64).cumprod(0).flip(0)  # 1 where this exit and all later agree
     return outputs.num_exits - stays.sum(0)
+
+
+def oracle_layers(outputs: ExitOutputs) -> torch.Tensor:
+    """Deprecated name of :func:`oracle_token_exits` (which returns exit indices, not layers), kept for older code."""
+    warnings.warn("oracle_layers is now oracle_token_exits (it returns exit indices, not layers)",
+                  DeprecationWarning, stacklevel=2)
+    return oracle_token_exits(outputs)
 
 
 def perplexity(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -446,7 +469,7 @@ def initial_adapters(model: nn.Module, init: LanguageModel | None = None) -> nn.
     ln_f = model.transformer.ln_f
     adapters = nn.ModuleList(ExitAdapter(ln_f) for _ in range(model.config.n_layer - 1))
     if init is not None and init.name in _SHIPPED and (course_model_path(init.name) / HEADS_FOLDER).is_dir():
-        adapters.load_state_dict(load_exit_heads(init, [1]).adapters.state_dict())
+        adapters.load_state_dict(EarlyExitLM.from_pretrained(init, [1]).adapters.state_dict())
     return adapters.to(ln_f.weight.device, ln_f.weight.dtype)
 
 
@@ -461,7 +484,7 @@ def save_trained_exits(lm: LanguageModel, adapters: nn.ModuleList, folder: Path,
 
     every = list(range(1, lm.n_layers))
     ee = EarlyExitLM(lm, every, adapters=adapters)
-    ee.save_heads(folder / HEADS_FOLDER)
+    ee.save_pretrained(folder / HEADS_FOLDER)
     cut = val_text.find("\n\n", len(val_text) // 2)  # the test half, as heldout_text("test") splits it
     test = val_text[cut + 2:] if cut >= 0 else val_text[len(val_text) // 2:]
     agreement = agreement_by_layer(ee, test)[:-1]
@@ -509,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text, _ = split_corpus(load_corpus(args.corpus))
     adapters, info = train_exit_heads(lm, text, steps=args.steps, batch_size=args.batch_size,
                                       eval_text=heldout_text("calibration"))
-    EarlyExitLM(lm, list(range(1, lm.n_layers)), adapters=adapters).save_heads(args.out)
+    EarlyExitLM(lm, list(range(1, lm.n_layers)), adapters=adapters).save_pretrained(args.out)
     summary = dict(steps=info.steps, kl_before=info.kl_before, kl_after=info.kl_after, seconds=info.seconds,
                    losses=info.losses[::10], batch_size=args.batch_size, context=lm.context_length,
                    note="KL(final || exit) in nats per token on the calibration half of the held-out text; "

@@ -422,10 +422,10 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
                 if policy is None:
                     break  # the plain loop: the final head only, no measure
                 if k == len(layers) - 1:
-                    if measure.per_exit:
+                    if measure.one_exit:
                         score = float(measure.fn(logits))  # reported, not needed to decide
                     break
-                if measure.per_exit:
+                if measure.one_exit:
                     score = float(measure.fn(logits))
                 else:  # patience: how many exits in a row predict the same token
                     pred = int(logits.argmax())
@@ -481,6 +481,11 @@ class TokenCosts:
     full_flops: int
     context: int
     kv: str = "lazy"
+
+    @property
+    def exit_flops(self) -> tuple[int, ...]:
+        """``flops`` under the name every cost description has (`eelib.policies.exit_and_full_flops`)."""
+        return self.flops
 
     @property
     def relative_flops(self) -> tuple[float, ...]:
@@ -611,7 +616,7 @@ class ForcedEval:
         avg_exit_layer: mean layer after which a prediction left.
         avg_layers_computed: mean layers computed per token (lazy mode: the deferred layers too).
         oracle_avg_layers: the oracle on the same exits and tokens (each token's earliest exit from
-            which every later exit agrees with the full model, :func:`eelib.lm.exits.oracle_layers`).
+            which every later exit agrees with the full model, :func:`eelib.lm.exits.oracle_token_exits`).
         exit_shares: share of the tokens leaving at each exit.
     """
 
@@ -636,7 +641,7 @@ def teacher_forced_eval(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | Sequen
     if policy is None and gate is None:
         raise ValueError("give a policy or a gate: teacher_forced_eval measures early exits")
     from eelib.outputs import ExitOutputs
-    from eelib.lm.exits import oracle_layers
+    from eelib.lm.exits import oracle_token_exits
 
     layer_of = torch.tensor(ee.layers, dtype=torch.float64)
     n = same = exit_layers = computed = oracle = 0.0
@@ -652,7 +657,7 @@ def teacher_forced_eval(ee: EarlyExitLM, prompts: Sequence[torch.Tensor | Sequen
         with torch.no_grad():  # every exit's prediction at every position, in one pass of the full model
             logits = ee.exit_logits(torch.cat([ids, torch.tensor(target[:-1], dtype=torch.long, device=ids.device)]))[:, len(ids) - 1:]
         outputs = ExitOutputs(logits.float().cpu(), torch.tensor(target), ee.exit_names)
-        oracle += float(layer_of[oracle_layers(outputs)].sum())
+        oracle += float(layer_of[oracle_token_exits(outputs)].sum())
         n += len(target)
     if n == 0:
         raise ValueError("prompts is empty: give at least one prompt")

@@ -54,6 +54,11 @@ class ExitCosts:
     input_shape: tuple[int, int, int]
 
     @property
+    def exit_flops(self) -> tuple[int, ...]:
+        """``flops`` under the name every cost description has (`eelib.policies.exit_and_full_flops`)."""
+        return self.flops
+
+    @property
     def relative_flops(self) -> tuple[float, ...]:
         """``flops[k] / full_flops``: each exit's cost as a fraction of the network without exits."""
         return tuple(f / self.full_flops for f in self.flops)

@@ -5,7 +5,9 @@ by segment. After each early exit it evaluates the policy on the samples still i
 those that pass leave (their prediction and exit are recorded) and are **removed from the
 batch**, so the next segment runs on fewer samples — per-sample routing, not "compute every
 exit, then pick". Its decisions are the same as :func:`eelib.policies.apply_policy` on the
-logits of every exit (tested sample by sample).
+logits of every exit (tested sample by sample). Like every function that applies a policy, it
+takes the policy first, then what it is applied to: ``dynamic_inference(policy, model, x)``, as
+``apply_policy(policy, logits)``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class DynamicResult:
 
 
 @torch.inference_mode()
-def route(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) -> tuple[torch.Tensor, torch.Tensor]:
+def route(policy: ExitPolicy, model: EarlyExitNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The routing loop alone: ``(predictions, exits)`` of a batch, nothing else computed.
 
     Written for little overhead per exit (at batch size 1 the decision must cost much less than
@@ -60,7 +62,7 @@ def route(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) -> tuple[tor
         if k == last:
             done.append((active, logits.argmax(1), k))
             break
-        pred = None if measure.per_exit else logits.argmax(1)  # computed only when needed
+        pred = None if measure.one_exit else logits.argmax(1)  # computed only when needed
         if pred is None:
             score = measure.fn(logits)
         else:  # patience: consecutive exits that agree, this one included
@@ -95,14 +97,14 @@ def route(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) -> tuple[tor
     return predictions, exits
 
 
-def dynamic_inference(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) -> DynamicResult:
+def dynamic_inference(policy: ExitPolicy, model: EarlyExitNet, x: torch.Tensor) -> DynamicResult:
     """Classify a batch with early exits, really skipping the blocks after each sample's exit.
 
     Args:
+        policy: the measure and thresholds; must fit the model's number of exits.
         model: the early-exit network (run in eval mode: batch norm uses its running statistics;
             its training flag is restored afterwards).
         x: images ``(B, C, H, W)`` on the model's device.
-        policy: the measure and thresholds; must fit the model's number of exits.
 
     Returns:
         A :class:`DynamicResult`. ``flops`` is the sum over samples of the cost of the exit each
@@ -113,7 +115,7 @@ def dynamic_inference(model: EarlyExitNet, x: torch.Tensor, policy: ExitPolicy) 
     check_finite(x, "x")
     with eval_mode(model):
         costs = exit_costs(model, tuple(x.shape[1:]))
-        predictions, exits = route(model, x, policy)
+        predictions, exits = route(policy, model, x)
     counts = torch.bincount(exits, minlength=model.num_exits).cpu()  # one transfer of num_exits numbers
     flops = int(sum(c * f for c, f in zip(counts.tolist(), costs.flops)))
     return DynamicResult(predictions, exits, flops)
@@ -140,7 +142,7 @@ class Speedup:
         return self.never_exit_seconds / self.full_seconds - 1
 
 
-def measure_speedup(model: EarlyExitNet, images: torch.Tensor, policy: ExitPolicy, *, batch_size: int,
+def measure_speedup(policy: ExitPolicy, model: EarlyExitNet, images: torch.Tensor, *, batch_size: int,
                     repeats: int = 3) -> Speedup:
     """Time the full network and dynamic inference over ``images`` in batches of ``batch_size``.
 
@@ -161,8 +163,8 @@ def measure_speedup(model: EarlyExitNet, images: torch.Tensor, policy: ExitPolic
     batches = list(torch.split(images, batch_size))
 
     never = ExitPolicy.never_exit(model.num_exits, policy.measure)
-    runs = {"full": model.backbone, "dynamic": lambda b: route(model, b, policy),
-            "never": lambda b: route(model, b, never)}
+    runs = {"full": model.backbone, "dynamic": lambda b: route(policy, model, b),
+            "never": lambda b: route(never, model, b)}
     with eval_mode(model):
         with torch.inference_mode():
             for fn in runs.values():
@@ -173,5 +175,5 @@ def measure_speedup(model: EarlyExitNet, images: torch.Tensor, policy: ExitPolic
                                 repeats, images.device)
         full, dynamic, never_exit = (min(times[name]) for name in ("full", "dynamic", "never"))
         costs = exit_costs(model, tuple(images.shape[1:]))
-        spent = sum(dynamic_inference(model, b, policy).flops for b in batches)
+        spent = sum(dynamic_inference(policy, model, b).flops for b in batches)
     return Speedup(batch_size, len(images), full, dynamic, never_exit, costs.full_flops * len(images) / spent)

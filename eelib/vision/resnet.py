@@ -11,7 +11,7 @@ Attach points (for the exit heads of later chapters) have stable names that do n
 backbone: ``stem``, the stages ``layer1..layer3`` and every block ``layer{s}.{i}``.
 ``model.feature_info`` lists the stages and ``model.block_info`` every block as
 ``dict(num_chs=..., reduction=..., module=...)``, so a head sizes itself from the point it is
-attached to; ``model.forward_intermediates(x, names)`` returns the features at those points.
+attached to; ``model.features_at(x, names)`` returns the features at those points.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class ResNet(nn.Module):
 
     @property
     def attach_points(self) -> list[str]:
-        """Every name ``forward_intermediates`` accepts: the stem, the stages and the blocks."""
+        """Every name ``features_at`` accepts: the stem, the stages and the blocks."""
         return ["stem", *self.stage_names, *self.block_names]
 
     def check_input(self, x: torch.Tensor) -> None:
@@ -165,8 +165,10 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(self, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    def features_at(self, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Features after the named attach points, running the backbone only as far as needed.
+
+        (Named for what it returns, not timm's ``forward_intermediates``: no ``indices``, no final output.)
 
         Args:
             x: images ``(B, in_channels, H, W)``.

@@ -51,7 +51,7 @@ def check_route_batch(route_batch: Callable) -> None:
     with torch.no_grad():
         scores = max_prob(torch.stack(model(x)))
     threshold = float(scores[0].quantile(0.8))  # with seed 0: 8, 11, 7 and 14 samples leave at exits 0..3
-    expected_pred, expected_exits = route(model, x, ExitPolicy("max_prob", (threshold,) * (model.num_exits - 1)))
+    expected_pred, expected_exits = route(ExitPolicy("max_prob", (threshold,) * (model.num_exits - 1)), model, x)
     seen = []
     hooks = [model._units[model._ends[k - 1]][1].register_forward_pre_hook(
         lambda mod, args, k=k: seen.append((k, args[0].shape[0]))) for k in range(1, model.num_exits)]

@@ -61,14 +61,14 @@ def check_layer_predictions(layer_predictions: Callable) -> None:
 def check_oracle_exit(oracle_exit: Callable) -> None:
     """Check ``oracle_exit(predictions, final)`` -> ``(T,)`` earliest exit from which every later exit agrees."""
     from eelib.outputs import ExitOutputs
-    from eelib.lm.exits import oracle_layers
+    from eelib.lm.exits import oracle_token_exits
 
     with torch.random.fork_rng():
         torch.manual_seed(5)
         final = torch.randint(0, 6, (40,))
         preds = torch.where(torch.rand(4, 40) < torch.tensor([[0.4], [0.6], [0.8], [1.0]]), final, torch.randint(0, 6, (4, 40)))
     preds[-1] = final
-    expected = oracle_layers(ExitOutputs(torch.nn.functional.one_hot(preds, 6).float(), final, tuple("abcd")))
+    expected = oracle_token_exits(ExitOutputs(torch.nn.functional.one_hot(preds, 6).float(), final, tuple("abcd")))
     got = torch.as_tensor(_call("oracle_exit", oracle_exit, preds.clone(), final.clone())).long().flatten()
     assert got.shape == expected.shape, f"return one exit index per token: shape {tuple(expected.shape)}, got {tuple(got.shape)}"
     if not torch.equal(got, expected):

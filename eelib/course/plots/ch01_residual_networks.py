@@ -140,7 +140,7 @@ def plot_feature_maps(features: Mapping[str, "torch.Tensor"], *, channels: int =
     channel responds, not how strongly compared with another panel.
 
     Args:
-        features: ``{name: tensor (1, C, H, W) or (C, H, W)}``, e.g. from ``ResNet.forward_intermediates``.
+        features: ``{name: tensor (1, C, H, W) or (C, H, W)}``, e.g. from ``ResNet.features_at``.
     """
     if not features:
         raise ValueError("features is empty: pass {name: feature map}")

@@ -64,14 +64,14 @@ def plot_reject_regions(policy: "RejectPolicy", outputs: "ExitOutputs", *, n: in
     ``outputs`` at the exits they reach, green if the exit is right, red if wrong (jittered).
     """
     from eelib.policies import confidence, get_measure
-    from eelib.rejection import _route
+    from eelib.rejection import decide_all
 
     if outputs.num_exits != policy.num_exits:
         raise ValueError(f"the policy has {policy.num_exits} exits but outputs has {outputs.num_exits}")
     policy.check(outputs.num_exits, outputs.logits.shape[-1])
     m = get_measure(policy.measure)
     scores = confidence(outputs.logits, policy.measure)
-    exits, _ = _route(scores, policy)
+    exits, _ = decide_all(scores, policy)
     lo, hi = m.range(outputs.logits.shape[-1], outputs.num_exits)
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(exits), size=min(n, len(exits)), replace=False)
