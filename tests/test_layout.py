@@ -1,0 +1,96 @@
+"""The package's layout holds: two halves around one decision layer, the course apart, nothing heavy at import."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import eelib
+
+PACKAGE = Path(eelib.__file__).parent
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every absolute module name a file imports (relative imports are not used in eelib)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import; eelib imports absolutely"
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def modules(folder: str) -> list[Path]:
+    root = PACKAGE / folder if folder else PACKAGE
+    return sorted(root.glob("*.py") if folder == "" else root.rglob("*.py"))
+
+
+@pytest.mark.parametrize("room, forbidden", [
+    ("vision", ("eelib.course", "eelib.lm")),  # the image half knows nothing of the language half
+    ("lm", ("eelib.course", "eelib.vision")),  # nor the language half of the image half
+    ("_util", ("eelib.course", "eelib.vision", "eelib.lm", "eelib.policies", "eelib.rejection")),
+    ("", ("eelib.course", "eelib.vision", "eelib.lm")),  # the decision layer serves both halves
+])
+def test_library_rooms_import_only_what_they_may(room, forbidden):
+    files = modules(room)
+    assert files, f"no modules in {room or 'eelib/'}"
+    for path in files:
+        bad = sorted(name for name in imported_modules(path)
+                     if any(name == f or name.startswith(f + ".") for f in forbidden))
+        assert not bad, f"{path.relative_to(PACKAGE.parent)} imports {bad}"
+
+
+def test_import_is_light_and_every_public_name_loads():
+    code = ("import sys, eelib\n"
+            "assert 'torch' not in sys.modules, 'import eelib imported torch'\n"
+            "for name in eelib.__all__: getattr(eelib, name)\n"
+            "heavy = [m for m in ('torchvision', 'transformers', 'matplotlib', 'eelib.course') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "print(len(eelib.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == len(eelib.__all__) > 100
+    assert set(eelib.__all__) <= set(dir(eelib))
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        eelib.not_a_name
+
+
+def test_errors_form_one_hierarchy_and_keep_their_builtin_bases():
+    assert issubclass(eelib.DownloadError, eelib.EelibError) and issubclass(eelib.DownloadError, RuntimeError)
+    assert issubclass(eelib.ModelUnavailableError, eelib.EelibError) and issubclass(eelib.ModelUnavailableError, OSError)
+    assert issubclass(eelib.EnergyUnavailable, eelib.EelibError) and issubclass(eelib.EnergyUnavailable, RuntimeError)
+    from eelib._util import cache
+    from eelib.lm import model
+    from eelib.vision import cost
+
+    # each room raises the one class, not a copy of it
+    assert cache.DownloadError is model.DownloadError is eelib.DownloadError
+    assert model.ModelUnavailableError is eelib.ModelUnavailableError and cost.EnergyUnavailable is eelib.EnergyUnavailable
+
+
+def test_result_dataclasses_share_one_field_order():
+    import dataclasses
+
+    for cls in (eelib.PolicyResult, eelib.DynamicResult, eelib.RejectResult):
+        assert [f.name for f in dataclasses.fields(cls)][:2] == ["predictions", "exits"], cls.__name__
+    assert [f.name for f in dataclasses.fields(eelib.Calibration)][:2] == \
+        [f.name for f in dataclasses.fields(eelib.RejectCalibration)][:2] == ["policy", "val"]
+
+
+def test_a_cost_description_or_its_two_numbers():
+    from eelib.policies import exit_and_full_flops
+
+    model = eelib.resnet(8, width=4)
+    ee = eelib.EarlyExitNet(model, ["layer1", "layer2"])
+    costs = eelib.exit_costs(ee, (1, 8, 8))
+    assert exit_and_full_flops(costs) == (costs.flops, costs.full_flops)
+    cost_model = eelib.CostModel(costs.flops, costs.full_flops)
+    assert exit_and_full_flops(cost_model) == (cost_model.exit_flops, cost_model.full_flops)
+    assert exit_and_full_flops([1, 2, 3], 3) == ([1, 2, 3], 3)
+    with pytest.raises(TypeError, match="costs must be a cost description"):
+        exit_and_full_flops([1, 2, 3])
