@@ -212,6 +212,25 @@ class PolicyEval:
         return self.full_flops / self.avg_flops
 
 
+class FlopsPerExit:
+    """What the cost descriptions of both halves share (`eelib.vision.cost.ExitCosts`,
+    `eelib.lm.generate.TokenCosts`): ``flops`` per exit and ``full_flops``, named as every
+    ``evaluate*`` / ``calibrate*`` reads them."""
+
+    flops: tuple[int, ...]
+    full_flops: int
+
+    @property
+    def exit_flops(self) -> tuple[int, ...]:
+        """``flops`` under the name every cost description has (`exit_and_full_flops`)."""
+        return self.flops
+
+    @property
+    def relative_flops(self) -> tuple[float, ...]:
+        """``flops[k] / full_flops``: each exit's cost as a fraction of the network without exits."""
+        return tuple(f / self.full_flops for f in self.flops)
+
+
 CostDescription = Any  # an object with ``exit_flops`` (per exit) and ``full_flops``: see exit_and_full_flops
 
 

@@ -45,7 +45,7 @@ from eelib._util.flops import count_flops, flop_counter
 from eelib._util.timing import interleaved
 from eelib.lm.model import encode
 from eelib.lm.exits import EarlyExitLM
-from eelib.policies import ExitPolicy, get_measure
+from eelib.policies import ExitPolicy, FlopsPerExit, get_measure
 
 if TYPE_CHECKING:
     from eelib.lm.confidence import StateGate
@@ -457,7 +457,7 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
 # --- costs -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class TokenCosts:
+class TokenCosts(FlopsPerExit):
     """FLOPs of one generated token by where it leaves, at a given context length (``FlopCounterMode``).
 
     Attributes:
@@ -481,15 +481,6 @@ class TokenCosts:
     full_flops: int
     context: int
     kv: str = "lazy"
-
-    @property
-    def exit_flops(self) -> tuple[int, ...]:
-        """``flops`` under the name every cost description has (`eelib.policies.exit_and_full_flops`)."""
-        return self.flops
-
-    @property
-    def relative_flops(self) -> tuple[float, ...]:
-        return tuple(f / self.full_flops for f in self.flops)
 
 
 def token_exit_costs(ee: EarlyExitLM, context: int = 128, kv: str = "lazy") -> TokenCosts:

@@ -22,6 +22,7 @@ from eelib._util.timing import interleaved, synchronize
 from eelib.vision.exits import EarlyExitNet
 from eelib.vision.resnet import ResNet
 from eelib.errors import EnergyUnavailable
+from eelib.policies import FlopsPerExit
 
 # Energy of arithmetic only: a 32-bit float multiply (3.7 pJ) plus add (0.9 pJ) in 45 nm CMOS
 # (Horowitz, ISSCC 2014) is ~4.6 pJ per multiply-accumulate = 2.3 pJ per FLOP. Memory traffic,
@@ -30,7 +31,7 @@ JOULES_PER_FLOP = 2.3e-12
 
 
 @dataclass(frozen=True)
-class ExitCosts:
+class ExitCosts(FlopsPerExit):
     """FLOPs and parameters per exit for one input size (per sample).
 
     Attributes:
@@ -52,16 +53,6 @@ class ExitCosts:
     params: tuple[int, ...]
     full_params: int
     input_shape: tuple[int, int, int]
-
-    @property
-    def exit_flops(self) -> tuple[int, ...]:
-        """``flops`` under the name every cost description has (`eelib.policies.exit_and_full_flops`)."""
-        return self.flops
-
-    @property
-    def relative_flops(self) -> tuple[float, ...]:
-        """``flops[k] / full_flops``: each exit's cost as a fraction of the network without exits."""
-        return tuple(f / self.full_flops for f in self.flops)
 
     def rows(self) -> list[dict]:
         """One dict per exit, for printing a table."""
