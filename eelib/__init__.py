@@ -18,6 +18,22 @@ The package is laid out as the course's two halves around one decision layer:
   the library never imports it;
 * ``eelib._util``: device and seeding, timing, FLOP counting, ``eval_mode``, the cache.
 
+One vocabulary, followed by every room:
+
+* result dataclasses begin with ``predictions, exits`` (`PolicyResult`, `DynamicResult`, `RejectResult`);
+* a function that applies a policy takes the policy first, then what it is applied to
+  (``apply_policy(policy, logits)``, ``dynamic_inference(policy, model, x)``); the language model's
+  generation loops take the model and the prompt first, since their policy is optional (``None``: the
+  plain loop);
+* every ``evaluate*`` and ``calibrate*`` takes one *cost description*: anything with ``exit_flops``
+  and ``full_flops`` (`ExitCosts`, `TokenCosts`, `CostModel`; `eelib.policies.exit_and_full_flops`);
+* a calibration's figures on the data it was chosen on are ``.val`` (`Calibration`, `RejectCalibration`);
+* the exit decision is `eelib.policies.Measure.passes`, wherever it is taken;
+* functions returning exit indices say *exits* (``oracle_exits``, ``oracle_token_exits``), layers are
+  named as layers; the language model's exit heads use Hugging Face's verbs
+  (``EarlyExitLM.save_pretrained`` / ``from_pretrained``);
+* errors derive from `EelibError` (`eelib.errors`).
+
 Every public name below is importable from ``eelib`` itself (``eelib.load_trained``,
 ``eelib.calibrate``, ...). Names load on first use, so ``import eelib`` stays cheap: torchvision
 and transformers are imported only by the code that needs them.
@@ -65,6 +81,14 @@ _EXPORTS = {  # module -> the public names it gives to `eelib`
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 _SUBMODULES = ("course", "errors", "lm", "outputs", "policies", "rejection", "vision", "_util")
+_MOVED = {  # the modules of the flat layout before eelib/vision, eelib/lm, eelib/course: old code keeps working
+    "cache": "eelib._util.cache", "device": "eelib._util.device", "exits": "eelib.vision.exits",
+    "dynamic": "eelib.vision.dynamic", "cost": "eelib.vision.cost", "data": "eelib.vision.data", "zoo": "eelib.vision.zoo", "lm_exits": "eelib.lm.exits",
+    "lm_generate": "eelib.lm.generate", "lm_speculative": "eelib.lm.speculative", "lm_confidence": "eelib.lm.confidence",
+    "tokens": "eelib.lm.tokens", "plots": "eelib.course.plots", "checks": "eelib.course.checks",
+    "widgets": "eelib.course.widgets", "quiz": "eelib.course.quiz", "slides": "eelib.course.slides",
+    "grading": "eelib.course.grading",
+}
 
 __all__ = sorted(_WHERE)
 
@@ -77,6 +101,11 @@ def __getattr__(name: str):
         return value
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
+    if name in _MOVED:  # e.g. `from eelib import plots` in a notebook written for the flat layout
+        import warnings
+
+        warnings.warn(f"eelib.{name} is now {_MOVED[name]}", DeprecationWarning, stacklevel=2)
+        return importlib.import_module(_MOVED[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -94,3 +94,18 @@ def test_a_cost_description_or_its_two_numbers():
     assert exit_and_full_flops([1, 2, 3], 3) == ([1, 2, 3], 3)
     with pytest.raises(TypeError, match="costs must be a cost description"):
         exit_and_full_flops([1, 2, 3])
+
+
+def test_the_flat_layout_s_module_paths_still_work_and_say_where_they_went():
+    from eelib.course import plots
+    from eelib.lm import model, train
+
+    with pytest.warns(DeprecationWarning, match="eelib.plots is now eelib.course.plots"):
+        from eelib import plots as old_plots
+    assert old_plots is plots
+    with pytest.warns(DeprecationWarning, match="eelib.lm.encode is now eelib.lm.model.encode"):
+        assert eelib.lm.encode is model.encode
+    with pytest.warns(DeprecationWarning, match="eelib.lm.load_corpus is now eelib.lm.train.load_corpus"):
+        assert eelib.lm.load_corpus is train.load_corpus
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        eelib.lm.nothing_here

@@ -8,6 +8,25 @@ state) -> ``speculative`` (self-speculative decoding: an early exit drafts, the 
 The exit decision and its calibration are :mod:`eelib.policies`, shared with the image half.
 """
 
+import importlib
+
 from eelib._util import lazy_submodules
 
-__getattr__ = lazy_submodules(__name__, ("confidence", "exits", "generate", "model", "speculative", "tokens", "train"))
+_submodule = lazy_submodules(__name__, ("confidence", "exits", "generate", "model", "speculative", "tokens", "train"))
+
+
+def __getattr__(name: str):
+    """Submodules on first use; and, for code written when ``eelib.lm`` was one module (``eelib.lm.encode``),
+    the names of ``eelib.lm.model`` and ``eelib.lm.train``, with a warning that says where they live now."""
+    try:
+        return _submodule(name)
+    except AttributeError:
+        pass
+    for module in ("eelib.lm.model", "eelib.lm.train"):
+        found = importlib.import_module(module)
+        if not name.startswith("_") and hasattr(found, name):
+            import warnings
+
+            warnings.warn(f"eelib.lm.{name} is now {module}.{name}", DeprecationWarning, stacklevel=2)
+            return getattr(found, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

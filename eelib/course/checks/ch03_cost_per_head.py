@@ -61,4 +61,4 @@ def check_cumulative_costs(cumulative_costs: Callable[[list, list], list]) -> No
         else:
             hint = "exit k costs segments 0..k plus heads 0..k (cumulative sums)"
         raise AssertionError(f"got {got}, expected {expected}. Hint: {hint}.")
-    print(f"Correct: cumulative costs of all {len(expected)} exits match eelib.vision.cost.exit_costs.")
+    print(f"Correct: cumulative costs of all {len(expected)} exits match eelib.exit_costs.")
