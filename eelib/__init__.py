@@ -87,8 +87,41 @@ _MOVED = {  # the modules of the flat layout before eelib/vision, eelib/lm, eeli
     "lm_generate": "eelib.lm.generate", "lm_speculative": "eelib.lm.speculative", "lm_confidence": "eelib.lm.confidence",
     "tokens": "eelib.lm.tokens", "plots": "eelib.course.plots", "checks": "eelib.course.checks",
     "widgets": "eelib.course.widgets", "quiz": "eelib.course.quiz", "slides": "eelib.course.slides",
-    "grading": "eelib.course.grading",
+    "grading": "eelib.course.grading", "progress": "eelib._util.progress", "validation": "eelib._util.validation",
 }
+
+
+def _moved(name: str):
+    import warnings
+
+    warnings.warn(f"eelib.{name} is now {_MOVED[name]}", DeprecationWarning, stacklevel=3)
+    return importlib.import_module(_MOVED[name])
+
+
+class _MovedModules:
+    """Serves ``import eelib.plots`` / ``from eelib.lm_exits import X`` (the flat layout's paths) with the moved module."""
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        prefix, _, name = fullname.partition(".")
+        if prefix == __name__ and name in _MOVED:
+            return importlib.util.spec_from_loader(fullname, _MovedModules)
+        return None
+
+    @staticmethod
+    def create_module(spec):
+        return _moved(spec.name.partition(".")[2])  # the module itself, under its old name too
+
+    @staticmethod
+    def exec_module(module):
+        pass  # already executed under its new name
+
+
+import importlib.util  # noqa: E402  (after the table it serves)
+import sys  # noqa: E402
+
+if not any(f is _MovedModules for f in sys.meta_path):
+    sys.meta_path.append(_MovedModules)
 
 __all__ = sorted(_WHERE)
 
@@ -102,10 +135,7 @@ def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     if name in _MOVED:  # e.g. `from eelib import plots` in a notebook written for the flat layout
-        import warnings
-
-        warnings.warn(f"eelib.{name} is now {_MOVED[name]}", DeprecationWarning, stacklevel=2)
-        return importlib.import_module(_MOVED[name])
+        return _moved(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

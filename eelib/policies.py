@@ -76,6 +76,14 @@ class Measure:
         return {"max_prob": (1 / num_classes, 1.0), "entropy": (0.0, math.log(num_classes)),
                 "margin": (0.0, 1.0), "patience": (1.0, float(num_exits))}[self.name]
 
+    @property
+    def per_exit(self) -> bool:
+        """Deprecated name of `one_exit` (``calibrate(per_exit=)`` means one threshold per exit, not this)."""
+        import warnings
+
+        warnings.warn("Measure.per_exit is now Measure.one_exit", DeprecationWarning, stacklevel=2)
+        return self.one_exit
+
     def passes(self, score: torch.Tensor | float, threshold: float) -> torch.Tensor | bool:
         """The exit decision, the one rule of the package: is ``score`` confident enough to leave?
 

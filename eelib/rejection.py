@@ -379,7 +379,7 @@ class RejectResult:
     rejected: torch.Tensor  # (N,) booleans
 
 
-def decide_all(scores: torch.Tensor, policy: RejectPolicy) -> tuple[torch.Tensor, torch.Tensor]:
+def decide_all(policy: RejectPolicy, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Exit index and rejection of each sample from the scores of every exit ``(E, N)``."""
     num_exits, n = scores.shape
     decisions = torch.stack([decide(scores[k], policy.exit_thresholds[k] if k < num_exits - 1 else 0.0,
@@ -395,7 +395,7 @@ def apply_reject_policy(policy: RejectPolicy, logits: torch.Tensor) -> RejectRes
     if logits.ndim != 3:
         raise ValueError(f"logits must have shape (num_exits, N, num_classes), got {tuple(logits.shape)}")
     policy.check(logits.shape[0], logits.shape[-1])
-    exits, rejected = decide_all(get_measure(policy.measure).fn(logits), policy)
+    exits, rejected = decide_all(policy, get_measure(policy.measure).fn(logits))
     return RejectResult(logits.argmax(-1).gather(0, exits[None])[0], exits, rejected)
 
 
@@ -481,6 +481,14 @@ class RejectCalibration:
     val: RejectEval  # on the calibration data (the validation split), as Calibration.val
     mode: str
     target: str  # what was asked, in words
+
+    @property
+    def cal(self) -> RejectEval:
+        """Deprecated name of `val` (the name `Calibration` uses too)."""
+        import warnings
+
+        warnings.warn("RejectCalibration.cal is now RejectCalibration.val", DeprecationWarning, stacklevel=2)
+        return self.val
 
 
 MODES = ("combined", "exit_only", "reject_only")
@@ -570,7 +578,7 @@ def calibrate_reject(outputs: ExitOutputs, costs: CostModel, *, flops_budget: fl
             candidate_thresholds(outputs, measure, max_candidates=max_candidates)
         for t in exit_candidates:
             policy = RejectPolicy(measure, (t,) * (num_exits - 1), early_reject + (keep_all,))
-            exits, rejected = decide_all(scores, policy)
+            exits, rejected = decide_all(policy, scores)
             if float(flops[exits].mean()) > budget:
                 continue
             if mode == "exit_only":
@@ -589,7 +597,7 @@ def calibrate_reject(outputs: ExitOutputs, costs: CostModel, *, flops_budget: fl
         raise ValueError(f"no {mode} policy meets flops_budget={flops_budget:.4g}")
     if mode == "combined":
         def key_of(policy: RejectPolicy) -> tuple[float, float]:
-            exits, rejected = decide_all(scores, policy)
+            exits, rejected = decide_all(policy, scores)
             e = _evaluate(exits, rejected, correct.gather(0, exits[None])[0], costs)
             return (e.cost, e.avg_flops)
 
@@ -604,7 +612,7 @@ def calibrate_reject(outputs: ExitOutputs, costs: CostModel, *, flops_budget: fl
                 rejects = policy.reject_thresholds[:k] + (t,) + policy.reject_thresholds[k + 1:]
                 candidate = RejectPolicy(measure, policy.exit_thresholds, rejects)
                 key = key_of(candidate)
-                exits, _ = decide_all(scores, candidate)
+                exits, _ = decide_all(candidate, scores)
                 if float(flops[exits].mean()) <= budget and key < best[0]:
                     best = (key, candidate)
         again = search_exit(best[1].reject_thresholds[:-1])

@@ -109,3 +109,34 @@ def test_the_flat_layout_s_module_paths_still_work_and_say_where_they_went():
         assert eelib.lm.load_corpus is train.load_corpus
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         eelib.lm.nothing_here
+
+
+def test_old_import_paths_and_names_still_work():
+    import importlib
+
+    with pytest.warns(DeprecationWarning, match="eelib.lm_exits is now eelib.lm.exits"):
+        old = importlib.import_module("eelib.lm_exits")
+    from eelib.lm import exits
+
+    assert old is exits
+    with pytest.warns(DeprecationWarning, match="eelib.course.prepare_models is now eelib.course.cli.prepare_models"):
+        from eelib.course import prepare_models  # noqa: F401
+    from eelib._util import device
+
+    assert device.timed is eelib.timed and device.eval_mode is eelib.eval_mode
+    with pytest.warns(DeprecationWarning, match="one_exit"):
+        assert eelib.policies.MEASURES["entropy"].per_exit is True
+    with pytest.warns(DeprecationWarning, match="features_at"):
+        feats = eelib.resnet(8, width=4).forward_intermediates(__import__("torch").zeros(1, 1, 8, 8), ["stem"])
+    assert list(feats) == ["stem"]
+
+
+def test_the_old_argument_order_is_refused_with_a_message():
+    import torch
+
+    model = eelib.EarlyExitNet(eelib.resnet(8, width=4), ["layer1"]).eval()
+    x, policy = torch.zeros(2, 1, 8, 8), eelib.ExitPolicy("max_prob", (0.9,))
+    for call in (lambda: eelib.dynamic_inference(model, x, policy),
+                 lambda: eelib.measure_speedup(model, x, policy, batch_size=1)):
+        with pytest.raises(TypeError, match="the policy comes first"):
+            call()

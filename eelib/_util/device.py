@@ -15,6 +15,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from eelib._util.eval_mode import eval_mode  # noqa: F401  (here before the split: old code imports them from here)
+from eelib._util.timing import synchronize, timed  # noqa: F401
+
 ENV_DEVICE = "EELIB_DEVICE"
 _KINDS = ("cpu", "cuda", "mps")
 

@@ -1,4 +1,4 @@
-"""Wall-clock timing, synchronised on the device of the tensors being timed: every measured time of eelib.
+"""Wall-clock timing, synchronised on the device of the tensors being timed.
 
 `timed` times one call; `interleaved` times several calls side by side (one run of each in turn,
 ``repeats`` rounds), so that a slow moment of the machine falls on all of them alike. Speed ratios
@@ -32,7 +32,9 @@ def synchronize(device: torch.device | str | None = None) -> None:
 def timed(fn: Callable[[], object], device: torch.device | str | None = None) -> float:
     """Seconds that ``fn()`` takes, synchronised on ``device`` before and after (see :func:`synchronize`).
 
-    The one timing helper of eelib: every measured time in the package goes through it.
+    The one timing helper of eelib: every measured call and every speed ratio goes through it (the generation
+    loops also stamp each token's or round's time with ``time.perf_counter`` as they go, after the step's
+    one host sync, for their per-step records).
     """
     synchronize(device)
     start = time.perf_counter()

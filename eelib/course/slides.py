@@ -29,7 +29,7 @@ heading, so that rule 2 applies.
 :func:`export_slides` writes a notebook as reveal.js slides with nbconvert's ``SlidesExporter``.
 A notebook with no slide metadata at all falls back to one slide per cell. reveal.js, jQuery and
 RequireJS are loaded from ``reveal.js/`` beside the slides, a copy of the files shipped in
-``eelib/static/reveal.js/`` (versions and licences in its README), so the slides work offline;
+``eelib/course/static/reveal.js/`` (versions and licences in its README), so the slides work offline;
 nbconvert's default would load them from a CDN. (MathJax still comes from its CDN: offline, the
 console says "MathJax is not defined" on every slide change, harmless; the lectures have no formulas.)
 """

@@ -24,6 +24,9 @@ def policy_summary(policy: ExitPolicy, outputs: ExitOutputs, costs, full_flops: 
                    ) -> tuple[PolicyEval, str]:
     """Evaluate ``policy`` on ``outputs`` at ``costs`` (a cost description, `eelib.policies.exit_and_full_flops`);
     return the result and a one-paragraph summary."""
+    if not isinstance(policy, ExitPolicy):
+        raise TypeError(f"policy_summary: the first argument must be the ExitPolicy (the policy comes first), "
+                        f"got {type(policy).__name__}")
     e = evaluate_policy(policy, outputs, costs, full_flops)
     oracle = evaluate_oracle(outputs, costs, full_flops)
     final = outputs.accuracy_per_exit()[-1]

@@ -24,6 +24,12 @@ from eelib.vision.exits import EarlyExitNet
 from eelib.policies import ExitPolicy, get_measure
 
 
+def _check_policy_first(policy, where: str) -> None:
+    if not isinstance(policy, ExitPolicy):
+        raise TypeError(f"{where}: the first argument must be the ExitPolicy (the policy comes first, as in "
+                        f"apply_policy(policy, logits): {where}(policy, model, x)), got {type(policy).__name__}")
+
+
 @dataclass(frozen=True)
 class DynamicResult:
     """What dynamic inference did for each sample of a batch."""
@@ -44,6 +50,7 @@ def route(policy: ExitPolicy, model: EarlyExitNet, x: torch.Tensor) -> tuple[tor
     host would have to wait for), no bookkeeping while every sample is still in the batch, and
     the results written once at the end with ``index_copy_``.
     """
+    _check_policy_first(policy, "route")
     if model.training:
         raise ValueError("model is in training mode: call model.eval() first (batch norm must use its running statistics)")
     model.check_input(x)
@@ -111,6 +118,7 @@ def dynamic_inference(policy: ExitPolicy, model: EarlyExitNet, x: torch.Tensor) 
         took (:func:`eelib.vision.cost.exit_costs`), which equals what ``FlopCounterMode`` counts
         while the routing runs (tested).
     """
+    _check_policy_first(policy, "dynamic_inference")
     model.check_input(x)
     check_finite(x, "x")
     with eval_mode(model):
@@ -154,6 +162,7 @@ def measure_speedup(policy: ExitPolicy, model: EarlyExitNet, images: torch.Tenso
     with a policy that lets no image leave early: every head and decision is paid, nothing is
     skipped — what the heads and decisions cost in time.
     """
+    _check_policy_first(policy, "measure_speedup")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:

@@ -165,6 +165,13 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def forward_intermediates(self, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Deprecated name of :meth:`features_at` (timm's ``forward_intermediates`` has another contract)."""
+        import warnings
+
+        warnings.warn("ResNet.forward_intermediates is now ResNet.features_at", DeprecationWarning, stacklevel=2)
+        return self.features_at(x, names)
+
     def features_at(self, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Features after the named attach points, running the backbone only as far as needed.
 

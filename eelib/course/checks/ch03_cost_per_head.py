@@ -12,7 +12,7 @@ from eelib.course.checks._common import _call, _tiny_exit_net
 
 def check_conv_flops(conv_flops: Callable[[torch.nn.Conv2d, int, int], int]) -> None:
     """Check ``conv_flops(conv, height, width)`` against ``FlopCounterMode`` on one image."""
-    from eelib.vision.cost import count_flops
+    from eelib._util.flops import count_flops
 
     cases = [(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), 16, 16),
              (torch.nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), 16, 16),
@@ -36,7 +36,8 @@ def check_conv_flops(conv_flops: Callable[[torch.nn.Conv2d, int, int], int]) -> 
 
 def check_cumulative_costs(cumulative_costs: Callable[[list, list], list]) -> None:
     """Check ``cumulative_costs(segment_flops, head_flops)`` against :func:`eelib.vision.cost.exit_costs`."""
-    from eelib.vision.cost import count_flops, exit_costs
+    from eelib._util.flops import count_flops
+    from eelib.vision.cost import exit_costs
 
     model, x = _tiny_exit_net()
     segments, heads, h = [], [], x[:1]

@@ -120,7 +120,7 @@ def check_exit_or_reject(exit_or_reject: Callable) -> None:
         scores = torch.rand(4, 60) * 0.9 + 0.1
     exit_t, reject_t = (0.9, 0.8, 0.7), (0.2, 0.3, 0.4, 0.5)
     scores[0, 0], scores[1, 1] = 0.9, 0.3  # scores exactly at a threshold: >= passes
-    expected_exits, expected_rej = decide_all(scores, RejectPolicy("max_prob", exit_t, reject_t))
+    expected_exits, expected_rej = decide_all(RejectPolicy("max_prob", exit_t, reject_t), scores)
     got = _call("exit_or_reject", exit_or_reject, scores.clone(), exit_t, reject_t)
     assert isinstance(got, tuple) and len(got) == 2, "return a tuple (exits, rejected)"
     exits = torch.as_tensor(got[0]).long().flatten()

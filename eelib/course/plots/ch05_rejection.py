@@ -71,7 +71,7 @@ def plot_reject_regions(policy: "RejectPolicy", outputs: "ExitOutputs", *, n: in
     policy.check(outputs.num_exits, outputs.logits.shape[-1])
     m = get_measure(policy.measure)
     scores = confidence(outputs.logits, policy.measure)
-    exits, _ = decide_all(scores, policy)
+    exits, _ = decide_all(policy, scores)
     lo, hi = m.range(outputs.logits.shape[-1], outputs.num_exits)
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(exits), size=min(n, len(exits)), replace=False)
