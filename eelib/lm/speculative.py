@@ -1,28 +1,35 @@
-"""Self-speculative decoding: an early exit drafts the easy tokens, the rest of the model checks them at once.
+"""Self-speculative decoding: early exits draft the easy tokens, the rest of the model checks them at once.
 
 Plain early exit (:mod:`eelib.lm.generate`) leaves a debt: the layers a token skipped still owe
 keys and values to every later token. Self-speculative decoding (Draft & Verify, Zhang et al.
 2023; LayerSkip, Elhoushi et al. 2024) settles it exactly, in rounds:
 
-1. **draft**: run the new token through layers ``1 .. L`` (the draft exit's layer) and the exit's
-   head; while the head is confident (``max_prob >= threshold``) and fewer than ``max_draft``
-   tokens are drafted, feed the drafted token back and draft the next one. A token the head is
-   unsure of ends the draft (a *dynamic* draft length).
-2. **verify**: the drafted positions go through layers ``L + 1 .. N`` together, one block call
-   per layer, starting from the hidden states and reusing the lower layers' keys and values that
-   drafting already wrote: nothing is computed twice. The final head gives the full model's
-   greedy token at every drafted position.
+1. **draft**: each new token runs up the model; at a draft exit whose head is confident enough it
+   leaves: its token is a *draft*, fed back as the next input, and the next token starts. Two
+   loops, one core (:func:`speculate`):
+
+   * **fixed exit** (:func:`self_speculative_generate`): one draft exit after layer ``L``; drafting
+     goes on while its max_prob passes the threshold (a *dynamic* draft length);
+   * **dynamic exits** (:func:`dynamic_speculative_generate`, the talk author's DSSD: Valade 2024,
+     arXiv 2407.21082): several draft exits (e.g. after layers 1, 2 and 4), each with its own
+     calibrated threshold on a confidence measure (entropy, the paper's choice, or max_prob); a token
+     leaves at the **first** exit that passes.
+
+2. **verify**: a token that passes no exit (or the round's last, at ``max_draft`` drafts) runs to the
+   last layer, and every pending draft runs its skipped layers *in the same block calls*
+   (:meth:`~eelib.lm.decoder.Decoder.step_block`, chapter 7's lazy filling): nothing is computed twice.
+   The final head gives the full model's greedy token at every position of the round.
 3. **accept** the longest prefix of drafts equal to the full model's tokens, plus the full model's
-   token after it (the "bonus": a round always makes at least one token). Cached keys and values
-   beyond it are simply overwritten by the next round.
+   token after it (the "bonus": a round always makes at least one token). The cache is rolled back
+   past it: later positions are overwritten by the next round.
 
 The output is the full model's greedy decoding, token for token (tested against Hugging Face
 ``generate`` in float32 on the CPU; as with any batched computation, a near-tie between two tokens
-could in principle round the other way in half precision), whatever the draft exit, threshold or length: the draft only decides how many
-tokens one verification pass produces. It pays because at batch size 1 a block call costs
-about the same for 1 or a few rows (it is bound by the calls and by reading the weights, not by
-arithmetic): a round of ``k`` drafts costs ``(k + 1) L`` small calls + up to ``k + 1`` draft heads +
-``N - L`` calls of ``k + 1`` rows, and yields ``accepted + 1`` tokens.
+could in principle round the other way in half precision), whatever the exits, thresholds or draft
+length: the drafts only decide how many tokens one verification produces. Whether it is faster is
+a matter of measured costs (a block's time against its rows, the heads, the overhead of a round) and
+of the **acceptance rate** (:attr:`~eelib.lm.decoder.Generation.acceptance`): :mod:`eelib.lm.speed`
+measures the costs and predicts the speed.
 
 **A cheaper draft head.** The exit head is a ``d x vocab`` product, about two blocks' FLOPs on the
 course model. ``draft_vocab`` lets the draft score only the most frequent tokens (a slice of ``lm_head``):
@@ -40,16 +47,18 @@ from typing import Sequence
 
 import torch
 
-from eelib.lm.model import _SHIPPED, LanguageModel, course_model_path, encode
-from eelib.lm.exits import HEADS_FOLDER, EarlyExitLM
 from eelib._util.flops import flop_counter
-from eelib._util.timing import synchronize as _sync, timed
-from eelib.lm.generate import Decoder, Generation, Round, TokenStep, _prompt_ids
-from eelib.policies import MEASURES
+from eelib._util.timing import synchronize as _sync
+from eelib.lm.decoder import Decoder, Generation, Round, TokenStep, ops_tuple, prompt_ids
+from eelib.lm.exits import HEADS_FOLDER, EarlyExitLM
+from eelib.lm.model import _SHIPPED, LanguageModel, course_model_path, encode
+from eelib.policies import MEASURES, Measure
 
 SETTINGS_FILE = "speculative.json"  # beside the exit heads of a shipped course model: the calibrated defaults
-DRAFT_MEASURE = MEASURES["max_prob"]  # the draft goes on while its exit is this confident
+DRAFT_MEASURE = MEASURES["max_prob"]  # the fixed-exit draft goes on while its exit is this confident
+DYNAMIC_MEASURES = ("entropy", "max_prob")  # what the dynamic draft may decide with
 FALLBACK = dict(threshold=0.5, max_draft=8, draft_vocab=None)  # for an exit (or a model) without calibrated settings
+DYNAMIC_FALLBACK = dict(exit_layers=None, measure="entropy", thresholds=None, max_draft=6, draft_vocab=None)
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,18 @@ class SpeculativeSettings:
 
     draft_exit: int
     threshold: float
+    max_draft: int
+    draft_vocab: tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
+class DynamicSettings:
+    """The dynamic draft's settings: its exits (indices into ``EarlyExitLM.layers``, increasing), one threshold
+    per exit on ``measure``, most drafts per round, and the draft heads' vocabulary (token ids or None)."""
+
+    draft_exits: tuple[int, ...]
+    measure: str
+    thresholds: tuple[float, ...]
     max_draft: int
     draft_vocab: tuple[int, ...] | None
 
@@ -78,29 +99,59 @@ def frequent_tokens(lm: LanguageModel, text: str, k: int) -> tuple[int, ...]:
 
 def shipped_settings(ee: EarlyExitLM) -> dict:
     """The calibration saved beside a shipped course model's exit heads (``speculative.json``, written by
-    ``python -m eelib.lm.speculative calibrate``: the fastest settings for each draft layer, ``by_layer``),
-    or an empty dict for other models (then `FALLBACK` applies)."""
-    if ee.lm.name in _SHIPPED:
+    ``python -m eelib.lm.draft_tuning``: the fastest fixed-exit settings for each draft layer, ``by_layer``,
+    and the dynamic draft's, ``dynamic``), or an empty dict for other models (then `FALLBACK` applies)."""
+    if ee.lm.name in _SHIPPED and ee.adapters is not None:  # calibrated for the trained heads only
         file = course_model_path(ee.lm.name) / HEADS_FOLDER / SETTINGS_FILE
         if file.is_file():
             return json.loads(file.read_text(encoding="utf-8"))
     return {}
 
 
+def _draft_vocab(ee: EarlyExitLM, draft_vocab, default) -> tuple[int, ...] | None:
+    from eelib.lm.exits import heldout_text
+
+    vocab = ee.model.config.vocab_size
+    if isinstance(draft_vocab, str):
+        if draft_vocab != "default":
+            raise ValueError(f"draft_vocab must be 'default', None, a number of tokens or token ids, got {draft_vocab!r}")
+        draft_vocab = default
+    if isinstance(draft_vocab, int) and not isinstance(draft_vocab, bool):
+        if not 1 <= draft_vocab <= vocab:
+            raise ValueError(f"draft_vocab must be a number of tokens from 1 to {vocab} (or token ids, or None), "
+                             f"got {draft_vocab}")
+        key = (id(ee.lm.tokenizer), draft_vocab)  # tokenising the text takes longer than a short generation
+        if key not in _FREQUENT:
+            _FREQUENT[key] = frequent_tokens(ee.lm, heldout_text("calibration"), draft_vocab)
+        return None if draft_vocab == vocab else _FREQUENT[key]
+    if draft_vocab is None:
+        return None
+    ids = torch.as_tensor(draft_vocab).flatten()
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise ValueError(f"draft_vocab must hold integer token ids, got dtype {ids.dtype}")
+    ids = tuple(int(t) for t in ids.tolist())
+    if not ids or any(not 0 <= t < vocab for t in ids) or len(set(ids)) != len(ids):
+        raise ValueError(f"draft_vocab must hold distinct token ids from 0 to {vocab - 1}, got {len(ids)} ids")
+    return ids
+
+
+def _check_max_draft(max_draft) -> int:
+    if isinstance(max_draft, bool) or not isinstance(max_draft, int) or max_draft < 1:
+        raise ValueError(f"max_draft must be an integer >= 1 (the most tokens drafted per round), got {max_draft!r}")
+    return max_draft
+
+
 def resolve_settings(ee: EarlyExitLM, draft_exit: int | None = None, threshold: float | None = None,
                      max_draft: int | None = None, draft_vocab: Sequence[int] | int | None | str = "default"
                      ) -> SpeculativeSettings:
-    """Fill in the defaults and check the draft's settings (errors name the argument).
+    """Fill in the fixed-exit draft's defaults and check its settings (errors name the argument).
 
     Defaults come from :func:`shipped_settings`: the draft exit is the one at the calibrated layer if
     ``ee`` has an exit there (else exit 0); ``draft_vocab="default"`` takes the calibrated size of a
     trimmed vocabulary (most frequent tokens of the calibration half), ``None`` the whole vocabulary,
     an int that many most frequent tokens, a sequence those token ids.
     """
-    from eelib.lm.exits import heldout_text
-
-    saved = shipped_settings(ee) if ee.adapters is not None else {}  # calibrated for the trained heads only
-    by_layer = {int(layer): values for layer, values in saved.get("by_layer", {}).items()}
+    by_layer = {int(layer): values for layer, values in shipped_settings(ee).get("by_layer", {}).items()}
     if draft_exit is None:  # the fastest calibrated exit that ee has, else its first
         have = [l for l in sorted(by_layer, key=lambda l: -by_layer[l]["speedup"]) if l in ee.exit_layers]
         draft_exit = ee.exit_layers.index(have[0]) if have else 0
@@ -113,37 +164,58 @@ def resolve_settings(ee: EarlyExitLM, draft_exit: int | None = None, threshold: 
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be a number in [0, 1] (the draft's max_prob: 0 drafts every token, "
                          f"1 almost none), got {threshold!r}")
-    max_draft = saved["max_draft"] if max_draft is None else max_draft
-    if isinstance(max_draft, bool) or not isinstance(max_draft, int) or max_draft < 1:
-        raise ValueError(f"max_draft must be an integer >= 1 (the most tokens drafted per round), got {max_draft!r}")
-    vocab = ee.model.config.vocab_size
-    if isinstance(draft_vocab, str):
-        if draft_vocab != "default":
-            raise ValueError(f"draft_vocab must be 'default', None, a number of tokens or token ids, got {draft_vocab!r}")
-        draft_vocab = saved.get("draft_vocab")
-    if isinstance(draft_vocab, int) and not isinstance(draft_vocab, bool):
-        if not 1 <= draft_vocab <= vocab:
-            raise ValueError(f"draft_vocab must be a number of tokens from 1 to {vocab} (or token ids, or None), "
-                             f"got {draft_vocab}")
-        key = (id(ee.lm.tokenizer), draft_vocab)  # tokenising the text takes longer than a short generation
-        if key not in _FREQUENT:
-            _FREQUENT[key] = frequent_tokens(ee.lm, heldout_text("calibration"), draft_vocab)
-        draft_vocab = None if draft_vocab == vocab else _FREQUENT[key]
-    if draft_vocab is not None:
-        ids = tuple(int(t) for t in torch.as_tensor(draft_vocab).flatten().tolist())
-        if not ids or any(not 0 <= t < vocab for t in ids) or len(set(ids)) != len(ids):
-            raise ValueError(f"draft_vocab must hold distinct token ids from 0 to {vocab - 1}, got {len(ids)} ids")
-        draft_vocab = ids
-    return SpeculativeSettings(draft_exit, float(threshold), max_draft, draft_vocab)
+    max_draft = _check_max_draft(saved["max_draft"] if max_draft is None else max_draft)
+    return SpeculativeSettings(draft_exit, float(threshold), max_draft,
+                               _draft_vocab(ee, draft_vocab, saved.get("draft_vocab")))
+
+
+def resolve_dynamic(ee: EarlyExitLM, exit_layers: Sequence[int] | None = None, *, measure: str | None = None,
+                    thresholds: Sequence[float] | None = None, max_draft: int | None = None,
+                    draft_vocab: Sequence[int] | int | None | str = "default") -> DynamicSettings:
+    """Fill in the dynamic draft's defaults (the shipped calibration's ``dynamic`` entry, for the exits of ``ee``
+    after those layers) and check its settings: ``exit_layers`` increasing early exits of ``ee``, one threshold
+    per exit inside the measure's range (errors name the argument)."""
+    saved = shipped_settings(ee).get("dynamic", DYNAMIC_FALLBACK)
+    if exit_layers is None:
+        exit_layers = [l for l in (saved["exit_layers"] or ee.exit_layers) if l in ee.exit_layers] or ee.exit_layers
+    layers = list(exit_layers)
+    if (not layers or any(isinstance(l, bool) or l not in ee.exit_layers for l in layers)
+            or layers != sorted(set(layers))):
+        raise ValueError(f"exit_layers must be increasing early-exit layers of the model (some of "
+                         f"{list(ee.exit_layers)}), got {list(exit_layers)}")
+    measure = saved["measure"] if measure is None else measure
+    if measure not in DYNAMIC_MEASURES:
+        raise ValueError(f"measure must be one of {', '.join(DYNAMIC_MEASURES)}, got {measure!r}")
+    vocab = _draft_vocab(ee, draft_vocab, saved.get("draft_vocab"))
+    n_classes = len(vocab) if vocab is not None else ee.model.config.vocab_size
+    lo, hi = (0.0, 1.0) if measure == "max_prob" else (0.0, math.log(n_classes))
+    if thresholds is None:
+        by_layer = dict(zip(saved["exit_layers"] or (), saved["thresholds"] or ())) if saved.get("measure") == measure else {}
+        thresholds = [by_layer.get(l, 0.5 if measure == "max_prob" else 1.0) for l in layers]
+    thresholds = list(thresholds)
+    if len(thresholds) != len(layers):
+        raise ValueError(f"thresholds has {len(thresholds)} values but there are {len(layers)} draft exits "
+                         f"(after layers {layers}): give one per exit")
+    for t in thresholds:
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not lo <= t <= hi:
+            raise ValueError(f"thresholds must be numbers in [{lo:g}, {hi:.4g}] (the range of {measure} over "
+                             f"{n_classes} tokens), got {thresholds}")
+    max_draft = _check_max_draft(saved["max_draft"] if max_draft is None else max_draft)
+    return DynamicSettings(tuple(ee.exit_layers.index(l) for l in layers), measure,
+                           tuple(float(t) for t in thresholds), max_draft, vocab)
 
 
 class DraftHead:
     """Exit ``k``'s head for drafting: its adapter (or ``ln_f``) and ``lm_head``, on ``vocab`` token ids only
-    when given. ``__call__(h)`` returns ``(confidence, token)`` as 0-d tensors (max_prob over its vocabulary)."""
+    when given. ``__call__(h)`` returns ``(score, token)`` as 0-d tensors: the ``measure`` (max_prob or
+    entropy, over its vocabulary) and the most likely token."""
 
-    def __init__(self, ee: EarlyExitLM, k: int, vocab: Sequence[int] | None = None):
+    def __init__(self, ee: EarlyExitLM, k: int, vocab: Sequence[int] | None = None, measure: str = "max_prob"):
+        if measure not in DYNAMIC_MEASURES:
+            raise ValueError(f"measure must be one of {', '.join(DYNAMIC_MEASURES)}, got {measure!r}")
         tf = ee.model.transformer
         self.norm = tf.ln_f if ee.adapters is None else ee.adapters[ee.layers[k] - 1]
+        self.entropy = measure == "entropy"
         weight = ee.model.lm_head.weight  # (vocab, d), tied to the token embedding
         if vocab is None:
             self.ids = None
@@ -151,11 +223,103 @@ class DraftHead:
             self.ids = torch.tensor(vocab, dtype=torch.long, device=weight.device)
             weight = weight[self.ids]  # (V', d)
         self.weight_t = weight.float().T.contiguous()  # (d, V'), converted once, not at every draft step
+        self.vocab_size = self.weight_t.shape[1]
+        self.op = "draft:" + measure  # its name in a loop's trace (Decoder.ops)
 
     def __call__(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (1, d) -> (), ()
-        probs = torch.softmax(self.norm(h)[0].float() @ self.weight_t, -1)  # renormalised over its vocabulary
-        conf, idx = probs.max(-1)
-        return conf, (idx if self.ids is None else self.ids[idx])
+        z = self.norm(h)[0].float() @ self.weight_t  # renormalised over its vocabulary
+        if self.entropy:
+            logp = torch.log_softmax(z, -1)
+            score, idx = -(logp.exp() * logp).sum(), z.argmax()
+        else:
+            score, idx = torch.softmax(z, -1).max(-1)
+        return score, (idx if self.ids is None else self.ids[idx])
+
+
+def speculate(ee: EarlyExitLM, ids: torch.Tensor, n_new: int, drafts: Sequence[tuple[int, DraftHead, float]],
+              measure: Measure, max_draft: int, *, count_flops: bool = False) -> Generation:
+    """The one draft / verify / accept loop of both speculative decoders (module docstring).
+
+    Args:
+        ids: the prompt ``(T,)`` on the model's device; ``n_new`` tokens are generated.
+        drafts: ``(exit, head, threshold)`` per draft exit, by increasing layer: a token leaves at the first
+            whose head's score passes its threshold (:meth:`~eelib.policies.Measure.passes`).
+    """
+    dec = Decoder(ee, "lazy", max_length=len(ids) + n_new - 1)  # the last token produced is never fed back
+    ops = dec.new_ops()
+    plan = [(k, ee.layers[k], head, t) for k, head, t in drafts]
+    N, final, device = ee.lm.n_layers, ee.num_exits - 1, ids.device
+    final_head = lambda h: ee.model.lm_head(ee.model.transformer.ln_f(h))  # noqa: E731
+    counter = flop_counter() if count_flops else None
+    produced: list[int] = []
+    steps: list[TokenStep] = []
+    rounds: list[Round] = []
+    if counter is not None:
+        counter.__enter__()
+    try:
+        token = dec.begin(ids)  # (1,): the next input, not yet in the cache
+        _sync(device)
+        while len(produced) < n_new:
+            t0 = time.perf_counter()
+            start = pos = dec.length
+            most = min(max_draft, n_new - len(produced) - 1)  # a round makes drafts + 1 tokens
+            tokens, exits, confs = [], [], []
+            while True:  # one position: up to its first confident exit (a draft), or to the top (verify)
+                x = dec.embed(token, pos)
+                ops["step", 1] += 1
+                done, left = 0, False
+                if len(tokens) < most:
+                    for k, layer, head, threshold in plan:
+                        for l in range(done, layer):
+                            x = dec.step_block(l, x, pos)
+                        done = layer
+                        score, tok = head(x)
+                        c = float(score)  # the host sync of a decision: it decides whether the token leaves
+                        ops[head.op, head.vocab_size] += 1
+                        if measure.passes(c, threshold):  # the one exit rule
+                            dec.leave(layer, x, pos)  # its layers above run with the verification
+                            tokens.append(tok)
+                            exits.append(k)
+                            confs.append(c)
+                            token, pos, left = tok.view(1), pos + 1, True
+                            break
+                if not left:
+                    break
+            for l in range(done, N):  # verify: every pending draft joins the block calls at its next layer
+                x = dec.step_block(l, x, pos, all_rows=l == N - 1)  # the last call: every position of the round
+            full = final_head(x).argmax(-1)  # (k + 1,) the full model's greedy tokens at start .. pos
+            ops["final_head", len(x)] += 1
+            ops["round", 1] += 1
+            k = len(tokens)
+            accepted = accepted_length(torch.stack(tokens), full) if k else 0  # one host sync per round
+            new = full[: accepted + 1].tolist()  # the accepted drafts equal these; the last is the bonus token
+            token = full[accepted:accepted + 1]
+            dec.length = start + accepted + 1  # positions beyond are stale and will be overwritten
+            dec.pending.clear()
+            _sync(device)
+            seconds = time.perf_counter() - t0
+            draft_tokens = tuple(int(t) for t in torch.stack(tokens).tolist()) if k else ()
+            rounds.append(Round(k, accepted, accepted + 1, (k + 1) * N, seconds, draft_tokens, tuple(exits)))
+            per_token = seconds / (accepted + 1)
+            for i, t in enumerate(new):
+                drafted = i < accepted
+                steps.append(TokenStep(t, exits[i] if drafted else final, ee.layers[exits[i]] if drafted else N,
+                                       confs[i] if drafted else math.nan, per_token, math.nan))
+            produced += new
+    finally:
+        if counter is not None:
+            counter.__exit__(None, None, None)
+    text = ee.lm.tokenizer.decode(ids.tolist() + produced)
+    flops = int(counter.get_total_flops()) if counter is not None else 0
+    computed = sum(r.layers for r in rounds)
+    return Generation(tuple(ids.tolist()), tuple(steps), text, N, flops, "speculative",
+                      computed - sum(s.layer for s in steps), tuple(rounds), ops_tuple(ops))
+
+
+def _new_tokens(ee: EarlyExitLM, ids: torch.Tensor, max_new_tokens) -> int:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    return min(max_new_tokens, ee.lm.context_length - len(ids) + 1)
 
 
 @torch.inference_mode()
@@ -164,15 +328,15 @@ def self_speculative_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | tor
                               threshold: float | None = None, max_draft: int | None = None,
                               draft_vocab: Sequence[int] | int | None | str = "default",
                               count_flops: bool = False) -> Generation:
-    """Greedy decoding at batch size 1, drafted by an early exit and verified by the rest of the model (module docstring).
+    """Greedy decoding at batch size 1, drafted by one early exit and verified by the rest of the model.
 
     The tokens are the full model's greedy tokens, always. Like ``generate`` with ``min_new_tokens``,
     it does not stop at the end-of-text token.
 
     Returns:
-        A :class:`~eelib.lm.generate.Generation`: ``tokens``, ``text``, one step per token (an accepted
+        A :class:`~eelib.lm.decoder.Generation`: ``tokens``, ``text``, one step per token (an accepted
         draft leaves at the draft exit with its confidence, a verified token at the final exit), its
-        ``rounds`` (drafted, accepted, tokens, layers, seconds) and ``acceptance``, ``tokens_per_round``.
+        ``rounds`` and ``acceptance``, ``tokens_per_round``, and the ``ops`` it ran.
 
     Args:
         ee: the model and its exits (trained heads draft better than the logit lens).
@@ -190,70 +354,44 @@ def self_speculative_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | tor
         ValueError: an empty prompt, one that fills the context window, ``max_new_tokens`` < 1, a
             ``draft_exit`` that is not an early exit, a ``threshold`` outside [0, 1], ``max_draft`` < 1.
     """
-    ids = _prompt_ids(ee, prompt).to(ee.lm.device)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    settings = resolve_settings(ee, draft_exit, threshold, max_draft, draft_vocab)
-    n_new = min(max_new_tokens, ee.lm.context_length - len(ids) + 1)
-    dec = Decoder(ee, max_length=len(ids) + n_new - 1)  # the last token produced is never fed back
-    head = DraftHead(ee, settings.draft_exit, settings.draft_vocab)
-    L, N = ee.layers[settings.draft_exit], ee.lm.n_layers
-    tf, device = ee.model.transformer, ids.device
-    final_layer = ee.num_exits - 1
-    counter = flop_counter() if count_flops else None
-    produced: list[int] = []
-    steps: list[TokenStep] = []
-    rounds: list[Round] = []
-    if counter is not None:
-        counter.__enter__()
-    try:
-        token = dec.begin(ids)  # (1,): the next input, not yet in the cache
-        _sync(device)
-        while len(produced) < n_new:
-            t0 = time.perf_counter()
-            start = dec.length
-            most = min(settings.max_draft, n_new - len(produced) - 1)  # a round makes drafts + 1 tokens
-            states, drafts, confs = [], [], []
-            while True:  # draft: layers 1..L for each new position, the exit's head while it is confident
-                x = dec.embed(token, start + len(states))
-                for l in range(L):
-                    x = dec.block(l, x, start + len(states))
-                states.append(x)
-                if len(drafts) == most:
-                    break
-                conf, tok = head(x)
-                c = float(conf)  # the one host sync of a draft step: it decides whether to go on
-                if not DRAFT_MEASURE.passes(c, settings.threshold):  # the one exit rule: max_prob >= threshold
-                    break
-                drafts.append(tok)
-                confs.append(c)
-                token = tok.view(1)
-            h = torch.cat(states)  # (k + 1, d): the layer-L states of the positions start .. start + k
-            for l in range(L, N):  # verify: one call per upper layer for all the drafted positions
-                h = dec.block(l, h, start)
-            full = ee.model.lm_head(tf.ln_f(h)).argmax(-1)  # (k + 1,) the full model's greedy tokens
-            k = len(drafts)
-            accepted = accepted_length(torch.stack(drafts), full) if k else 0  # one host sync per round
-            new = full[: accepted + 1].tolist()  # the accepted drafts equal these; the last is the bonus token
-            token = full[accepted:accepted + 1]
-            dec.length = start + accepted + 1  # positions beyond are stale and will be overwritten
-            _sync(device)
-            seconds = time.perf_counter() - t0
-            rounds.append(Round(k, accepted, accepted + 1, (k + 1) * N, seconds))
-            per_token = seconds / (accepted + 1)
-            for i, t in enumerate(new):
-                drafted = i < accepted
-                steps.append(TokenStep(t, settings.draft_exit if drafted else final_layer, L if drafted else N,
-                                       confs[i] if drafted else math.nan, per_token, math.nan))
-            produced += new
-    finally:
-        if counter is not None:
-            counter.__exit__(None, None, None)
-    text = ee.lm.tokenizer.decode(ids.tolist() + produced)
-    flops = int(counter.get_total_flops()) if counter is not None else 0
-    computed = sum(r.layers for r in rounds)
-    return Generation(tuple(ids.tolist()), tuple(steps), text, N, flops, "speculative",
-                      computed - sum(s.layer for s in steps), tuple(rounds))
+    ids = prompt_ids(ee, prompt).to(ee.lm.device)
+    n_new = _new_tokens(ee, ids, max_new_tokens)
+    s = resolve_settings(ee, draft_exit, threshold, max_draft, draft_vocab)
+    head = DraftHead(ee, s.draft_exit, s.draft_vocab)
+    return speculate(ee, ids, n_new, [(s.draft_exit, head, s.threshold)], DRAFT_MEASURE, s.max_draft,
+                     count_flops=count_flops)
+
+
+@torch.inference_mode()
+def dynamic_speculative_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Tensor, *,
+                                 max_new_tokens: int = 40, exit_layers: Sequence[int] | None = None,
+                                 measure: str | None = None, thresholds: Sequence[float] | None = None,
+                                 max_draft: int | None = None, draft_vocab: Sequence[int] | int | None | str = "default",
+                                 count_flops: bool = False) -> Generation:
+    """Dynamic self-speculative decoding (DSSD): each token drafts at its first confident exit, exactly.
+
+    Each new token runs up the model and leaves at the first of the draft exits (after ``exit_layers``)
+    whose ``measure`` passes that exit's threshold: it is a draft and the next token starts. A token that
+    passes none (or the ``max_draft``-th of a round) runs to the last layer and verifies every pending draft,
+    whose skipped layers join its block calls. The tokens are the full model's greedy tokens, always.
+
+    Args:
+        exit_layers: the draft exits' layers, increasing, each an early exit of ``ee``; default calibrated.
+        measure: ``"entropy"`` (leave when the entropy is at most the threshold) or ``"max_prob"``.
+        thresholds: one per draft exit, in the measure's range; default calibrated for speed
+            (:mod:`eelib.lm.draft_tuning`).
+        max_draft, draft_vocab, max_new_tokens, count_flops: as :func:`self_speculative_generate`.
+
+    Raises:
+        ValueError: as :func:`self_speculative_generate`; exits not increasing or not early exits of ``ee``,
+            a threshold per exit of the wrong length or outside the measure's range, an unknown measure.
+    """
+    ids = prompt_ids(ee, prompt).to(ee.lm.device)
+    n_new = _new_tokens(ee, ids, max_new_tokens)
+    s = resolve_dynamic(ee, exit_layers, measure=measure, thresholds=thresholds, max_draft=max_draft,
+                        draft_vocab=draft_vocab)
+    drafts = [(k, DraftHead(ee, k, s.draft_vocab, s.measure), t) for k, t in zip(s.draft_exits, s.thresholds)]
+    return speculate(ee, ids, n_new, drafts, MEASURES[s.measure], s.max_draft, count_flops=count_flops)
 
 
 def accepted_length(drafts: torch.Tensor, verified: torch.Tensor) -> int:
@@ -278,108 +416,11 @@ def accepted_tokens(drafts: Sequence[int], verified: Sequence[int]) -> list[int]
 def expected_tokens_per_round(acceptance: float, max_draft: int) -> float:
     """Tokens per round when each draft is accepted with probability ``acceptance``, independently, and
     ``max_draft`` are drafted: ``sum_{i=0..k} a^i = (1 - a^(k+1)) / (1 - a)`` (the bonus token included)."""
-    if not 0 <= acceptance <= 1:
-        raise ValueError(f"acceptance must be in [0, 1], got {acceptance!r}")
+    if isinstance(acceptance, bool) or not isinstance(acceptance, (int, float)) or not 0 <= acceptance <= 1:
+        raise ValueError(f"acceptance must be a number in [0, 1] (the acceptance rate), got {acceptance!r}")
+    if isinstance(max_draft, bool) or not isinstance(max_draft, int) or max_draft < 0:
+        raise ValueError(f"max_draft must be an integer >= 0 (drafts per round), got {max_draft!r}")
     return float(sum(acceptance ** i for i in range(max_draft + 1)))
-
-
-def measure_block_time(ee: EarlyExitLM, rows: Sequence[int] = (1, 2, 4, 8, 16), *, context: int = 64,
-                       repeats: int = 200, layer: int = 0) -> list[list[float]]:
-    """Seconds of one :meth:`Decoder.block` call on ``rows`` new positions after ``context`` cached ones,
-    ``repeats`` times for each row count (interleaved, synchronised on the model's device)."""
-    if any(not isinstance(r, int) or r < 1 for r in rows) or context + max(rows) > ee.lm.context_length:
-        raise ValueError(f"rows must be positive integers with context + rows <= {ee.lm.context_length}, got "
-                         f"{list(rows)} with context {context}")
-    dec = Decoder(ee)
-    device = ee.lm.device
-    xs = {r: torch.randn(r, dec.d, device=device, dtype=dec.keys.dtype) for r in rows}
-    times: dict[int, list[float]] = {r: [] for r in rows}
-    with torch.inference_mode():
-        for i in range(repeats + 5):  # 5 warm-up rounds
-            for r in rows:
-                seconds = timed(lambda: dec.block(layer, xs[r], context), device)
-                if i >= 5:
-                    times[r].append(seconds)
-    return [times[r] for r in rows]
-
-
-# --- calibration of the defaults -----------------------------------------------------------------
-
-def calibrate_speculative(ee: EarlyExitLM, prompts: Sequence[torch.Tensor], *, thresholds: Sequence[float] = (
-        0.0, 0.2, 0.4, 0.6, 0.8), max_drafts: Sequence[int] = (4, 8), draft_vocabs: Sequence[int | None] = (None, 1024),
-        max_new_tokens: int = 64, repeats: int = 2, progress: bool = True) -> dict:
-    """Measure self-speculative decoding for every early exit of ``ee`` and every setting of the grid, and
-    keep the fastest per exit layer: the defaults of :func:`self_speculative_generate`.
-
-    Speed is measured with :func:`eelib.lm.generate.measure_generation_speed`: each setting's loop and
-    the plain loop (``"no exits"``) run in turn on the same prompts, the fastest of ``repeats`` runs
-    counting, so a speedup is a ratio measured side by side. The course calibrates on prompts from
-    the calibration half of the held-out text (``python -m eelib.lm.speculative calibrate``); chapter
-    8 and the benchmark measure on the test half.
-
-    Returns:
-        ``{"by_layer": {layer: {threshold, max_draft, draft_vocab, speedup, tokens_per_round, acceptance}},
-        "grid": [one row per setting measured]}``.
-    """
-    from eelib._util.progress import tqdm
-
-    from eelib.lm.generate import measure_generation_speed
-
-    rows = []
-    grid = [(k, t, m, v) for k in range(len(ee.exit_layers)) for t in thresholds for m in max_drafts
-            for v in draft_vocabs]
-    for k, t, m, v in tqdm(grid, desc="self-speculative settings", disable=not progress):
-        settings = dict(draft_exit=k, threshold=t, max_draft=m, draft_vocab=v)
-        speed = measure_generation_speed(ee, prompts, None, max_new_tokens=max_new_tokens, repeats=repeats,
-                                         loops=("no exits", "self-speculative"), speculative=settings)
-        runs = [self_speculative_generate(ee, p, max_new_tokens=max_new_tokens, **settings) for p in prompts]
-        drafted = sum(g.drafted for g in runs)
-        rows.append(dict(layer=ee.exit_layers[k], threshold=t, max_draft=m, draft_vocab=v,
-                         speedup=round(speed.speedup("self-speculative"), 4),
-                         tokens_per_round=round(sum(len(g.steps) for g in runs) / sum(len(g.rounds) for g in runs), 4),
-                         acceptance=round(sum(g.accepted for g in runs) / drafted, 4) if drafted else None))
-    by_layer = {}
-    for row in rows:
-        best = by_layer.get(row["layer"])
-        if best is None or row["speedup"] > best["speedup"]:
-            by_layer[row["layer"]] = {key: row[key] for key in ("threshold", "max_draft", "draft_vocab", "speedup",
-                                                               "tokens_per_round", "acceptance")}
-    return dict(by_layer=by_layer, grid=rows)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m eelib.lm.speculative calibrate --model course-ee``: choose and save the draft's defaults."""
-    import argparse
-
-    from eelib._util.cache import atomic_path
-    from eelib.lm.model import load_lm
-    from eelib.lm.exits import course_exits
-
-    parser = argparse.ArgumentParser(prog="python -m eelib.lm.speculative", description=main.__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    cal = sub.add_parser("calibrate", help="measure the draft settings on the calibration half and save the fastest")
-    cal.add_argument("--model", default="course-ee", choices=sorted(_SHIPPED))
-    cal.add_argument("--prompts", type=int, default=6, help="prompts of 32 tokens from the calibration half")
-    cal.add_argument("--new-tokens", type=int, default=64)
-    cal.add_argument("--repeats", type=int, default=2)
-    cal.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the benchmark)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    lm = load_lm(args.model, device="cpu")
-    ee = course_exits(lm, list(range(1, lm.n_layers // 2 + 1)))  # draft exits up to half the depth
-    prompts = calibration_prompts(lm, args.prompts)
-    result = calibrate_speculative(ee, prompts, max_new_tokens=args.new_tokens, repeats=args.repeats)
-    result.update(prompts=args.prompts, prompt_tokens=PROMPT_TOKENS, new_tokens=args.new_tokens,
-                  repeats=args.repeats, threads=args.threads,
-                  note="speedup: tokens per second against eelib's plain greedy loop, measured side by side "
-                       "(interleaved, fastest of the repeats) on prompts from the calibration half of the held-out text")
-    file = course_model_path(args.model) / HEADS_FOLDER / SETTINGS_FILE
-    with atomic_path(file) as tmp:
-        tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    for layer, best in result["by_layer"].items():
-        print(f"layer {layer}: {best}")
-    print(f"written to {file}")
-    return 0
 
 
 PROMPT_TOKENS = 32
@@ -397,5 +438,3 @@ def calibration_prompts(lm: LanguageModel, n: int, part: str = "calibration") ->
     return [ids[s:s + PROMPT_TOKENS] for s in starts]
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
