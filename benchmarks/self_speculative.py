@@ -1,38 +1,38 @@
-"""Benchmark: self-speculative decoding on the two course models, measured (exactness, speed, acceptance).
+"""Benchmark: self-speculative decoding on the two course models — exactness, speed measured and predicted.
 
 For ``course`` (with its tuned exit heads) and ``course-ee`` (trained for early exit), on the CPU,
 ``--threads`` threads (default 1), batch size 1, greedy decoding:
 
 * **Prompts**: ``--prompts`` prompts of 32 tokens at evenly spaced places of the *test* half of the
   held-out text (:func:`eelib.lm.speculative.calibration_prompts`), ``--new-tokens`` new tokens each.
-* ``exact``: share of generated tokens equal to Hugging Face ``generate``'s greedy tokens (must be 1.0).
-* ``speedup``: tokens per second of :func:`eelib.self_speculative_generate` (its calibrated defaults:
-  ``draft_layer``, ``threshold``, ``max_draft``, ``draft_vocab``) / eelib's plain greedy loop (the same
-  decoder without exits), ``speedup_vs_hf_generate``, ``speedup_vs_hf_prompt_lookup``
-  (``generate(prompt_lookup_num_tokens=3)``): all loops timed side by side by
-  :func:`eelib.lm.generate.measure_generation_speed` (for each prompt the loops run in turn,
-  ``--repeats`` times, the fastest run counts; whole calls, prompt included);
-  ``tokens_per_second``: ``plain`` and ``self_speculative`` (and both HF loops). The two models have the
-  same architecture, so their plain loops cost the same: compare models by their ratios, measured
-  side by side within a model's pass, not by tokens per second across passes (the machine's load
-  may differ between them).
-* ``acceptance`` (drafted tokens confirmed), ``tokens_per_round``, ``layers_per_token`` (block rows
-  computed per token), ``flops_ratio`` (FLOPs of self-speculative / plain, ``FlopCounterMode``).
-* ``bpc_final``: bits per character of the final layer on the held-out text (last 10%);
-  ``agreement_by_layer``: each layer's exit against the model's final layer, test half.
-* ``early_exit``: chapter 7's figures at ``--target`` agreement (exits after layers 2 and 4,
-  max_prob thresholds calibrated on the calibration half; teacher-forced agreement, layers
-  computed, oracle, measured speedup against the plain loop), and the same with CALM's cheap
-  decisions (``saturation``, ``classifier``: :mod:`eelib.lm.confidence`, a head paid only to leave).
+* ``exact``: share of generated tokens equal to Hugging Face ``generate``'s greedy tokens, for the
+  fixed-exit loop and the dynamic one (DSSD): must be 1.0.
+* ``loops``: one row per loop and setting, every row measured side by side with the plain loop
+  (:func:`eelib.lm.speed.measure_generation_speed`: for each prompt the loops run in turn,
+  ``--repeats`` times, the fastest run counts; whole calls, prompt included): ``tokens_per_second``
+  measured, ``predicted_tokens_per_second`` by the speed model (:class:`eelib.lm.speed.SpeedModel`: the
+  primitives timed once and the overheads fitted on the *calibration* half, then each loop priced from
+  its own trace), their ``ratio``, ``speedup`` against the plain loop, and the loop's statistics
+  (acceptance rate, tokens per round, mean exit layer). Loops: plain, fixed-exit self-speculative
+  (calibrated defaults, and drafting from layers 1, 2, 4), dynamic self-speculative (DSSD, calibrated),
+  chapter 7's early exit at ``--target`` agreement (exits after layers 2 and 4: max_prob lazy and
+  copy-up, CALM's saturation and classifier gates), and Hugging Face ``generate`` and its prompt
+  lookup (measured only: the speed model prices eelib's loops).
+* ``primitives``: the measured block time against rows, the heads, the overheads.
+* ``bpc_final``, ``agreement_by_layer`` (each exit against the final layer, test half),
+  ``own_agreement_by_layer`` (on the model's own greedy continuations: what drafting sees).
+* ``projection``: :mod:`eelib.lm.projection` for GPT-2 124M-1.5B and LLaMA-2 7B/70B, the ``cpu``
+  regime (``course-ee``'s measured block time by rows) and the ``gpu`` one, speedup against the
+  acceptance rate (draft exit at a quarter of the depth), with the published figures beside.
 
-Run: ``python benchmarks/self_speculative.py`` (about 11 minutes, 1 thread). Writes
+Run: ``python benchmarks/self_speculative.py`` (about 15 minutes, 1 thread). Writes
 ``benchmarks/results/self_speculative.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -40,14 +40,20 @@ from pathlib import Path
 import torch
 
 import eelib
+from eelib._util.cache import save_json
 from eelib.lm.confidence import calibrate_gate, train_exit_classifiers
+from eelib.lm.distill import own_agreement
 from eelib.lm.exits import agreement_by_layer, course_exits, heldout_text, token_exit_outputs
-from eelib.lm.generate import early_exit_generate, measure_generation_speed, teacher_forced_eval, token_exit_costs
-from eelib.lm.speculative import calibration_prompts, resolve_settings, self_speculative_generate
+from eelib.lm.generate import token_exit_costs
+from eelib.lm.projection import CONFIGS, GPU, PUBLISHED, cpu_regime, model_shape, projected_speedup
+from eelib.lm.speculative import (calibration_prompts, dynamic_speculative_generate, resolve_dynamic,
+                                  resolve_settings, self_speculative_generate)
+from eelib.lm.speed import fit_speed_model, measure_generation_speed
 from eelib.policies import calibrate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "self_speculative.json"
 MODELS = ("course", "course-ee")
+ACCEPTANCE_GRID = tuple(round(0.05 * i, 2) for i in range(20))  # 0 .. 0.95
 
 
 def _hf_greedy(lm, ids, n):
@@ -56,53 +62,95 @@ def _hf_greedy(lm, ids, n):
     return out[0, len(ids):].tolist()
 
 
+def _row(name, speed, loop, model, setting):
+    gens = speed.generations.get(loop, [])
+    row = dict(loop=name, setting=setting, tokens_per_second=speed.tokens_per_second(loop),
+               speedup=speed.speedup(loop, "no exits"))
+    if gens:
+        predicted = model.tokens_per_second(gens)
+        judged = sum(r.compared for g in gens for r in g.rounds)
+        rounds = sum(len(g.rounds) for g in gens)
+        row.update(predicted_tokens_per_second=predicted, ratio=predicted / row["tokens_per_second"],
+                   predicted_speedup=model.tokens_per_second(gens) / model.tokens_per_second(speed.generations["no exits"]),
+                   acceptance=sum(g.accepted for g in gens) / judged if judged else None,
+                   tokens_per_round=sum(len(g.steps) for g in gens) / rounds if rounds else None,
+                   avg_exit_layer=sum(g.avg_exit_layer * len(g.steps) for g in gens) / sum(len(g.steps) for g in gens))
+    return row
+
+
 def measure_model(name: str, args) -> dict:
     started = time.perf_counter()
     lm = eelib.load_lm(name, device="cpu")
     ee = course_exits(lm, list(range(1, lm.n_layers // 2 + 1)))  # the draft exits that were calibrated
-    settings = resolve_settings(ee)
+    fixed, dynamic = resolve_settings(ee), resolve_dynamic(ee)
     prompts = calibration_prompts(lm, args.prompts, "test")
-    same = total = drafted = accepted = rounds = rows = 0
-    flops_spec = flops_plain = 0
+    model = fit_speed_model(ee, calibration_prompts(lm, 2), max_new_tokens=args.new_tokens)  # calibration half
+    same = {"self-speculative": 0, "dynamic speculative": 0}
+    total = 0
+    flops = {"plain": 0, "self-speculative": 0, "dynamic speculative": 0}
     for p in prompts:
         want = _hf_greedy(lm, p, args.new_tokens)
-        g = self_speculative_generate(ee, p, max_new_tokens=args.new_tokens, count_flops=True)
-        same += sum(a == b for a, b in zip(g.tokens, want))
+        a = self_speculative_generate(ee, p, max_new_tokens=args.new_tokens, count_flops=True)
+        b = dynamic_speculative_generate(ee, p, max_new_tokens=args.new_tokens, count_flops=True)
+        same["self-speculative"] += sum(x == y for x, y in zip(a.tokens, want))
+        same["dynamic speculative"] += sum(x == y for x, y in zip(b.tokens, want))
         total += len(want)
-        drafted, accepted, rounds = drafted + g.drafted, accepted + g.accepted, rounds + len(g.rounds)
-        rows += sum(r.layers for r in g.rounds)
-        flops_spec += g.flops
-        flops_plain += early_exit_generate(ee, p, None, max_new_tokens=args.new_tokens, count_flops=True).flops
+        flops["self-speculative"] += a.flops
+        flops["dynamic speculative"] += b.flops
+        flops["plain"] += eelib.lm.generate.early_exit_generate(ee, p, None, max_new_tokens=args.new_tokens,
+                                                                count_flops=True).flops
+    loops = ("no exits", "self-speculative", "dynamic speculative", "HF generate", "HF prompt lookup")
     speed = measure_generation_speed(ee, prompts, None, max_new_tokens=args.new_tokens, repeats=args.repeats,
-                                     loops=("no exits", "self-speculative", "HF generate", "HF prompt lookup"))
+                                     loops=loops)
+    rows = [_row("plain", speed, "no exits", model, "every layer, the final head"),
+            _row("self-speculative", speed, "self-speculative", model,
+                 f"layer {ee.exit_layers[fixed.draft_exit]}, max_prob >= {fixed.threshold:g}, <= {fixed.max_draft} "
+                 f"drafts, vocabulary {len(fixed.draft_vocab) if fixed.draft_vocab else 'all'} (calibrated)"),
+            _row("dynamic speculative (DSSD)", speed, "dynamic speculative", model,
+                 f"layers {[ee.exit_layers[k] for k in dynamic.draft_exits]}, {dynamic.measure} "
+                 f"{'<=' if dynamic.measure == 'entropy' else '>='} {[round(t, 2) for t in dynamic.thresholds]}, "
+                 f"<= {dynamic.max_draft} drafts (calibrated)"),
+            _row("HF generate", speed, "HF generate", model, "greedy"),
+            _row("HF prompt lookup", speed, "HF prompt lookup", model, "prompt_lookup_num_tokens=3")]
+    for layer in (1, 2, 4):  # the fixed-exit draft from other layers: the same model must price them all
+        k = ee.exit_layers.index(layer)
+        s = measure_generation_speed(ee, prompts, None, max_new_tokens=args.new_tokens, repeats=args.repeats,
+                                     loops=("no exits", "self-speculative"),
+                                     speculative=dict(draft_exit=k, threshold=0.3, max_draft=4, draft_vocab=1024))
+        rows.append(_row("self-speculative", s, "self-speculative", model,
+                         f"layer {layer}, max_prob >= 0.3, <= 4 drafts, vocabulary 1024"))
+    rows += chapter7_rows(lm, prompts, model, args)
     every = course_exits(lm, list(range(1, lm.n_layers)))
-    result = {
-        "exact": same / total,
-        "speedup": speed.speedup("self-speculative"),
+    own = own_agreement(every, torch.stack([torch.cat([p, torch.tensor(_hf_greedy(lm, p, 128))]) for p in prompts]))
+    fixed_row, dynamic_row = rows[1], rows[2]
+    primitives = model.primitives
+    return {
+        "exact": {loop: n / total for loop, n in same.items()},
+        "speedup": fixed_row["speedup"], "dynamic_speedup": dynamic_row["speedup"],
         "speedup_vs_hf_generate": speed.speedup("self-speculative", "HF generate"),
-        "speedup_vs_hf_prompt_lookup": speed.speedup("self-speculative", "HF prompt lookup"),
-        "tokens_per_second": {"plain": speed.tokens_per_second("no exits"),
-                              "self_speculative": speed.tokens_per_second("self-speculative"),
-                              "hf_generate": speed.tokens_per_second("HF generate"),
-                              "hf_prompt_lookup": speed.tokens_per_second("HF prompt lookup")},
-        "acceptance": accepted / drafted if drafted else None,
-        "tokens_per_round": total / rounds,
-        "layers_per_token": rows / total,
-        "flops_ratio": flops_spec / flops_plain,
-        "draft_exit": ee.exit_layers[settings.draft_exit],
-        "threshold": settings.threshold,
-        "max_draft": settings.max_draft,
-        "draft_vocab": None if settings.draft_vocab is None else len(settings.draft_vocab),
+        "dynamic_speedup_vs_hf_generate": speed.speedup("dynamic speculative", "HF generate"),
+        "flops_ratio": {loop: flops[loop] / flops["plain"] for loop in ("self-speculative", "dynamic speculative")},
+        "loops": rows,
+        "fixed": dict(draft_layer=ee.exit_layers[fixed.draft_exit], threshold=fixed.threshold,
+                      max_draft=fixed.max_draft, draft_vocab=None if fixed.draft_vocab is None else len(fixed.draft_vocab)),
+        "dynamic": dict(exit_layers=[ee.exit_layers[k] for k in dynamic.draft_exits], measure=dynamic.measure,
+                        thresholds=list(dynamic.thresholds), max_draft=dynamic.max_draft,
+                        draft_vocab=None if dynamic.draft_vocab is None else len(dynamic.draft_vocab)),
+        "primitives": {"block_us_by_rows_at_context": {str(c): {str(r): round(primitives.block_time(r, c) * 1e6, 2)
+                                                                 for r in primitives.rows} for c in (32, 64, 96)},
+                       "final_head_us": round(primitives.final_head[0] * 1e6, 2),
+                       "ops_us": {f"{op} {size}": round(t * 1e6, 2) for (op, size), t in primitives.ops.items()},
+                       "step_overhead_us": round(model.step * 1e6, 2), "round_overhead_us": round(model.round * 1e6, 2)},
+        "row_scale": [primitives.block_time(r, 64) / primitives.block_time(1, 64) for r in range(1, 9)],
         "bpc_final": eelib.evaluate_text(lm, heldout_text("all")).bits_per_character,
         "agreement_by_layer": list(agreement_by_layer(every, heldout_text("test"))[:-1]),
-        "early_exit": chapter7_figures(lm, prompts, args),
+        "own_agreement_by_layer": list(own[:-1]),
+        "seconds": time.perf_counter() - started,
     }
-    result["seconds"] = time.perf_counter() - started
-    return result
 
 
-def chapter7_figures(lm, prompts, args) -> dict:
-    """Early-exit generation (chapter 7): exits after layers 2 and 4 at the target agreement, three deciders."""
+def chapter7_rows(lm, prompts, model, args) -> list[dict]:
+    """Early-exit generation (chapter 7): exits after layers 2 and 4 at the target agreement, four deciders."""
     ee = course_exits(lm, (2, 4))
     cal_text = heldout_text("calibration")
     outputs = token_exit_outputs(ee, cal_text, max_tokens=args.calibration_tokens).outputs
@@ -110,45 +158,39 @@ def chapter7_figures(lm, prompts, args) -> dict:
     policy = calibrate(outputs, costs, max_accuracy_drop=1 - args.target).policy
     del outputs
     classifiers = train_exit_classifiers(ee, cal_text, max_tokens=args.calibration_tokens)
-    figures = {}
-    for decider in ("max_prob", "saturation", "classifier"):
+    rows = []
+    for decider, kv in (("max_prob", "lazy"), ("max_prob", "copy"), ("saturation", "lazy"), ("classifier", "lazy")):
         if decider == "max_prob":
-            kwargs, thresholds = dict(policy=policy, gate=None), list(policy.thresholds)
+            kwargs = dict(policy=policy, gate=None)
         else:
             gate = calibrate_gate(ee, cal_text, decider, target=args.target, classifiers=classifiers,
                                   max_tokens=args.calibration_tokens).gate
-            kwargs, thresholds = dict(policy=None, gate=gate), list(gate.thresholds)
-        forced = teacher_forced_eval(ee, prompts, kwargs["policy"], max_new_tokens=args.new_tokens,
-                                     gate=kwargs["gate"])
-        speed = measure_generation_speed(ee, prompts, kwargs["policy"], max_new_tokens=args.new_tokens,
+            kwargs = dict(policy=None, gate=gate)
+        speed = measure_generation_speed(ee, prompts, kwargs["policy"], max_new_tokens=args.new_tokens, kv=kv,
                                          repeats=args.repeats, loops=("early exit", "no exits"), gate=kwargs["gate"])
-        figures[decider] = {"thresholds": thresholds, "agreement": forced.agreement,
-                            "avg_exit_layer": forced.avg_exit_layer, "avg_layers": forced.avg_layers_computed,
-                            "oracle_avg_layers": forced.oracle_avg_layers, "exit_shares": list(forced.exit_shares),
-                            "speedup": speed.speedup("early exit")}
-    return {"exit_layers": [2, 4], "target_agreement": args.target, "calibration_tokens": args.calibration_tokens,
-            **figures}
-
-
-TABLE_HEADER = ("| model | exact | speedup | vs HF generate | vs HF prompt lookup | tokens/s plain / self-speculative "
-                "| acceptance | tokens per round | draft (layer, threshold, max, vocabulary) | bpc final "
-                "| agreement at layer 2 | chapter 7 at 95%: speedup max_prob / saturation / classifier |")
-
-
-def readme_rows(results: dict) -> list[str]:
-    """The README's table of this benchmark, one row per model (a test checks that the README shows these)."""
-    rows = [TABLE_HEADER, "|" + "---|" * TABLE_HEADER.count(" | ") + "---|"]
-    for name, m in results["models"].items():
-        acc = "-" if m["acceptance"] is None else f"{m['acceptance']:.2f}"
-        vocab = "all" if m["draft_vocab"] is None else f"{m['draft_vocab']:,}"
-        ch7 = m["early_exit"]
-        rows.append(f"| {name} | {m['exact']:.3f} | {m['speedup']:.2f}x | {m['speedup_vs_hf_generate']:.2f}x | "
-                    f"{m['speedup_vs_hf_prompt_lookup']:.2f}x | {m['tokens_per_second']['plain']:.0f} / "
-                    f"{m['tokens_per_second']['self_speculative']:.0f} | {acc} | {m['tokens_per_round']:.2f} | "
-                    f"{m['draft_exit']}, {m['threshold']:g}, {m['max_draft']}, {vocab} | {m['bpc_final']:.3f} | "
-                    f"{100 * m['agreement_by_layer'][1]:.1f}% | {ch7['max_prob']['speedup']:.2f}x / "
-                    f"{ch7['saturation']['speedup']:.2f}x / {ch7['classifier']['speedup']:.2f}x |")
+        rows.append(_row(f"early exit ({decider}, {kv})", speed, "early exit", model,
+                         f"exits after layers 2, 4; {args.target:.0%} agreement (calibrated)"))
     return rows
+
+
+def projection(results: dict) -> dict:
+    """Speedup against the acceptance rate for real shapes, in this machine's regime and a GPU-like one."""
+    ee = results["models"].get("course-ee") or next(iter(results["models"].values()))
+    regimes = {"cpu": cpu_regime(ee["row_scale"]), "gpu": GPU}
+    curves = {}
+    for name in CONFIGS:
+        shape = model_shape(name)
+        curves[name] = {"n_layers": shape.n_layers, "head_over_block_flops": shape.head_flops / shape.block_flops,
+                        **{regime: [round(projected_speedup(shape, r, a)[0], 4) for a in ACCEPTANCE_GRID]
+                           for regime, r in regimes.items()}}
+    measured = [dict(model=m, loop=row["loop"], setting=row["setting"], acceptance=row["acceptance"],
+                     speedup=row["speedup"])
+                for m, r in results["models"].items() for row in r["loops"]
+                if row.get("acceptance") is not None and "speculative" in row["loop"]]
+    return {"acceptance": list(ACCEPTANCE_GRID), "draft_fraction": 0.25, "models": curves, "measured": measured,
+            "published": list(PUBLISHED),
+            "gpu_regime": dict(bandwidth=GPU.bandwidth, peak=GPU.peak, launch=GPU.launch,
+                               bytes_per_number=GPU.bytes_per_number)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -163,19 +205,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     models = {name: measure_model(name, args) for name in args.models.split(",")}
     results = {
         "models": models,
         "prompts": args.prompts, "prompt_tokens": 32, "new_tokens": args.new_tokens, "repeats": args.repeats,
-        "threads": args.threads,
+        "threads": args.threads, "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), "
                     f"torch {torch.__version__}",
     }
-    tmp = args.out.with_suffix(".tmp")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(args.out)
-    print("\n".join(readme_rows(results)))
+    results["projection"] = projection(results)
+    save_json(results, args.out)
+    for name, m in models.items():
+        for row in m["loops"]:
+            pred = row.get("predicted_tokens_per_second")
+            predicted = "" if pred is None else f"predicted {pred:7.1f} (ratio {row['ratio']:.2f})"
+            print(f"{name:9s} {row['loop']:28s} {row['tokens_per_second']:7.1f} tok/s {predicted:30s} "
+                  f"speedup {row['speedup']:.2f}x  {row['setting']}")
     print(f"written to {args.out}")
     return results
 

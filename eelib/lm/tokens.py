@@ -169,3 +169,45 @@ def token_html(tokens: Sequence[str], layers: Sequence[int | None], n_layers: in
                     f'border-radius:3px">layer {l}</span>' for l in shown)
     return (f'<div style="font-family:monospace;line-height:1.9;white-space:pre-wrap">{"".join(spans)}</div>'
             f'<div style="margin-top:6px;font-size:90%">exit layer: {keys} (hover over a token for details)</div>')
+
+
+def rounds_html(lm: LanguageModel, generation, *, n_layers: int | None = None) -> str:
+    """A speculative generation's rounds as HTML: each accepted draft coloured by the layer of the exit that
+    drafted it, each rejected draft struck through in grey (it was computed, then thrown away), and each
+    round's token from the full model (the bonus) in the final layer's colour; subscripts give the layers.
+
+    Args:
+        generation: from :func:`eelib.lm.speculative.self_speculative_generate` or
+            :func:`~eelib.lm.speculative.dynamic_speculative_generate` (its ``rounds`` and ``steps``).
+    """
+    n_layers = generation.n_layers if n_layers is None else n_layers
+    if not generation.rounds:
+        raise ValueError("generation has no rounds: give the result of a speculative loop")
+    colours = layer_colours(n_layers)
+    prompt = token_strings(lm, list(generation.prompt_ids))
+    spans = [f'<span title="prompt" style="color:#555">{html.escape(t)}</span>' for t in prompt]
+
+    def span(text: str, layer: int, tip: str) -> str:
+        colour = colours[layer - 1]
+        text = html.escape(text).replace("\n", "&#8629;<br>")
+        return (f'<span title="{html.escape(tip)}" style="background:{colour};color:{text_colour(colour)};'
+                f'border-radius:3px">{text}<sub style="font-size:60%">{layer}</sub></span>')
+
+    i = 0
+    for r in generation.rounds:
+        kept = generation.steps[i:i + r.tokens]
+        for step in kept[:-1]:
+            spans.append(span(token_strings(lm, [step.token])[0], step.layer, f"draft from layer {step.layer}, accepted"))
+        for tok in r.draft_tokens[r.accepted:]:
+            text = html.escape(token_strings(lm, [tok])[0]).replace("\n", "&#8629;")
+            spans.append(f'<span title="draft rejected by the full model" style="color:#888;'
+                         f'text-decoration:line-through">{text}</span>')
+        spans.append(span(token_strings(lm, [kept[-1].token])[0], n_layers, "the full model's token (verified)"))
+        i += r.tokens
+    layers = sorted({s.layer for s in generation.steps})
+    keys = " ".join(f'<span style="background:{colours[l - 1]};color:{text_colour(colours[l - 1])};padding:0 6px;'
+                    f'border-radius:3px">layer {l}</span>' for l in layers)
+    return (f'<div style="font-family:monospace;line-height:1.9;white-space:pre-wrap">{"".join(spans)}</div>'
+            f'<div style="margin-top:6px;font-size:90%">accepted drafts by the layer that drafted them, the full '
+            f'model\'s tokens at layer {n_layers}: {keys}; <span style="color:#888;text-decoration:line-through">'
+            f'rejected drafts</span> struck through</div>')

@@ -56,3 +56,45 @@ def check_tokens_per_round(tokens_per_round: Callable) -> None:
         raise AssertionError(f"acceptance {a}, max_draft {k}: expected {expected:.4f} tokens per round, got {got:.4f}. "
                              f"Hint: {hint}.")
     print("Correct: expected tokens per round for every acceptance rate and draft length tried.")
+
+
+def check_round_speed(tokens_per_second: Callable) -> None:
+    """Check ``tokens_per_second(acceptance, drafts, draft_layer, n_layers, block_us, draft_head_us, final_head_us,
+    overhead_us)`` against the speed model's closed form (:func:`eelib.lm.speed.speculative_round_cost` and
+    :func:`eelib.lm.speculative.expected_tokens_per_round`)."""
+    from eelib.lm.speculative import expected_tokens_per_round
+    from eelib.lm.speed import speculative_round_cost
+
+    block_us = {1: 92.0, 2: 112.0, 3: 126.0, 4: 139.0, 5: 148.0, 6: 156.0, 7: 160.0, 8: 164.0, 9: 168.0}
+    final_head_us = {r: 55.0 + 4.0 * (r - 1) for r in block_us}
+    cases = [(0.6, 2, 2, 8, 28.0, 60.0), (0.0, 1, 1, 8, 28.0, 40.0), (0.9, 8, 2, 8, 55.0, 80.0), (1.0, 3, 4, 8, 28.0, 0.0)]
+    for a, k, L, N, draft_us, over_us in cases:
+        tokens = expected_tokens_per_round(a, k)
+        seconds = 1e-6 * speculative_round_cost(block_us.__getitem__, draft_us, final_head_us.__getitem__, n_layers=N,
+                                                draft_layer=L, drafts=k, round_overhead=over_us)
+        expected = tokens / seconds
+        got = _call("tokens_per_second", tokens_per_second, a, k, L, N, dict(block_us), draft_us, dict(final_head_us),
+                    over_us)
+        if got is None:
+            raise AssertionError("tokens_per_second returned None: return the predicted tokens per second (a number)")
+        got = float(got)
+        if abs(got - expected) <= 1e-6 * expected:
+            continue
+        close = lambda value: abs(got - value) <= 1e-6 * max(abs(value), 1e-12)  # noqa: E731
+        rows_free = 1e-6 * speculative_round_cost(lambda r: block_us[1], draft_us, lambda r: final_head_us[1], n_layers=N,
+                                                  draft_layer=L, drafts=k, round_overhead=over_us)
+        if close((tokens - 1) / seconds):
+            hint = "a round also yields the full model's token after the accepted drafts: 1 + a + ... + a^k tokens"
+        elif close(expected * 1e6) or close(expected / 1e6):
+            hint = "the times are in microseconds: a second is 1e6 µs"
+        elif close(tokens / rows_free):
+            hint = ("the verification runs k + 1 rows in each call: use block_us[k + 1] and final_head_us[k + 1], "
+                    "not the one-row times")
+        elif close(1 / seconds):
+            hint = "divide the tokens a round yields (1 + a + ... + a^k), not one token, by the round's time"
+        else:
+            hint = ("a round: (k + 1) positions x L one-row block calls, k draft heads, N - L block calls of k + 1 "
+                    "rows, the final head on k + 1 rows, and the overhead")
+        raise AssertionError(f"acceptance {a}, {k} drafts from layer {L} of {N}: expected {expected:.1f} tokens per "
+                             f"second, got {got:.1f}. Hint: {hint}.")
+    print("Correct: tokens per second from the acceptance rate and the measured costs, in every case.")

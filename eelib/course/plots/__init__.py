@@ -19,7 +19,8 @@ work whichever module holds the function.
 * ``ch06_llm_early_exit``: ``draw_transformer_stack``, ``plot_logit_lens``,
   ``plot_agreement_per_layer``, ``plot_token_costs``;
 * ``ch07_token_difficulty``: ``plot_difficulty_by_kind``;
-* ``ch08_self_speculative``: ``plot_block_time``, ``plot_speculative_grid``.
+* ``ch08_self_speculative``: ``plot_block_time``, ``plot_speculative_grid``, ``plot_measured_vs_predicted``,
+  ``plot_projection``.
 """
 
 from eelib.course.plots._style import PALETTE
@@ -33,7 +34,8 @@ from eelib.course.plots.ch05_rejection import plot_reject_regions, plot_reject_t
 from eelib.course.plots.ch06_llm_early_exit import (draw_transformer_stack, plot_agreement_per_layer, plot_logit_lens,
                                                     plot_token_costs)
 from eelib.course.plots.ch07_token_difficulty import plot_difficulty_by_kind
-from eelib.course.plots.ch08_self_speculative import plot_block_time, plot_speculative_grid
+from eelib.course.plots.ch08_self_speculative import (plot_block_time, plot_measured_vs_predicted, plot_projection,
+                                                      plot_speculative_grid)
 
 __all__ = [
     "PALETTE",
@@ -52,5 +54,5 @@ __all__ = [
     # chapter 7
     "plot_difficulty_by_kind",
     # chapter 8
-    "plot_block_time", "plot_speculative_grid",
+    "plot_block_time", "plot_measured_vs_predicted", "plot_projection", "plot_speculative_grid",
 ]
