@@ -48,7 +48,8 @@ import eelib
 from eelib._util.cache import save_json
 from eelib.lm.model import encode
 from eelib.lm.exits import course_exits, heldout_text, token_exit_outputs
-from eelib.lm.generate import early_exit_generate, measure_generation_speed, teacher_forced_eval, token_exit_costs
+from eelib.lm.generate import early_exit_generate, teacher_forced_eval, token_exit_costs
+from eelib.lm.speed import measure_generation_speed
 from eelib.policies import ExitPolicy, calibrate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpt2_exits.json"

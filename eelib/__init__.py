@@ -11,8 +11,11 @@ The package is laid out as the course's two halves around one decision layer:
   ``dynamic`` (inference that skips the blocks after each image's exit);
 * :mod:`eelib.lm`, the language half (chapters 6-8): ``model`` (load, encode, score), ``train``
   (the course model's training, model card and command line), ``exits`` (logit lens, trained exit
-  heads), ``generate`` (early-exit generation with a correct key/value cache), ``speculative``
-  (self-speculative decoding), ``confidence`` (CALM's cheap decisions), ``tokens`` (token difficulty);
+  heads), ``distill`` (heads trained on the model's own text), ``decoder`` (GPT-2's blocks by hand, what a
+  loop returns), ``generate`` (early-exit generation with a correct key/value cache), ``speculative``
+  (self-speculative decoding, fixed exit and DSSD), ``draft_tuning`` (their settings), ``speed`` (timing
+  and the speed model), ``projection`` (to real LLMs), ``confidence`` (CALM's cheap decisions), ``tokens``
+  (token difficulty);
 * :mod:`eelib.course`, what only the notebooks use: ``plots``, ``widgets``, ``checks`` (exercise
   checks), ``quiz``, ``slides``, ``grading`` and the command line (``python -m eelib.course``);
   the library never imports it;
@@ -73,9 +76,12 @@ _EXPORTS = {  # module -> the public names it gives to `eelib`
     "eelib.lm.exits": ("EarlyExitLM", "TokenExits", "agreement_by_layer", "course_exits", "heldout_text",
         "load_exit_heads", "oracle_layers", "oracle_token_exits", "perplexity", "threshold_for_agreement", "token_exit_outputs",
         "train_exit_heads"),
-    "eelib.lm.generate": ("Decoder", "ForcedEval", "Generation", "GenerationSpeed", "Round", "TokenCosts",
-        "early_exit_generate", "measure_generation_speed", "teacher_forced_eval", "token_exit_costs"),
-    "eelib.lm.speculative": ("SpeculativeSettings", "self_speculative_generate"),
+    "eelib.lm.decoder": ("Decoder", "Generation", "Round"),
+    "eelib.lm.generate": ("ForcedEval", "TokenCosts", "early_exit_generate", "teacher_forced_eval", "token_exit_costs"),
+    "eelib.lm.speculative": ("DynamicSettings", "SpeculativeSettings", "dynamic_speculative_generate",
+        "self_speculative_generate"),
+    "eelib.lm.speed": ("GenerationSpeed", "SpeedModel", "fit_speed_model", "measure_generation_speed",
+        "measure_primitives"),
     "eelib.lm.confidence": ("StateGate", "calibrate_gate", "train_exit_classifiers"),
     "eelib.lm.tokens": ("difficulty_by_kind", "token_html", "token_kinds", "token_strings"),
 }

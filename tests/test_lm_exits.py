@@ -346,7 +346,7 @@ def test_threshold_for_agreement_by_hand():
 
 
 def test_measured_generation_speed(course):
-    from eelib.lm.generate import measure_generation_speed
+    from eelib.lm.speed import measure_generation_speed
 
     ee = course_exits(course, (2, 4))
     prompts = [lmlib.encode(course, "ROMEO:"), "KING RICHARD III:\n"]
@@ -420,11 +420,11 @@ def test_oracle_token_exits_with_a_final_exit_that_disagrees_with_the_labels():
 def test_generation_speed_is_the_fastest_run_of_each_loop_summed_over_prompts(course, monkeypatch):
     """A fake clock: each loop costs a known time per token; the measured seconds must be exactly those."""
     import eelib._util.device
-    from eelib.lm import generate as lm_generate
+    from eelib.lm import speed as lm_speed
 
     now = [0.0]
     monkeypatch.setattr(eelib._util.timing.time, "perf_counter", lambda: now[0])
-    real = lm_generate.early_exit_generate
+    real = lm_speed.early_exit_generate
 
     def fake_generate(ee, ids, policy, *, max_new_tokens, **kwargs):
         never = policy is not None and math.isinf(policy.thresholds[0])
@@ -435,11 +435,11 @@ def test_generation_speed_is_the_fastest_run_of_each_loop_summed_over_prompts(co
         now[0] += 2.0 * max_new_tokens
         return ids
 
-    monkeypatch.setattr(lm_generate, "early_exit_generate", fake_generate)
+    monkeypatch.setattr(lm_speed, "early_exit_generate", fake_generate)
     monkeypatch.setattr(course.model, "generate", fake_hf)
     ee = course_exits(course, (2, 4))
-    speed = lm_generate.measure_generation_speed(ee, ["ROMEO:", "KING RICHARD III:\n"],
-                                                 ExitPolicy("max_prob", (0.5, 0.5)), max_new_tokens=6, repeats=2)
+    speed = lm_speed.measure_generation_speed(ee, ["ROMEO:", "KING RICHARD III:\n"],
+                                              ExitPolicy("max_prob", (0.5, 0.5)), max_new_tokens=6, repeats=2)
     assert speed.seconds == pytest.approx({"early exit": 6.0, "no exits": 12.0, "never exit": 18.0, "HF generate": 24.0})
     assert speed.speedup("early exit") == pytest.approx(2.0) and speed.speedup("HF generate", "early exit") == 0.25
 

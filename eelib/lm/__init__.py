@@ -2,9 +2,13 @@
 
 ``model`` (the course GPT-2 and any Hugging Face GPT-2: load, encode, score) and ``train`` (its
 training, model card and ``python -m eelib.lm train|eval``) -> ``exits`` (logit lens, trained exit
-heads) -> ``tokens`` (token difficulty, coloured text) -> ``generate`` (early-exit generation with a
-correct key/value cache, per-token costs) -> ``confidence`` (CALM's cheap decisions from the hidden
-state) -> ``speculative`` (self-speculative decoding: an early exit drafts, the full model verifies).
+heads) -> ``distill`` (heads trained on the model's own continuations) -> ``tokens`` (token
+difficulty, coloured text) -> ``decoder`` (GPT-2's blocks by hand, the trace of what a loop ran, what
+it returns) -> ``generate`` (early-exit generation with a correct key/value cache, per-token costs) ->
+``confidence`` (CALM's cheap decisions from the hidden state) -> ``speculative`` (self-speculative
+decoding: early exits draft, the full model verifies; fixed exit and DSSD, one core) -> ``speed``
+(loops timed side by side; the speed model) -> ``draft_tuning`` (the drafts' settings for speed) ->
+``projection`` (the speed model on real LLM shapes and a GPU-like regime).
 The exit decision and its calibration are :mod:`eelib.policies`, shared with the image half.
 """
 
@@ -12,7 +16,8 @@ import importlib
 
 from eelib._util import lazy_submodules
 
-_submodule = lazy_submodules(__name__, ("confidence", "exits", "generate", "model", "speculative", "tokens", "train"))
+_submodule = lazy_submodules(__name__, ("confidence", "decoder", "distill", "draft_tuning", "exits", "generate", "model",
+                                          "projection", "speculative", "speed", "tokens", "train"))
 
 
 def __getattr__(name: str):

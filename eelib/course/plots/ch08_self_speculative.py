@@ -18,7 +18,7 @@ from eelib.course.plots._style import _styled
 def plot_block_time(rows: Sequence[int], seconds: Sequence[Sequence[float]], *,
                     title: str = "One block call, by the number of rows (tokens) it processes") -> Figure:
     """Median time (µs) of one transformer block call against its rows, with the spread of the repeats
-    (:func:`eelib.lm.speculative.measure_block_time`); a dashed line: what ``rows`` separate calls would cost."""
+    (:func:`eelib.lm.speed.measure_block_time`); a dashed line: what ``rows`` separate calls would cost."""
     if len(rows) != len(seconds) or not rows:
         raise ValueError(f"rows has {len(rows)} values and seconds {len(seconds)}: give one list of times per row count")
     us = [1e6 * np.asarray(s, dtype=float) for s in seconds]
