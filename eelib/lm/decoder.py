@@ -91,6 +91,11 @@ class Decoder:
         self.fused_gelu = cfg.activation_function == "gelu_new"
         base = 1 / math.sqrt(self.head_dim) if cfg.scale_attn_weights else 1.0
         self.scales = [base / (l + 1) if cfg.scale_attn_by_inverse_layer_idx else base for l in range(self.n_layers)]
+        # each block's parameters, looked up once: block() calls the functions, not the modules (a module call
+        # costs a few microseconds of Python, a tenth of a block's time at batch 1); the same operations
+        self.weights = [(b.ln_1.weight, b.ln_1.bias, b.ln_1.eps, b.attn.c_attn.weight, b.attn.c_attn.bias,
+                         b.attn.c_proj.weight, b.attn.c_proj.bias, b.ln_2.weight, b.ln_2.bias, b.ln_2.eps,
+                         b.mlp.c_fc.weight, b.mlp.c_fc.bias, b.mlp.c_proj.weight, b.mlp.c_proj.bias) for b in self.tf.h]
         self.reset()
 
     def reset(self) -> None:
@@ -117,16 +122,20 @@ class Decoder:
         self.ops["embed", len(ids)] += 1
         return self.tf.wte(ids) + self.tf.wpe.weight[start:start + len(ids)]  # a slice: no position tensor made
 
+    def embed_token(self, token: int, pos: int) -> torch.Tensor:
+        """The embedding ``(1, d)`` of one token given as a host integer at ``pos``: two slices added, no index
+        tensor made (the loops know each token on the host: they read it to decide)."""
+        self.ops["embed", 1] += 1
+        return self.tf.wte.weight[token:token + 1] + self.tf.wpe.weight[pos:pos + 1]
+
     def block(self, l: int, x: torch.Tensor, positions: int | torch.Tensor) -> torch.Tensor:
         """Block ``l`` (0-based) on hidden states ``x`` ``(T, d)`` at ``positions`` (a start, or ``(T,)``
         increasing positions); caches their keys and values at layer ``l``."""
-        blk = self.tf.h[l]
-        T = x.shape[0]
+        T, d = x.shape
         self.ops["block", T] += 1
-        q, k, v = blk.attn.c_attn(blk.ln_1(x)).split(self.d, dim=-1)  # (T, d) each
-        q = q.view(T, self.n_heads, self.head_dim).transpose(0, 1)  # (nh, T, hd)
-        k = k.view(T, self.n_heads, self.head_dim).transpose(0, 1)
-        v = v.view(T, self.n_heads, self.head_dim).transpose(0, 1)
+        ln1_w, ln1_b, eps1, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, eps2, fc_w, fc_b, out_w, out_b = self.weights[l]
+        qkv = torch.addmm(attn_b, F.layer_norm(x, (d,), ln1_w, ln1_b, eps1), attn_w)  # (T, 3d), as Conv1D computes it
+        q, k, v = qkv.view(T, 3, self.n_heads, self.head_dim).permute(1, 2, 0, 3).unbind(0)  # (nh, T, hd) each
         if isinstance(positions, int):  # consecutive positions: slice writes, no index tensors, no host sync
             end = positions + T
             self.keys[l, :, positions:end] = k
@@ -146,9 +155,11 @@ class Decoder:
                 att = att + self.causal[positions:end, :end]
             else:  # row i is position positions[i]: those rows of the causal mask
                 att = att + self.causal[:end, :end].index_select(0, index)
-        y = (F.softmax(att, dim=-1).to(values.dtype) @ values).transpose(0, 1).reshape(T, self.d)  # (T, d)
-        x = x + blk.attn.c_proj(y)
-        return x + self.mlp(blk.mlp, blk.ln_2(x))
+        y = (F.softmax(att, dim=-1).to(values.dtype) @ values).transpose(0, 1).reshape(T, d)  # (T, d)
+        x = x + torch.addmm(proj_b, y, proj_w)
+        h = torch.addmm(fc_b, F.layer_norm(x, (d,), ln2_w, ln2_b, eps2), fc_w)
+        h = F.gelu(h, approximate="tanh") if self.fused_gelu else self.tf.h[l].mlp.act(h)
+        return x + torch.addmm(out_b, h, out_w)
 
     def _index(self, positions: Sequence[int]) -> torch.Tensor:
         """``positions`` (host integers) as an index tensor on the cache's device, without a host-to-device

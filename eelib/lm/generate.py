@@ -103,11 +103,11 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
     if counter is not None:
         counter.__enter__()
     try:
-        token = dec.begin(ids)
+        token = int(dec.begin(ids))  # the next input, as a host integer
         for i in range(n_new):
             t0 = time.perf_counter()
             pos = dec.length
-            x = dec.embed(token, pos)
+            x = dec.embed_token(token, pos)
             ops["step", 1] += 1
             if plain:  # the plain loop: every layer, the final head only, no measure
                 for l in range(dec.n_layers):
@@ -153,12 +153,11 @@ def early_exit_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Ten
                         dec.leave(layer, x, pos)  # the layers above: copied up, or deferred (lazy)
                         break
             dec.length = pos + 1
-            token = logits.argmax(-1)  # (1,)
-            pred = int(token)  # the step's one host sync: the clock below reads finished work
+            token = pred = int(logits.argmax())  # the step's one host sync: the clock below reads finished work
             logprob = float("nan")
             if force is not None:
                 logprob = float(F.log_softmax(logits.float(), -1)[0, force[i]])
-                token = torch.tensor([force[i]], device=ids.device)
+                token = force[i]
             steps.append(TokenStep(pred, k, layer, score, time.perf_counter() - t0, logprob))
     finally:
         if counter is not None:

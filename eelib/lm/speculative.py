@@ -257,7 +257,7 @@ def speculate(ee: EarlyExitLM, ids: torch.Tensor, n_new: int, drafts: Sequence[t
     if counter is not None:
         counter.__enter__()
     try:
-        token = dec.begin(ids)  # (1,): the next input, not yet in the cache
+        token = int(dec.begin(ids))  # the next input (a host integer), not yet in the cache
         _sync(device)
         while len(produced) < n_new:
             t0 = time.perf_counter()
@@ -265,7 +265,7 @@ def speculate(ee: EarlyExitLM, ids: torch.Tensor, n_new: int, drafts: Sequence[t
             most = min(max_draft, n_new - len(produced) - 1)  # a round makes drafts + 1 tokens
             tokens, exits, confs = [], [], []
             while True:  # one position: up to its first confident exit (a draft), or to the top (verify)
-                x = dec.embed(token, pos)
+                x = dec.embed_token(token, pos)
                 ops["step", 1] += 1
                 done, left = 0, False
                 if len(tokens) < most:
@@ -275,31 +275,32 @@ def speculate(ee: EarlyExitLM, ids: torch.Tensor, n_new: int, drafts: Sequence[t
                         done = layer
                         score, tok = head(x)
                         c = float(score)  # the host sync of a decision: it decides whether the token leaves
+
                         ops[head.op, head.vocab_size] += 1
                         if measure.passes(c, threshold):  # the one exit rule
                             dec.leave(layer, x, pos)  # its layers above run with the verification
-                            tokens.append(tok)
+                            token = int(tok)
+                            tokens.append(token)
                             exits.append(k)
                             confs.append(c)
-                            token, pos, left = tok.view(1), pos + 1, True
+                            pos, left = pos + 1, True
                             break
                 if not left:
                     break
             for l in range(done, N):  # verify: every pending draft joins the block calls at its next layer
                 x = dec.step_block(l, x, pos, all_rows=l == N - 1)  # the last call: every position of the round
-            full = final_head(x).argmax(-1)  # (k + 1,) the full model's greedy tokens at start .. pos
+            full = final_head(x).argmax(-1).tolist()  # the full model's greedy tokens at start .. pos: one sync
             ops["final_head", len(x)] += 1
             ops["round", 1] += 1
             k = len(tokens)
-            accepted = accepted_length(torch.stack(tokens), full) if k else 0  # one host sync per round
-            new = full[: accepted + 1].tolist()  # the accepted drafts equal these; the last is the bonus token
-            token = full[accepted:accepted + 1]
+            accepted = accepted_length(tokens, full)  # the accept rule, on host integers
+            new = full[: accepted + 1]  # the accepted drafts equal these; the last is the bonus token
+            token = new[-1]
             dec.length = start + accepted + 1  # positions beyond are stale and will be overwritten
             dec.pending.clear()
             _sync(device)
             seconds = time.perf_counter() - t0
-            draft_tokens = tuple(int(t) for t in torch.stack(tokens).tolist()) if k else ()
-            rounds.append(Round(k, accepted, accepted + 1, (k + 1) * N, seconds, draft_tokens, tuple(exits)))
+            rounds.append(Round(k, accepted, accepted + 1, (k + 1) * N, seconds, tuple(tokens), tuple(exits)))
             per_token = seconds / (accepted + 1)
             for i, t in enumerate(new):
                 drafted = i < accepted
@@ -394,12 +395,16 @@ def dynamic_speculative_generate(ee: EarlyExitLM, prompt: str | Sequence[int] | 
     return speculate(ee, ids, n_new, drafts, MEASURES[s.measure], s.max_draft, count_flops=count_flops)
 
 
-def accepted_length(drafts: torch.Tensor, verified: torch.Tensor) -> int:
-    """How many drafts the full model confirms: the length of the longest prefix of ``drafts`` ``(k,)`` equal
-    to ``verified[:k]`` (``verified``: the full model's greedy token at each of the ``k + 1`` positions)."""
-    if len(drafts) == 0:
-        return 0
-    return int((drafts == verified[: len(drafts)]).int().cumprod(0).sum())
+def accepted_length(drafts: Sequence[int] | torch.Tensor, verified: Sequence[int] | torch.Tensor) -> int:
+    """How many drafts the full model confirms: the length of the longest prefix of ``drafts`` (``k`` tokens)
+    equal to ``verified[:k]`` (``verified``: the full model's greedy token at each of the ``k + 1`` positions).
+    The accept rule of every speculative loop; host integers or tensors."""
+    drafts = drafts.tolist() if isinstance(drafts, torch.Tensor) else drafts
+    verified = verified.tolist() if isinstance(verified, torch.Tensor) else verified
+    for i, t in enumerate(drafts):
+        if t != verified[i]:
+            return i
+    return len(drafts)
 
 
 def accepted_tokens(drafts: Sequence[int], verified: Sequence[int]) -> list[int]:
