@@ -99,7 +99,11 @@ def _moved(name: str):
 
 
 class _MovedModules:
-    """Serves ``import eelib.plots`` / ``from eelib.lm_exits import X`` (the flat layout's paths) with the moved module."""
+    """Serves ``import eelib.plots`` / ``from eelib.lm_exits import X`` (the flat layout's paths) with the moved module.
+
+    The old name is an alias in ``sys.modules`` of the real module, which keeps its own name and
+    spec: ``importlib.reload`` (and ``%autoreload``) of either name re-executes the real module.
+    """
 
     @staticmethod
     def find_spec(fullname, path=None, target=None):
@@ -110,11 +114,16 @@ class _MovedModules:
 
     @staticmethod
     def create_module(spec):
-        return _moved(spec.name.partition(".")[2])  # the module itself, under its old name too
+        module = _moved(spec.name.partition(".")[2])  # the module itself, under its old name too
+        spec.loader_state = module.__spec__  # the import system sets the alias's spec on it: put its own back
+        return module
 
     @staticmethod
     def exec_module(module):
-        pass  # already executed under its new name
+        # already executed under its new name; undo what the import system wrote on it for the alias
+        alias = module.__spec__
+        if alias.loader is _MovedModules and alias.loader_state is not None:
+            module.__spec__ = alias.loader_state
 
 
 import importlib.util  # noqa: E402  (after the table it serves)

@@ -140,3 +140,22 @@ def test_the_old_argument_order_is_refused_with_a_message():
                  lambda: eelib.measure_speedup(model, x, policy, batch_size=1)):
         with pytest.raises(TypeError, match="the policy comes first"):
             call()
+
+
+def test_an_old_module_path_is_an_alias_that_reload_re_executes():
+    """Issue 26: after ``import eelib.quiz`` the real module took the alias's name and spec, so
+    ``importlib.reload`` (``%autoreload``) of it re-executed nothing."""
+    code = ("import importlib, warnings\n"
+            "warnings.simplefilter('ignore')\n"
+            "import eelib.quiz\n"
+            "import eelib.course.quiz as real\n"
+            "import sys\n"
+            "assert sys.modules['eelib.quiz'] is real\n"
+            "assert real.__name__ == real.__spec__.name == 'eelib.course.quiz', (real.__name__, real.__spec__.name)\n"
+            "for name in ('eelib.course.quiz', 'eelib.quiz'):\n"
+            "    real.QUIZZES = None\n"
+            "    assert importlib.reload(sys.modules[name]) is real\n"
+            "    assert real.QUIZZES is not None, name + ': reload did not re-execute the module'\n"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
