@@ -9,12 +9,12 @@ The package is laid out as the course's two halves around one decision layer:
 * :mod:`eelib.vision`, the image half (chapters 1-5): ``data``, ``resnet``, ``train``, ``zoo``
   (the shipped course models), ``exits`` (exit heads), ``cost`` (FLOPs, latency, energy per exit),
   ``dynamic`` (inference that skips the blocks after each image's exit);
-* :mod:`eelib.lm`, the language half (chapters 6-8): ``model`` (load, encode, score), ``train``
+* :mod:`eelib.lm`, the language half (chapters 6-8): ``model`` (load, encode, score), ``corpus``, ``train``
   (the course model's training, model card and command line), ``exits`` (logit lens, trained exit
   heads), ``generate`` (early-exit generation with a correct key/value cache), ``speculative``
   (self-speculative decoding), ``confidence`` (CALM's cheap decisions), ``tokens`` (token difficulty);
 * :mod:`eelib.course`, what only the notebooks use: ``plots``, ``widgets``, ``checks`` (exercise
-  checks), ``quiz``, ``slides``, ``grading`` and the command line (``python -m eelib.course``);
+  checks), ``quiz``, ``slides``, ``exercises``, ``grading`` and the command line (``python -m eelib.course``);
   the library never imports it;
 * ``eelib._util``: device and seeding, timing, FLOP counting, ``eval_mode``, the cache.
 
