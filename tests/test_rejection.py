@@ -103,18 +103,22 @@ def _true_risk(t):
 
 
 def test_guarantee_holds_over_many_calibration_sets():
-    """The risk of the chosen threshold (known exactly here) is above alpha in at most delta of the draws."""
-    alpha, delta, runs = 0.02, 0.1, 300
+    """What guaranteed_threshold promises, checked where the true risk is known: over 1,000 calibration
+    sets drawn from one distribution, the chosen threshold's selective risk on that distribution is above
+    alpha in at most a share delta of them, within the binomial error of 1,000 draws (3 standard
+    errors: a true rate of delta passes with probability 0.999). The candidates are the calibration
+    scores themselves, which Learn-then-Test's proof (fixed candidates) does not cover: this is the check."""
+    alpha, delta, runs = 0.03, 0.2, 1000
     generator = torch.Generator().manual_seed(0)
     violations, coverages = 0, []
     for _ in range(runs):
-        s, c = _synthetic(500, generator)
+        s, c = _synthetic(1000, generator)
         g = guaranteed_threshold(s, c, alpha=alpha, delta=delta)
         t = min(max(g.threshold, 0.0), 1.0)
         violations += _true_risk(t) > alpha
         coverages.append(1 - t)
-    assert violations / runs <= delta
-    assert sum(coverages) / runs > 0.3  # not by rejecting everything (the best threshold covers 64%)
+    assert violations / runs <= delta + 3 * math.sqrt(delta * (1 - delta) / runs), violations / runs  # 0.135 seen
+    assert sum(coverages) / runs > 0.5  # not by rejecting everything (the best threshold covers 74%)
 
 
 def test_the_naive_threshold_violates_the_guarantee():
