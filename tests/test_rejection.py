@@ -532,4 +532,4 @@ def test_guaranteed_threshold_never_builds_the_candidates_by_errors_table(monkey
     correct = torch.rand(20_000, dtype=torch.float64, generator=g) >= 0.3 * (1 - scores) ** 2
     got = rejection.guaranteed_threshold(scores, correct, alpha=0.05, delta=0.1)
     assert got.n_tested > 10_000 and got.coverage > 0.6
-    assert sizes and max(sizes) == 1  # the risk bound's bisection, and at most a few close calls
+    assert max(sizes, default=1) == 1  # at most a few close calls, each for one candidate
