@@ -9,7 +9,7 @@ The package is laid out as the course's two halves around one decision layer:
 * :mod:`eelib.vision`, the image half (chapters 1-5): ``data``, ``resnet``, ``train``, ``zoo``
   (the shipped course models), ``exits`` (exit heads), ``cost`` (FLOPs, latency, energy per exit),
   ``dynamic`` (inference that skips the blocks after each image's exit);
-* :mod:`eelib.lm`, the language half (chapters 6-8): ``model`` (load, encode, score), ``train``
+* :mod:`eelib.lm`, the language half (chapters 6-8): ``model`` (load, encode, score), ``corpus``, ``train``
   (the course model's training, model card and command line), ``exits`` (logit lens, trained exit
   heads), ``distill`` (heads trained on the model's own text), ``decoder`` (GPT-2's blocks by hand, what a
   loop returns), ``generate`` (early-exit generation with a correct key/value cache), ``speculative``
@@ -17,7 +17,7 @@ The package is laid out as the course's two halves around one decision layer:
   and the speed model), ``projection`` (to real LLMs), ``confidence`` (CALM's cheap decisions), ``tokens``
   (token difficulty);
 * :mod:`eelib.course`, what only the notebooks use: ``plots``, ``widgets``, ``checks`` (exercise
-  checks), ``quiz``, ``slides``, ``grading`` and the command line (``python -m eelib.course``);
+  checks), ``quiz``, ``slides``, ``exercises``, ``grading`` and the command line (``python -m eelib.course``);
   the library never imports it;
 * ``eelib._util``: device and seeding, timing, FLOP counting, ``eval_mode``, the cache.
 
@@ -105,7 +105,11 @@ def _moved(name: str):
 
 
 class _MovedModules:
-    """Serves ``import eelib.plots`` / ``from eelib.lm_exits import X`` (the flat layout's paths) with the moved module."""
+    """Serves ``import eelib.plots`` / ``from eelib.lm_exits import X`` (the flat layout's paths) with the moved module.
+
+    The old name is an alias in ``sys.modules`` of the real module, which keeps its own name and
+    spec: ``importlib.reload`` (and ``%autoreload``) of either name re-executes the real module.
+    """
 
     @staticmethod
     def find_spec(fullname, path=None, target=None):
@@ -116,11 +120,16 @@ class _MovedModules:
 
     @staticmethod
     def create_module(spec):
-        return _moved(spec.name.partition(".")[2])  # the module itself, under its old name too
+        module = _moved(spec.name.partition(".")[2])  # the module itself, under its old name too
+        spec.loader_state = module.__spec__  # the import system sets the alias's spec on it: put its own back
+        return module
 
     @staticmethod
     def exec_module(module):
-        pass  # already executed under its new name
+        # already executed under its new name; undo what the import system wrote on it for the alias
+        alias = module.__spec__
+        if alias.loader is _MovedModules and alias.loader_state is not None:
+            module.__spec__ = alias.loader_state
 
 
 import importlib.util  # noqa: E402  (after the table it serves)

@@ -168,3 +168,27 @@ def test_save_json_writes_atomically_and_leaves_nothing_beside(tmp_path):
         save_json({"bad": object()}, dest)  # not JSON: the old file stays as it was
     assert json.loads(dest.read_text(encoding="utf-8")) == {"a": 1.5, "b": [1, 2]}
     assert [p.name for p in dest.parent.iterdir()] == ["r.json"]
+
+
+def test_a_file_never_replaces_a_folder(tmp_path):
+    """Issue 26: save_json (the benchmarks' --out) given a folder deleted it and all its files, and left
+    a .lock file; now the folder is refused, left as it was, and nothing is written beside it."""
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "keep.txt").write_text("keep")
+    with pytest.raises(IsADirectoryError, match="is a folder: a file cannot replace it.*results.json"):
+        cache.save_json({"a": 1}, results)
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        with cache.atomic_path(results) as tmp:
+            tmp.write_text("a file")
+    assert (results / "keep.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]  # no lock file, no temporary left
+    (tmp_path / "a.txt").write_text("a file")
+    with pytest.raises(NotADirectoryError, match="is a file: a folder was written"):
+        with cache.atomic_path(tmp_path / "a.txt") as tmp:
+            tmp.mkdir()
+    assert (tmp_path / "a.txt").read_text() == "a file"
+    with cache.atomic_path(results) as tmp:  # a folder still replaces a folder
+        tmp.mkdir()
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in results.iterdir()) == ["new.txt"]

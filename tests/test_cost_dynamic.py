@@ -284,3 +284,29 @@ def test_measured_energy_says_why_it_is_unavailable(tmp_path, monkeypatch):
         cost.energy_counter("meta")
     with pytest.raises(ValueError, match="repeats"):
         cost.measure_energy(lambda: None, "cpu", repeats=0)
+
+
+def test_a_replaced_head_is_routed_and_counted():
+    """Issue 26: the routing plan and the FLOP counts follow ``model.heads[k] = new_head`` (they were
+    cached with the old head: routing kept using it, its FLOPs stayed those of the old head)."""
+    from eelib.vision.exits import ExitHead
+
+    torch.manual_seed(0)
+    ee = EarlyExitNet(resnet(8, width=4), ("stem", "layer1")).eval()
+    x = torch.randn(64, 1, 12, 12)
+    old_costs = exit_costs(ee, (1, 12, 12))
+    dynamic_inference(ExitPolicy("max_prob", (0.5, 0.5)), ee, x)  # the plan and the counts are cached now
+    ee.heads[0] = ExitHead(4, 10, hidden_channels=16).eval()
+    with torch.no_grad():
+        ee.heads[0].fc.weight.mul_(30)
+        median = float(torch.softmax(ee.forward_until(x, 0), -1).amax(-1).median())
+        policy = ExitPolicy("max_prob", (median, 1.0))  # about half the samples leave at the new head
+        expected = apply_policy(policy, torch.stack(ee(x)))
+    result = dynamic_inference(policy, ee, x)
+    assert 0 < int((expected.exits == 0).sum()) < len(x)
+    assert torch.equal(result.exits, expected.exits) and torch.equal(result.predictions, expected.predictions)
+    costs = exit_costs(ee, (1, 12, 12))
+    features = ee.segment(0, torch.zeros(1, 1, 12, 12))
+    assert costs.head_flops[0] == count_flops(ee.head, 0, features) > old_costs.head_flops[0]
+    assert costs.head_flops[1:] == old_costs.head_flops[1:]
+    assert result.flops == sum(costs.flops[k] for k in result.exits.tolist())

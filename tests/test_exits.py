@@ -170,3 +170,24 @@ def test_importing_and_building_recipes_leaves_the_random_state_alone():
             "eelib.vision.zoo.Recipe(eelib.ResNetConfig(8, 4), exits=eelib.ExitConfig(('layer1',))); "
             "assert torch.equal(torch.rand(1), a)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_folded_head_follows_a_write_through_data():
+    """Issue 26: ``weight.data`` writes do not bump the version counter the folded weight was keyed on;
+    in eval under no_grad the head gave the old weights' logits."""
+    from eelib.vision.exits import ExitHead
+
+    torch.manual_seed(0)
+    head = ExitHead(8, 10, pool_size=2).eval()
+    x = torch.randn(4, 8, 6, 6)
+
+    def pooled():
+        return torch.nn.functional.linear(torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1),
+                                          head.fc.weight, head.fc.bias)
+
+    with torch.no_grad():
+        assert torch.allclose(head(x), pooled(), atol=1e-5)  # builds the folded weight
+        head.fc.weight.data.mul_(-2)
+        assert torch.allclose(head(x), pooled(), atol=1e-5)
+        head.fc.weight.data.copy_(torch.randn_like(head.fc.weight))
+        assert torch.allclose(head(x), pooled(), atol=1e-5)

@@ -476,3 +476,12 @@ def test_decoding_refuses_a_model_in_training_mode(course):
             early_exit_generate(ee, "ROMEO:", None, max_new_tokens=2)
     finally:
         course.model.eval()
+
+
+def test_a_decoder_of_another_model_or_too_small_is_refused(course):
+    ee = course_exits(course, (2, 4))
+    other = course_exits(lmlib.load_lm(lmlib.COURSE_EE_MODEL, device="cpu"), (2, 4))
+    with pytest.raises(ValueError, match="decoder"):  # blocks of one model, heads of the other: silently other tokens
+        early_exit_generate(ee, "ROMEO:", None, max_new_tokens=4, decoder=Decoder(other))
+    with pytest.raises(ValueError, match="decoder"):  # 4 positions for a prompt and 20 new tokens: fails inside torch
+        early_exit_generate(ee, "ROMEO:", None, max_new_tokens=20, decoder=Decoder(ee, max_length=4))

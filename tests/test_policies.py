@@ -178,3 +178,21 @@ def test_patience_and_first_exits_keep_their_inputs_device_and_dtype():
     assert first_exits(torch.zeros(3, 5, device="meta"), (0.5, 0.5), MEASURES["max_prob"]).device.type == "meta"
     with pytest.raises(ValueError, match="one per early exit"):
         first_exits(torch.zeros(3, 5), (0.5,), MEASURES["max_prob"])
+
+
+def test_an_accuracy_drop_target_is_met_exactly_at_its_floor():
+    """The floor is the final exit's accuracy minus the drop, in float64 like every policy's accuracy:
+    never exiting meets max_accuracy_drop=0 (issue 26: the float32 floor of 0.975 = 975/1000 was above
+    it), and a policy exactly at the floor meets its target."""
+    n = 1000
+    labels = torch.arange(n) % 10
+    right = torch.arange(n) < 975  # the final exit: 97.5% right
+    final = torch.nn.functional.one_hot(torch.where(right, labels, (labels + 1) % 10), 10) * 5.0
+    early = final.clone()
+    early[:5] = torch.nn.functional.one_hot((labels[:5] + 1) % 10, 10) * 5.0  # 970 right, all confident
+    out = outputs_for(torch.stack([early, final]), labels)
+    assert out.correct[-1].double().mean().item() == 0.975
+    strict = calibrate(out, [1, 2], 2, max_accuracy_drop=0)
+    assert strict.val.accuracy == 0.975 and strict.val.avg_flops == 2  # never exits
+    at_floor = calibrate(out, [1, 2], 2, max_accuracy_drop=0.005)
+    assert at_floor.val.accuracy == 0.970 and at_floor.val.avg_flops == 1  # every sample leaves at the first exit

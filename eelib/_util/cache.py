@@ -100,13 +100,23 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     renamed into place, the old one deleted. Two processes replacing the same folder take turns
     (both succeed, the last one wins), and a reader that uses :func:`folder_ready` never sees
     the folder missing: while a swap runs it waits for the lock.
+
+    Only a folder replaces a folder: a file written for a ``dest`` that is an existing folder is
+    refused (``IsADirectoryError``) and the folder is left as it was, and so is a file that a
+    folder was written for (``NotADirectoryError``).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)) / dest.name
     try:
         yield tmp
-        if tmp.is_dir() or (dest.is_dir() and not dest.is_symlink()):
+        dest_is_folder = dest.is_dir() and not dest.is_symlink()
+        if dest_is_folder and not tmp.is_dir():
+            raise IsADirectoryError(_folder_in_the_way(dest))
+        if tmp.is_dir() and dest.exists() and not dest_is_folder:
+            raise NotADirectoryError(f"{str(dest)!r} is a file: a folder was written to replace it; remove the "
+                                     f"file or give another path")
+        if tmp.is_dir():
             with FileLock(str(_swap_lock(dest))):
                 aside = None
                 if dest.is_dir() and not dest.is_symlink():
@@ -119,9 +129,20 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)  # the temporary folder, and an old folder moved aside
 
 
+def _folder_in_the_way(dest: Path) -> str:
+    return (f"{str(dest)!r} is a folder: a file cannot replace it (that would delete the folder and everything "
+            f"in it); give the path of a file, e.g. {str(dest / 'results.json')!r}")
+
+
 def save_json(data, dest: str | os.PathLike, *, indent: int = 2) -> Path:
-    """Write ``data`` as JSON to ``dest`` atomically: a temporary file, read back and checked, then renamed."""
+    """Write ``data`` as JSON to ``dest`` atomically: a temporary file, read back and checked, then renamed.
+
+    Raises:
+        IsADirectoryError: ``dest`` is an existing folder (it is left untouched).
+    """
     dest = Path(dest)
+    if dest.is_dir() and not dest.is_symlink():  # refused before anything is written (atomic_path would too)
+        raise IsADirectoryError(_folder_in_the_way(dest))
     with atomic_path(dest) as tmp:
         text = json.dumps(data, indent=indent) + "\n"
         tmp.write_text(text, encoding="utf-8")

@@ -1,6 +1,7 @@
 """What only the course's notebooks use: ``plots`` (figures), ``widgets`` (lecture sliders),
-``checks`` (exercise checks), ``quiz`` (concept checks), ``slides`` (reveal.js slides), ``grading``
-(nbgrader) and ``cli`` (``python -m eelib.course``: exercises, headless runs, models).
+``checks`` (exercise checks), ``quiz`` (concept checks), ``slides`` (reveal.js slides), ``exercises``
+(exercise notebooks from the solutions), ``grading`` (nbgrader) and ``cli`` (``python -m eelib.course``:
+exercises, headless runs, models).
 
 The library (:mod:`eelib.vision`, :mod:`eelib.lm`, the decision layer) never imports this package.
 """
@@ -9,7 +10,7 @@ import importlib
 
 from eelib._util import lazy_submodules
 
-_submodule = lazy_submodules(__name__, ("checks", "cli", "grading", "plots", "quiz", "slides", "widgets"))
+_submodule = lazy_submodules(__name__, ("checks", "cli", "exercises", "grading", "plots", "quiz", "slides", "widgets"))
 
 
 def __getattr__(name: str):

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import copy
 import json
 import os
 import sys
@@ -44,95 +43,9 @@ from pathlib import Path
 import nbformat
 
 from eelib._util.cache import atomic_path
-from eelib.course.grading import BEGIN_MARK_SCHEME, CODE_STUB
-
-BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-CHECK_TAG, RAISES_TAG = "check", "raises-exception"
-GENERATED_NOTE = ("> *Exercise version, generated from `solutions/{name}` by `python -m eelib.course "
-                  "exercises`: edit the solution, not this file. Replace each `raise NotImplementedError` "
-                  "with your code, then run the check cell below it.*\n\n")
-
-
-def blank_solution(source: str) -> tuple[str, bool]:
-    """Replace each marked solution block in ``source`` with nbgrader's stub (``grading.CODE_STUB``).
-
-    Returns:
-        The new source, and whether a stub sits at the top level (the cell itself raises).
-
-    Raises:
-        ValueError: unbalanced or nested markers.
-    """
-    lines, out, top_level, i = source.split("\n"), [], False, 0
-    while i < len(lines):
-        stripped = lines[i].strip()
-        if stripped == END:
-            raise ValueError(f"{END!r} without {BEGIN!r} on line {i + 1}")
-        if stripped != BEGIN:
-            out.append(lines[i])
-            i += 1
-            continue
-        indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
-        end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() in (BEGIN, END)), None)
-        if end is None or lines[end].strip() != END:
-            raise ValueError(f"{BEGIN!r} on line {i + 1} has no matching {END!r}")
-        out.extend(indent + line for line in CODE_STUB.split("\n"))
-        top_level = top_level or indent == ""
-        i = end + 1
-    return "\n".join(out), top_level
-
-
-REFERENCE = "**Reference answer.**"  # a markdown cell of a solution starting so is left out of its exercise
-
-
-def is_reference_answer(cell: nbformat.NotebookNode) -> bool:
-    """Whether a cell is a solution's reference answer (inside nbgrader's mark scheme delimiters or not)."""
-    source = cell.source.lstrip()
-    if source.startswith(BEGIN_MARK_SCHEME):
-        source = source[len(BEGIN_MARK_SCHEME):].lstrip()
-    return cell.cell_type == "markdown" and source.startswith(REFERENCE)
-
-
-def make_exercise(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
-    """The exercise notebook generated from a solution notebook (``name`` is its file name)."""
-    nb = copy.deepcopy(solution)
-    # the solutions' reference answers to the discussion questions stay out of the exercises
-    nb.cells = [c for c in nb.cells if not is_reference_answer(c)]
-    n_exercises, expecting_check = 0, False
-    for cell in nb.cells:
-        tags = list(cell.get("metadata", {}).get("tags", []))
-        cell.get("metadata", {}).pop("nbgrader", None)  # exercises/ is not an nbgrader release
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-            if BEGIN in cell.source:
-                if expecting_check:
-                    raise ValueError(f"{name}: an exercise cell follows another without a '{CHECK_TAG}' cell between")
-                cell.source, raises = blank_solution(cell.source)
-                n_exercises += 1
-                expecting_check = True
-                if raises and RAISES_TAG not in tags:
-                    tags.append(RAISES_TAG)
-            elif CHECK_TAG in tags:
-                if not expecting_check:
-                    raise ValueError(f"{name}: a '{CHECK_TAG}' cell has no exercise cell before it")
-                expecting_check = False
-                if RAISES_TAG not in tags:
-                    tags.append(RAISES_TAG)
-        if tags:
-            cell.setdefault("metadata", {})["tags"] = tags
-    if expecting_check:
-        raise ValueError(f"{name}: the last exercise has no '{CHECK_TAG}' cell after it")
-    if n_exercises == 0:
-        raise ValueError(f"{name}: no '{BEGIN}' markers: a solution notebook needs at least one exercise")
-    first_md = next((c for c in nb.cells if c.cell_type == "markdown"), None)
-    note = GENERATED_NOTE.format(name=name)
-    if first_md is None:
-        nb.cells.insert(0, nbformat.v4.new_markdown_cell(note.strip()))
-    else:
-        first_md.source = note + first_md.source
-    nb.nbformat_minor = 4  # no cell ids: they would change on every generation
-    for cell in nb.cells:
-        cell.pop("id", None)
-    return nb
+from eelib.course.exercises import (BEGIN, CHECK_TAG, CODE_STUB, END, GENERATED_NOTE, RAISES_TAG,  # noqa: F401 (kept here too)
+                                    REFERENCE, blank_solution, is_reference_answer, make_exercise)
+from eelib.course.grading import annotate, setup_course
 
 
 def _dumps(nb: nbformat.NotebookNode) -> str:
@@ -146,8 +59,6 @@ def generate_exercises(root: Path, *, check: bool = False) -> list[Path]:
         The solution files whose nbgrader metadata was stale and the exercise files that were out
         of date (and, unless ``check``, were rewritten).
     """
-    from eelib.course.grading import annotate
-
     solutions = sorted((root / "solutions").glob("*.ipynb"))
     if not solutions:
         raise FileNotFoundError(f"no notebooks in {root / 'solutions'}: run from the course's folder or pass --root")
@@ -275,8 +186,6 @@ def main(argv: list[str] | None = None) -> int:
               if stale else "solutions/ and exercises/ are up to date")
         return 0
     if args.command == "nbgrader":
-        from eelib.course.grading import setup_course
-
         if args.folder.exists() and not args.force:
             parser.error(f"folder {args.folder} exists: pass --force to replace it")
         assignments = setup_course(root, args.folder, force=args.force)

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import nbformat
 
+from eelib.course.exercises import (BEGIN, BEGIN_MARK_SCHEME, CHECK_TAG, CODE_STUB, END_MARK_SCHEME,  # noqa: F401
+                                    RAISES_TAG, blank_solution, is_reference_answer, make_exercise)
+
 POINTS = 1  # each check cell is worth one point
 SCHEMA_VERSION = 3  # nbgrader's cell metadata schema
-BEGIN_MARK_SCHEME, END_MARK_SCHEME = "<!-- BEGIN MARK SCHEME -->", "<!-- END MARK SCHEME -->"
-CODE_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"  # nbgrader's ClearSolutions.code_stub
 
 NBGRADER_CONFIG = '''\
 """nbgrader configuration of the eelib course, written by `python -m eelib.course nbgrader`."""
@@ -78,11 +79,9 @@ def annotate(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNod
     Idempotent: annotating an annotated notebook changes nothing.
 
     Raises:
-        ValueError: exercise and check cells that do not pair up (``eelib.course.cli.make_exercise``),
+        ValueError: exercise and check cells that do not pair up (``eelib.course.exercises.make_exercise``),
             or two exercises defining the same function.
     """
-    from eelib.course.cli import BEGIN, CHECK_TAG, RAISES_TAG, blank_solution, is_reference_answer, make_exercise
-
     make_exercise(solution, name)  # validates the pairing of exercise and check cells
     nb = copy.deepcopy(solution)
     ids: set[str] = set()

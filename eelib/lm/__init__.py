@@ -1,11 +1,11 @@
 """The language half of the course (chapters 6-8):
 
-``model`` (the course GPT-2 and any Hugging Face GPT-2: load, encode, score) and ``train`` (its
-training, model card and ``python -m eelib.lm train|eval``) -> ``exits`` (logit lens, trained exit
-heads) -> ``distill`` (heads trained on the model's own continuations) -> ``tokens`` (token
-difficulty, coloured text) -> ``decoder`` (GPT-2's blocks by hand, the trace of what a loop ran, what
-it returns) -> ``generate`` (early-exit generation with a correct key/value cache, per-token costs) ->
-``confidence`` (CALM's cheap decisions from the hidden state) -> ``speculative`` (self-speculative
+``model`` (the course GPT-2 and any Hugging Face GPT-2: load, encode, score), ``corpus`` (its training
+text) and ``train`` (its training, model card and ``python -m eelib.lm train|eval``) -> ``exits`` (logit
+lens, trained exit heads) -> ``distill`` (heads trained on the model's own continuations) -> ``tokens``
+(token difficulty, coloured text) -> ``decoder`` (GPT-2's blocks by hand, the trace of what a loop ran,
+what it returns) -> ``generate`` (early-exit generation with a correct key/value cache, per-token costs)
+-> ``confidence`` (CALM's cheap decisions from the hidden state) -> ``speculative`` (self-speculative
 decoding: early exits draft, the full model verifies; fixed exit and DSSD, one core) -> ``speed``
 (loops timed side by side; the speed model) -> ``draft_tuning`` (the drafts' settings for speed) ->
 ``projection`` (the speed model on real LLM shapes and a GPU-like regime).
@@ -16,8 +16,8 @@ import importlib
 
 from eelib._util import lazy_submodules
 
-_submodule = lazy_submodules(__name__, ("confidence", "decoder", "distill", "draft_tuning", "exits", "generate", "model",
-                                          "projection", "speculative", "speed", "tokens", "train"))
+_submodule = lazy_submodules(__name__, ("confidence", "corpus", "decoder", "distill", "draft_tuning", "exits",
+                                          "generate", "model", "projection", "speculative", "speed", "tokens", "train"))
 
 
 def __getattr__(name: str):

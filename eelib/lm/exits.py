@@ -515,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import json
 
     from eelib.lm.model import load_lm
-    from eelib.lm.train import load_corpus, split_corpus
+    from eelib.lm.corpus import load_corpus, split_corpus
 
     parser = argparse.ArgumentParser(prog="python -m eelib.lm.exits", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

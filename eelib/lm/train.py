@@ -4,7 +4,7 @@
 (`eelib.lm.model`) from the corpus:
 
 * corpus: Tiny Shakespeare, 1,115,394 characters (public domain), read from a path or downloaded
-  from ``CORPUS_URL``; its sha256 is checked either way;
+  from ``CORPUS_URL``; its sha256 is checked either way (`eelib.lm.corpus`);
 * split by characters: ``text[:len(text) * 9 // 10]`` trains (tokenizer and model),
   ``text[len(text) * 9 // 10:]`` validates — the last 10%, on which the model card reports;
 * a byte-level BPE tokenizer (``tokenizers``) and a ``GPT2LMHeadModel`` trained with AdamW,
@@ -29,60 +29,18 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from eelib._util.cache import DownloadError, atomic_path, data_dir, download, file_digest
+from eelib._util.cache import DownloadError, atomic_path  # noqa: F401 (DownloadError: what load_corpus raises)
 from eelib._util.device import get_device, seed_everything
 from eelib._util.progress import tqdm
+from eelib.lm.corpus import CORPUS_FILE, CORPUS_SHA256, CORPUS_URL, load_corpus, split_corpus  # noqa: F401
 from eelib.lm.model import (COURSE_EE_MODEL, COURSE_MODEL, END_OF_TEXT, LanguageModel, LMEval, course_model_path,
                             encode, evaluate_text, load_lm)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-CORPUS_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-CORPUS_FILE = "tinyshakespeare.txt"
 
-
-# --- the corpus ------------------------------------------------------------------------------
-
-def load_corpus(path: str | os.PathLike | None = None, *, sha256: str = CORPUS_SHA256,
-                timeout: float = 30.0) -> str:
-    """The Tiny Shakespeare corpus as text, its sha256 checked.
-
-    Args:
-        path: a copy of the file. None: download it from ``CORPUS_URL`` into the eelib data
-            cache (kept for next time; see `eelib._util.cache`).
-        sha256: the expected digest.
-        timeout: seconds before an unreachable download gives up.
-
-    Raises:
-        ValueError: the file at ``path`` has another sha256 (another or a damaged file).
-        FileNotFoundError: no file at ``path``.
-        DownloadError: the download failed or did not match the checksum.
-    """
-    if path is None:
-        try:
-            file = download(CORPUS_URL, data_dir() / CORPUS_FILE, checksum=sha256, algorithm="sha256",
-                            timeout=timeout)
-        except DownloadError as err:
-            raise DownloadError(f"{err}. Offline, give a copy of the corpus: --corpus PATH") from err
-    else:
-        file = Path(path).expanduser()
-        if not file.is_file():
-            raise FileNotFoundError(f"corpus={str(file)!r} is not a file; give the Tiny Shakespeare text "
-                                    f"({CORPUS_URL}) or leave it out to download it")
-        actual = file_digest(file, "sha256")
-        if actual != sha256.lower():
-            raise ValueError(f"corpus={str(file)!r} has sha256 {actual}, not {sha256.lower()}: it is not the "
-                             f"Tiny Shakespeare text from {CORPUS_URL} (or it is damaged)")
-    return file.read_text(encoding="utf-8")
-
-
-def split_corpus(text: str) -> tuple[str, str]:
-    """Split by characters: ``text[:len(text) * 9 // 10]`` trains, the rest (last 10%) validates."""
-    cut = len(text) * 9 // 10
-    return text[:cut], text[cut:]
-
+# --- the tokenizer ---------------------------------------------------------------------------
 
 def train_tokenizer(text: str, vocab_size: int) -> PreTrainedTokenizerBase:
     """A byte-level BPE tokenizer (GPT-2 style) trained on ``text``, as a transformers tokenizer.

@@ -73,17 +73,28 @@ def _n_params(modules) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
+def _architecture(model: EarlyExitNet) -> tuple:
+    """What the counts depend on besides the input size: every module's kind, its settings (kernel,
+    stride, features, a head's pooling grid) and its parameters' shapes. A replaced head of another
+    shape gives another key; new weights of the same shapes do not (FLOPs do not depend on them)."""
+    return tuple((name, type(m).__qualname__, m.extra_repr(), getattr(m, "pool_size", None),
+                  tuple(tuple(p.shape) for p in m.parameters(recurse=False)))
+                 for name, m in model.named_modules())
+
+
 def exit_costs(model: EarlyExitNet, input_shape: tuple[int, int, int] | None = None) -> ExitCosts:
     """Count the FLOPs and parameters of every exit of ``model`` for one image of ``input_shape``.
 
-    The result depends only on the architecture and the input size; it is cached on the model.
+    The result depends only on the architecture and the input size; it is cached on the model, and
+    counted again when the architecture changes (e.g. a head replaced by one of another shape).
     """
     shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
     if len(shape) != 3 or shape[0] != model.in_channels:
         raise ValueError(f"input_shape must be (C, H, W) with C = in_channels = {model.in_channels}, got {shape}")
     cache = model.__dict__.setdefault("_eelib_costs", {})
-    if shape in cache:
-        return cache[shape]
+    key = (shape, _architecture(model))
+    if key in cache:
+        return cache[key]
     param = next(model.parameters())
     x = torch.zeros((1, *shape), dtype=param.dtype, device=param.device)
     backbone, heads, params = [], [], []
@@ -104,7 +115,7 @@ def exit_costs(model: EarlyExitNet, input_shape: tuple[int, int, int] | None = N
     cum_params = [sum(params[:k + 1]) for k in range(len(params))]
     costs = ExitCosts(model.exit_names, tuple(backbone), tuple(heads), tuple(flops), backbone[-1] + heads[-1],
                       tuple(cum_params), _n_params([model.backbone]), shape)
-    cache[shape] = costs
+    cache[key] = costs
     return costs
 
 

@@ -87,7 +87,8 @@ class ExitHead(nn.Module):
         at batch 256 is 5-18x faster, at batch 1 about 2.5x. ``FlopCounterMode`` counts what runs,
         so :func:`eelib.vision.cost.exit_costs` reports the folded heads' FLOPs. The result is the same up
         to float rounding; training and eval with gradients use the pooling. Built once per shape,
-        device and dtype, rebuilt whenever the weights change; None (pooling used) when the folded
+        device and dtype, rebuilt whenever the weights change (a copy of the weights it was built
+        from is compared, so a write through ``.data`` counts too); None (pooling used) when the folded
         weight would be large (``FOLD_MAX_ELEMENTS``) or the classes many (``FOLD_MAX_CLASSES``).
         """
         weight = self.fc.weight
@@ -96,7 +97,9 @@ class ExitHead(nn.Module):
             return None
         key = (shape, weight.device, weight.dtype, weight.data_ptr(), weight._version)
         cached = self.__dict__.get("_folded")
-        if cached is not None and cached[0] == key:
+        # the weights it was built from are compared too: a write through ``weight.data`` (or under
+        # ``torch.no_grad`` on a detached alias) changes them without changing ``_version``
+        if cached is not None and cached[0] == key and torch.equal(cached[2], weight):
             return cached[1]
         c, h, w = shape
         with torch.inference_mode(False), torch.no_grad():
@@ -106,7 +109,7 @@ class ExitHead(nn.Module):
             grid = weight.view(classes, c, self.pool_size, self.pool_size)
             template = torch.empty(classes, c, h, w, device=weight.device, dtype=weight.dtype)
             folded = torch.ops.aten._adaptive_avg_pool2d_backward(grid, template).reshape(classes, c * h * w)
-        self.__dict__["_folded"] = (key, folded)
+        self.__dict__["_folded"] = (key, folded, weight.detach().clone())
         return folded
 
 
@@ -268,16 +271,18 @@ class EarlyExitNet(nn.Module):
 
     def plan(self) -> list[tuple[list[nn.Module], Callable[[torch.Tensor], torch.Tensor]]]:
         """For every exit, the units of its segment and its head: what routing runs, without the
-        per-call checks of :meth:`segment` and :meth:`head`. Built once (the modules do not change
-        when the model moves between devices)."""
-        if "_plan" not in self.__dict__:
+        per-call checks of :meth:`segment` and :meth:`head`. Built once, and again whenever a head
+        is replaced (``model.heads[0] = ...``); moving the model between devices keeps its modules."""
+        heads = tuple(self.heads)
+        cached = self.__dict__.get("_plan")
+        if cached is None or len(cached[0]) != len(heads) or any(a is not b for a, b in zip(cached[0], heads)):
             steps, start = [], 0
             for k, end in enumerate(self._ends):
-                head = self.heads[k] if k < self.num_exits - 1 else self.final_head
+                head = heads[k] if k < self.num_exits - 1 else self.final_head
                 steps.append(([unit for _, unit in self._units[start:end]], head))
                 start = end
-            self.__dict__["_plan"] = steps
-        return self.__dict__["_plan"]
+            self.__dict__["_plan"] = cached = (heads, steps)  # the heads it was built with: compared by identity
+        return cached[1]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits ``(B, num_classes)`` of every exit, first to last (the last is the backbone's own)."""

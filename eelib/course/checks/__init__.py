@@ -3,13 +3,17 @@
 Each ``check_*`` function runs the student's function on a few cases, compares the result with
 eelib's own implementation, and raises an ``AssertionError`` whose message says what differs
 and what to look at. On success it prints a short confirmation. A ``NotImplementedError`` from
-an unfinished exercise is let through unchanged: it already says what to do. The checks use
-their own random numbers; the caller's random state is left as it was.
+an unfinished exercise is let through unchanged: it already says what to do. A right answer is
+accepted in any float dtype (half precision within its rounding) and on any device; a wrong one
+always ends in an ``AssertionError`` with a hint, never in a crash inside the check; a function
+that returns nothing is told "your function returned None". The checks use their own random
+numbers; the caller's random state is left as it was.
 
 The checks live in one module per chapter, the chapter whose solution notebook calls them, and
 are all imported here, so ``checks.check_entropy(f)`` works whichever module holds the check.
 
-* ``_common``: helpers the checks of more than one chapter use (``_call``, ``_tiny_exit_net``);
+* ``_common``: helpers the checks of more than one chapter use (``student_check``, ``_call``,
+  ``_tensor``, ``_close``, ``_tiny_exit_net``);
 * ``ch01_residual_networks``: ``check_residual_forward``, ``check_gradient_norms``;
 * ``ch02_exit_heads``: ``check_accuracy_per_exit``, ``check_joint_loss``;
 * ``ch03_cost_per_head``: ``check_conv_flops``, ``check_cumulative_costs``;

@@ -8,12 +8,13 @@ from typing import Callable
 
 import torch
 
+from eelib.course.checks._common import _close as _close_within, _tensor, returned_none, student_check
 from eelib.vision.resnet import BasicBlock, ResNet, ResNetConfig
 from eelib.vision.train import gradient_norms
 
 
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+def _close(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    return _close_within(got, expected, atol=1e-5, rtol=1e-4)
 
 
 def _refuse_block_call(module, args):
@@ -46,6 +47,7 @@ def _residual_hint(block: BasicBlock, x: torch.Tensor, got: torch.Tensor | None)
             "(only if block.shortcut is not None), relu")
 
 
+@student_check
 def check_residual_forward(residual_forward: Callable[[BasicBlock, torch.Tensor], torch.Tensor]) -> None:
     """Check ``residual_forward(block, x)`` against ``block(x)`` for eelib's BasicBlock.
 
@@ -79,7 +81,8 @@ def check_residual_forward(residual_forward: Callable[[BasicBlock, torch.Tensor]
                                  f"Hint: {_residual_hint(block, x, None)}.") from err
         finally:
             handle.remove()
-        assert isinstance(got, torch.Tensor), f"residual_forward returned {type(got).__name__}, expected a tensor"
+        assert got is not None, returned_none("residual_forward")
+        got = _tensor("residual_forward", got, "a tensor (the block's output)")
         assert got.shape == expected.shape, (
             f"For {what}: output shape {tuple(got.shape)}, expected {tuple(expected.shape)}. "
             f"Does the input go through conv1 (which may have stride 2) and conv2?")
@@ -90,6 +93,7 @@ def check_residual_forward(residual_forward: Callable[[BasicBlock, torch.Tensor]
     print(f"Correct: residual_forward matches eelib's BasicBlock on all {len(cases)} cases.")
 
 
+@student_check
 def check_gradient_norms(student_gradient_norms: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], dict]) -> None:
     """Check ``student_gradient_norms(model, x, y)`` against :func:`eelib.vision.train.gradient_norms`.
 
@@ -118,6 +122,7 @@ def check_gradient_norms(student_gradient_norms: Callable[[torch.nn.Module, torc
     for n, p in model.named_parameters():
         assert torch.equal(p.detach(), before[n]), (
             f"{n} changed: measuring gradients must not update the weights (no optimizer step)")
+    assert got is not None, returned_none("layer_gradient_norms")
     assert isinstance(got, dict), f"return a dict {{layer name: norm}}, got {type(got).__name__}"
     missing = [n for n in expected if n not in got]
     extra = [n for n in got if n not in expected]

@@ -7,9 +7,10 @@ from typing import Callable
 
 import torch
 
-from eelib.course.checks._common import _call, _tiny_exit_net
+from eelib.course.checks._common import _call, _tensor, _tiny_exit_net, student_check
 
 
+@student_check
 def check_conv_flops(conv_flops: Callable[[torch.nn.Conv2d, int, int], int]) -> None:
     """Check ``conv_flops(conv, height, width)`` against ``FlopCounterMode`` on one image."""
     from eelib._util.flops import count_flops
@@ -20,7 +21,9 @@ def check_conv_flops(conv_flops: Callable[[torch.nn.Conv2d, int, int], int]) -> 
              (torch.nn.Conv2d(4, 6, 5, padding=0, bias=False), 12, 10)]
     for conv, h, w in cases:
         expected = count_flops(conv, torch.zeros(1, conv.in_channels, h, w))
-        got = _call("conv_flops", conv_flops, conv, h, w)
+        got = _tensor("conv_flops", _call("conv_flops", conv_flops, conv, h, w), "a number (the FLOPs)")
+        assert got.numel() == 1, f"return one number (the FLOPs of one image), got {got.numel()} values"
+        got = got.item()
         if got != expected:
             if got * 2 == expected:
                 hint = "one multiply-accumulate counts as 2 FLOPs (a multiply and an add)"
@@ -34,6 +37,7 @@ def check_conv_flops(conv_flops: Callable[[torch.nn.Conv2d, int, int], int]) -> 
     print(f"Correct: conv_flops matches FlopCounterMode on all {len(cases)} convolutions.")
 
 
+@student_check
 def check_cumulative_costs(cumulative_costs: Callable[[list, list], list]) -> None:
     """Check ``cumulative_costs(segment_flops, head_flops)`` against :func:`eelib.vision.cost.exit_costs`."""
     from eelib._util.flops import count_flops
@@ -48,9 +52,9 @@ def check_cumulative_costs(cumulative_costs: Callable[[list, list], list]) -> No
         heads.append(count_flops(model.head, k, h))
     expected = list(exit_costs(model, (1, 12, 12)).flops)
     got = _call("cumulative_costs", cumulative_costs, list(segments), list(heads))
-    assert isinstance(got, (list, tuple)) and len(got) == len(expected), (
-        f"return one cost per exit ({len(expected)} values), got {got!r}")
-    got = [int(g) for g in got]
+    got = _tensor("cumulative_costs", got, f"a list of {len(expected)} costs (one per exit)").flatten()
+    assert len(got) == len(expected), f"return one cost per exit ({len(expected)} values), got {got.tolist()!r}"
+    got = [int(g) if float(g).is_integer() else g for g in got.tolist()]
     if got != expected:
         backbone_only = [sum(segments[:k + 1]) for k in range(len(segments))]
         own_head = [sum(segments[:k + 1]) + heads[k] for k in range(len(segments))]

@@ -3,44 +3,50 @@ the exits."""
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
-from eelib.course.checks._common import _call, _tiny_exit_net
+from eelib.course.checks._common import _call, _close, _tensor, _tiny_exit_net, student_check
 
 
+@student_check
 def check_entropy(entropy_measure: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """Check ``entropy_measure(logits)`` (nats, one value per row) against :func:`eelib.policies.entropy`."""
+    """Check ``entropy_measure(logits)`` (nats, one value per row) against :func:`eelib.policies.entropy`.
+
+    The answer may be in any float dtype (float64, or half precision within its rounding) and on any device.
+    """
     from eelib.policies import entropy
 
     with torch.random.fork_rng():
         torch.manual_seed(3)
         logits = torch.randn(32, 10) * 4
     logits[0] = torch.tensor([200.0] + [0.0] * 9)  # a (numerically) certain prediction: entropy 0, no nan
-    expected = entropy(logits)
-    got = _call("entropy_measure", entropy_measure, logits.clone())
-    assert isinstance(got, torch.Tensor) and got.shape == expected.shape, (
-        f"return a tensor of shape {tuple(expected.shape)} (one entropy per row), got "
-        f"{tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__}")
+    expected = entropy(logits).double()
+    got = _tensor("entropy_measure", _call("entropy_measure", entropy_measure, logits.clone()),
+                  f"a tensor of shape {tuple(expected.shape)} (one entropy per row)")
+    if got.shape == (logits.shape[1],):
+        raise AssertionError(f"got {logits.shape[1]} values, one per class, for {logits.shape[0]} rows. Hint: sum "
+                             f"over the classes (dim=-1), not over the samples (dim=0): one entropy per row.")
+    assert got.shape == expected.shape, (
+        f"return a tensor of shape {tuple(expected.shape)} (one entropy per row), got {tuple(got.shape)}")
     if not torch.isfinite(got).all():
         raise AssertionError("some entropies are nan or inf: p * log(p) with p = 0 gives 0 * -inf. Hint: use "
                              "torch.log_softmax for log p (it is finite), and p = log_p.exp().")
-    if not torch.allclose(got, expected, atol=1e-4):
-        p = torch.softmax(logits, -1)
-        if torch.allclose(got, -expected, atol=1e-4):
+    if not _close(got, expected, atol=1e-4):
+        if _close(got, -expected, atol=1e-4):
             hint = "the sign is wrong: entropy is -sum p log p (it is >= 0)"
-        elif torch.allclose(got, expected / torch.log(torch.tensor(2.0)), atol=1e-4):
+        elif _close(got, expected / math.log(2), atol=1e-4):
             hint = "these are bits (log base 2): use the natural logarithm (nats)"
-        elif torch.allclose(got, -(p * p.log()).nan_to_num().sum(0)[:len(got)], atol=1e-4):
-            hint = "sum over the classes (dim=-1), not over the samples"
         else:
             hint = "p = softmax(logits) over the classes, entropy = -sum_c p_c log p_c for each row"
         raise AssertionError(f"entropy_measure differs from eelib's by up to "
-                             f"{(got - expected).abs().max().item():.4f} nats. Hint: {hint}.")
+                             f"{(got.double() - expected).abs().max().item():.4f} nats. Hint: {hint}.")
     print("Correct: entropy_measure matches eelib.policies.entropy.")
 
 
+@student_check
 def check_route_batch(route_batch: Callable) -> None:
     """Check ``route_batch(model, x, threshold)`` -> ``(predictions, exits)`` against eelib's routing,
     and that samples that left are not processed by the later segments."""
@@ -60,8 +66,10 @@ def check_route_batch(route_batch: Callable) -> None:
     finally:
         for hook in hooks:
             hook.remove()
-    assert isinstance(got, tuple) and len(got) == 2, "return a tuple (predictions, exits)"
-    pred, exits = (torch.as_tensor(t) for t in got)
+    assert isinstance(got, (tuple, list)) and len(got) == 2, "return a tuple (predictions, exits)"
+    pred, exits = (_tensor("route_batch", t, "two tensors (predictions, exits)") for t in got)
+    assert pred.shape == expected_pred.shape, (
+        f"predictions must have shape {tuple(expected_pred.shape)}, got {tuple(pred.shape)}")
     assert exits.shape == expected_exits.shape, f"exits must have shape {tuple(expected_exits.shape)}, got {tuple(exits.shape)}"
     if not torch.equal(exits.long(), expected_exits):
         i = int((exits.long() != expected_exits).nonzero()[0])

@@ -7,18 +7,16 @@ from typing import Callable
 
 import torch
 
-from eelib.course.checks._common import _call
+from eelib.course.checks._common import _call, _close, _tensor, student_check
 
 
 def _tensor_or_fail(name: str, value, n: int) -> torch.Tensor:
-    try:
-        t = torch.as_tensor(value).double().flatten()
-    except Exception as err:
-        raise AssertionError(f"{name} must be a tensor (or list) of {n} numbers, got {type(value).__name__}") from err
+    t = _tensor(name, value, f"a tensor (or list) of {n} numbers").flatten()
     assert len(t) == n, f"{name} has {len(t)} values, expected {n} (one per sample)"
     return t
 
 
+@student_check
 def check_risk_coverage(risk_coverage: Callable) -> None:
     """Check ``risk_coverage(scores, correct)`` -> ``(coverage, risk)``: one point per sample, the most
     confident first, against :func:`eelib.rejection.risk_coverage_curve` (distinct scores, max probability)."""
@@ -31,34 +29,35 @@ def check_risk_coverage(risk_coverage: Callable) -> None:
     correct[scores.argmax()] = False  # the most confident sample is wrong: the order shows
     expected = risk_coverage_curve(scores, correct)
     got = _call("risk_coverage", risk_coverage, scores.clone(), correct.clone())
-    assert isinstance(got, tuple) and len(got) == 2, "return a tuple (coverage, risk)"
+    assert isinstance(got, (tuple, list)) and len(got) == 2, "return a tuple (coverage, risk)"
     cov, risk = (_tensor_or_fail(name, g, len(scores)) for name, g in zip(("coverage", "risk"), got))
     n = len(scores)
-    if not torch.allclose(cov, expected.coverage, atol=1e-6):
-        if torch.allclose(cov, 100 * expected.coverage, atol=1e-4):
+    if not _close(cov, expected.coverage, atol=1e-6):
+        if _close(cov, 100 * expected.coverage, atol=1e-4):
             raise AssertionError("coverage is in percent: return fractions between 0 and 1")
-        raise AssertionError(f"coverage starts {cov[:3].tolist()}, expected {expected.coverage[:3].tolist()}. "
+        raise AssertionError(f"coverage starts {cov[:3].double().tolist()}, expected {expected.coverage[:3].tolist()}. "
                              f"Hint: point k accepts the k most confident samples: coverage = k / {n}, k = 1..{n}.")
-    if not torch.allclose(risk, expected.risk, atol=1e-6):
+    if not _close(risk, expected.risk, atol=1e-6):
         order = torch.argsort(scores, descending=True)
         wrong = (~correct[order]).double()
         k = torch.arange(1, n + 1, dtype=torch.float64)
         ascending = torch.cumsum((~correct[torch.argsort(scores)]).double(), 0) / k
-        if torch.allclose(risk, torch.cumsum(wrong, 0) / n, atol=1e-6):
+        if _close(risk, torch.cumsum(wrong, 0) / n, atol=1e-6):
             hint = ("that is the error count over *all* samples; the selective risk divides by the number of "
                     "*accepted* samples (k)")
-        elif torch.allclose(risk, 1 - torch.cumsum(wrong, 0) / k, atol=1e-6):
+        elif _close(risk, 1 - torch.cumsum(wrong, 0) / k, atol=1e-6):
             hint = "that is the accuracy of the accepted samples; the risk is the fraction that is wrong"
-        elif torch.allclose(risk, ascending, atol=1e-6):
+        elif _close(risk, ascending, atol=1e-6):
             hint = "the least confident samples come first: sort the scores in descending order"
         else:
             hint = "sort by score, most confident first; risk[k-1] = errors among the first k / k"
-        i = int((risk - expected.risk).abs().argmax())
+        i = int((risk.double() - expected.risk).abs().argmax())
         raise AssertionError(f"risk at coverage {float(expected.coverage[i]):.3f}: got {float(risk[i]):.4f}, "
                              f"expected {float(expected.risk[i]):.4f}. Hint: {hint}.")
     print(f"Correct: the risk-coverage curve matches eelib's ({n} points, AURC {expected.aurc:.4f}).")
 
 
+@student_check
 def check_guaranteed_threshold(choose_threshold: Callable) -> None:
     """Check ``choose_threshold(scores, correct, alpha, delta)`` -> threshold against
     :func:`eelib.rejection.guaranteed_threshold` (max probability), on three calibration sets."""
@@ -76,11 +75,14 @@ def check_guaranteed_threshold(choose_threshold: Callable) -> None:
             cases.append((scores, correct, alpha, delta))
     for scores, correct, alpha, delta in cases:
         expected = guaranteed_threshold(scores, correct, alpha=alpha, delta=delta)
-        got = _call("choose_threshold", choose_threshold, scores.clone(), correct.clone(), alpha, delta)
-        assert isinstance(got, (int, float)) or (isinstance(got, torch.Tensor) and got.numel() == 1), (
-            f"return one threshold (a float), got {type(got).__name__}")
-        got = float(got)
-        if got == expected.threshold or (math.isinf(got) and math.isinf(expected.threshold)):
+        got = _tensor("choose_threshold", _call("choose_threshold", choose_threshold, scores.clone(), correct.clone(),
+                                                 alpha, delta), "one threshold (a float)")
+        assert got.numel() == 1, f"return one threshold (a float), got {got.numel()} values"
+        # a threshold returned in a lower precision is compared with the expected ones rounded alike
+        dtype = got.dtype if got.dtype.is_floating_point else torch.float64
+        same = lambda a, b: a == torch.tensor(b, dtype=dtype).item()  # noqa: E731
+        got = float(got.item())
+        if same(got, expected.threshold) or (math.isinf(got) and math.isinf(expected.threshold)):
             continue
         curve = risk_coverage_curve(scores, correct)
         p = binomial_tail(curve.n_errors, curve.n_accepted, alpha)
@@ -88,14 +90,14 @@ def check_guaranteed_threshold(choose_threshold: Callable) -> None:
         naive = curve.thresholds[ok[-1]].item() if len(ok) else math.nan
         anywhere = (p <= delta).nonzero().flatten()
         n_min = math.ceil(math.log(delta) / math.log1p(-alpha))
-        if got == naive:
+        if same(got, naive):
             hint = ("that threshold has an *empirical* risk <= alpha; on new data it is above alpha about half "
                     "the time. Test each candidate: p = binomial_tail(errors, accepted, alpha), certified if "
                     "p <= delta")
-        elif len(anywhere) and got == curve.thresholds[anywhere[-1]].item():
+        elif len(anywhere) and same(got, curve.thresholds[anywhere[-1]].item()):
             hint = ("stop at the first candidate whose p-value is above delta (fixed-sequence testing): going on "
                     "past a failure loses the guarantee")
-        elif any(got == curve.thresholds[j].item() and j > 0 and curve.thresholds[j - 1].item() == expected.threshold
+        elif any(same(got, curve.thresholds[j].item()) and j > 0 and curve.thresholds[j - 1].item() == expected.threshold
                  for j in range(len(curve.thresholds))):
             hint = ("that is the first candidate whose p-value is above delta: return the last one that passed, "
                     "the one before it")
@@ -110,6 +112,7 @@ def check_guaranteed_threshold(choose_threshold: Callable) -> None:
     print(f"Correct: the same thresholds as eelib.guaranteed_threshold on all {len(cases)} calibration sets.")
 
 
+@student_check
 def check_exit_or_reject(exit_or_reject: Callable) -> None:
     """Check ``exit_or_reject(scores, exit_thresholds, reject_thresholds)`` -> ``(exits, rejected)`` for
     max-probability scores ``(E, N)`` against :class:`eelib.rejection.RejectPolicy`'s decisions."""
@@ -122,9 +125,9 @@ def check_exit_or_reject(exit_or_reject: Callable) -> None:
     scores[0, 0], scores[1, 1] = 0.9, 0.3  # scores exactly at a threshold: >= passes
     expected_exits, expected_rej = decide_all(RejectPolicy("max_prob", exit_t, reject_t), scores)
     got = _call("exit_or_reject", exit_or_reject, scores.clone(), exit_t, reject_t)
-    assert isinstance(got, tuple) and len(got) == 2, "return a tuple (exits, rejected)"
-    exits = torch.as_tensor(got[0]).long().flatten()
-    rejected = torch.as_tensor(got[1]).bool().flatten()
+    assert isinstance(got, (tuple, list)) and len(got) == 2, "return a tuple (exits, rejected)"
+    exits = _tensor("exit_or_reject", got[0], "a tensor of exit indices").long().flatten()
+    rejected = _tensor("exit_or_reject", got[1], "a tensor of booleans (rejected)").bool().flatten()
     n = scores.shape[1]
     assert len(exits) == n and len(rejected) == n, f"exits and rejected need one value per sample ({n})"
     if not (torch.equal(exits, expected_exits) and torch.equal(rejected, expected_rej)):

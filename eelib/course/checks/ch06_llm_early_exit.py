@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from eelib.course.checks._common import _call
+from eelib.course.checks._common import _call, _tensor, student_check
 
 
 def _tiny_gpt2(seed: int = 0, n_layer: int = 4):
@@ -24,6 +24,7 @@ def _tiny_gpt2(seed: int = 0, n_layer: int = 4):
     return model, ids
 
 
+@student_check
 def check_layer_predictions(layer_predictions: Callable) -> None:
     """Check ``layer_predictions(model, hidden_states)`` -> ``(n_layers, T)`` top-1 token per layer (logit lens)."""
     model, ids = _tiny_gpt2()
@@ -35,7 +36,7 @@ def check_layer_predictions(layer_predictions: Callable) -> None:
         no_ln = torch.stack([head(h) for h in hs[1:]])[:, 0].argmax(-1)
         shifted = torch.stack([head(tf.ln_f(h)) for h in hs[:-2]] + [head(hs[-1])])[:, 0].argmax(-1)
     got = _call("layer_predictions", layer_predictions, model, hs)
-    got = torch.as_tensor(got)
+    got = _tensor("layer_predictions", got, "a (n_layers, T) tensor of token ids")
     if got.ndim == 3 and got.shape[1] == 1:
         got = got[:, 0]
     n = len(hs) - 1
@@ -58,6 +59,7 @@ def check_layer_predictions(layer_predictions: Callable) -> None:
     print(f"Correct: the logit lens's top-1 token at each of the {n} layers.")
 
 
+@student_check
 def check_oracle_exit(oracle_exit: Callable) -> None:
     """Check ``oracle_exit(predictions, final)`` -> ``(T,)`` earliest exit from which every later exit agrees."""
     from eelib.outputs import ExitOutputs
@@ -69,7 +71,8 @@ def check_oracle_exit(oracle_exit: Callable) -> None:
         preds = torch.where(torch.rand(4, 40) < torch.tensor([[0.4], [0.6], [0.8], [1.0]]), final, torch.randint(0, 6, (4, 40)))
     preds[-1] = final
     expected = oracle_token_exits(ExitOutputs(torch.nn.functional.one_hot(preds, 6).float(), final, tuple("abcd")))
-    got = torch.as_tensor(_call("oracle_exit", oracle_exit, preds.clone(), final.clone())).long().flatten()
+    got = _tensor("oracle_exit", _call("oracle_exit", oracle_exit, preds.clone(), final.clone()),
+                  "a tensor of exit indices, one per token").long().flatten()
     assert got.shape == expected.shape, f"return one exit index per token: shape {tuple(expected.shape)}, got {tuple(got.shape)}"
     if not torch.equal(got, expected):
         first_agree = (preds == final).float().argmax(0)

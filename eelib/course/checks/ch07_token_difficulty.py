@@ -7,9 +7,10 @@ from typing import Callable
 
 import torch
 
-from eelib.course.checks._common import _call
+from eelib.course.checks._common import _call, _tensor, student_check
 
 
+@student_check
 def check_threshold_for_agreement(threshold_for_agreement: Callable) -> None:
     """Check ``threshold_for_agreement(scores, agrees, target)`` against :func:`eelib.lm.exits.threshold_for_agreement`."""
     from eelib.lm.exits import threshold_for_agreement as reference
@@ -21,10 +22,10 @@ def check_threshold_for_agreement(threshold_for_agreement: Callable) -> None:
     scores[:4] = 0.5  # ties: tokens with equal scores leave together
     for target in (0.95, 0.9, 0.8):
         expected = reference(scores, agrees, target)
-        got = _call("threshold_for_agreement", threshold_for_agreement, scores.clone(), agrees.clone(), target)
-        assert isinstance(got, (int, float)) or (isinstance(got, torch.Tensor) and got.numel() == 1), (
-            f"return one number (the threshold), got {type(got).__name__}")
-        got = float(got)
+        got = _tensor("threshold_for_agreement", _call("threshold_for_agreement", threshold_for_agreement,
+                                                       scores.clone(), agrees.clone(), target), "one number (the threshold)")
+        assert got.numel() == 1, f"return one number (the threshold), got {got.numel()} values"
+        got = float(got.item())
         leave = scores >= got
         agreement = (agrees | ~leave).double().mean().item()
         if agreement < target - 1e-9:

@@ -7,9 +7,10 @@ from typing import Callable
 
 import torch
 
-from eelib.course.checks._common import _call
+from eelib.course.checks._common import _call, _tensor, student_check
 
 
+@student_check
 def check_accepted_tokens(accepted_tokens: Callable) -> None:
     """Check ``accepted_tokens(drafts, verified)`` against :func:`eelib.lm.speculative.accepted_tokens`."""
     from eelib.lm.speculative import accepted_tokens as reference
@@ -18,8 +19,9 @@ def check_accepted_tokens(accepted_tokens: Callable) -> None:
              ([5, 7, 9], [1, 7, 9, 4]), ([], [8]), ([3, 3, 3], [3, 3, 1, 3])]
     for drafts, verified in cases:
         expected = reference(drafts, verified)
-        got = _call("accepted_tokens", accepted_tokens, list(drafts), list(verified))
-        got = [int(t) for t in (got.tolist() if isinstance(got, torch.Tensor) else got)]
+        got = _tensor("accepted_tokens", _call("accepted_tokens", accepted_tokens, list(drafts), list(verified)),
+                      "a list of token ids").flatten()
+        got = [int(t) for t in got.tolist()]
         if got == expected:
             continue
         if got == expected[:-1]:
@@ -35,13 +37,16 @@ def check_accepted_tokens(accepted_tokens: Callable) -> None:
     print("Correct: the longest agreeing prefix of the drafts, then the full model's token, in every case.")
 
 
+@student_check
 def check_tokens_per_round(tokens_per_round: Callable) -> None:
     """Check ``tokens_per_round(acceptance, max_draft)`` against :func:`eelib.lm.speculative.expected_tokens_per_round`."""
     from eelib.lm.speculative import expected_tokens_per_round as reference
 
     for a, k in ((0.0, 4), (0.5, 1), (0.5, 4), (0.8, 8), (1.0, 5), (0.3, 16)):
         expected = reference(a, k)
-        got = float(_call("tokens_per_round", tokens_per_round, a, k))
+        got = _tensor("tokens_per_round", _call("tokens_per_round", tokens_per_round, a, k), "one number")
+        assert got.numel() == 1, f"return one number (the expected tokens per round), got {got.numel()} values"
+        got = float(got.item())
         if abs(got - expected) <= 1e-6 * max(1, expected):
             continue
         if abs(got - (expected - 1)) <= 1e-6 * max(1, expected):
