@@ -178,3 +178,17 @@ def test_patience_and_first_exits_keep_their_inputs_device_and_dtype():
     assert first_exits(torch.zeros(3, 5, device="meta"), (0.5, 0.5), MEASURES["max_prob"]).device.type == "meta"
     with pytest.raises(ValueError, match="one per early exit"):
         first_exits(torch.zeros(3, 5), (0.5,), MEASURES["max_prob"])
+
+
+def test_easy_images_spread_over_the_labels():
+    """The easy row shows each label's most confident sample before any label's second (talk's figure 2)."""
+    p = lambda a: [math.log(a), math.log((1 - a) / 2), math.log((1 - a) / 2)]  # noqa: E731 - class 0 with probability a
+    q = lambda a, c: [math.log((1 - a) / 2)] * c + [math.log(a)] + [math.log((1 - a) / 2)] * (2 - c)  # noqa: E731
+    # five samples leave at the first exit: three 0s (the most confident), a 1 and a 2
+    first = [p(0.999), p(0.998), p(0.997), q(0.95, 1), q(0.9, 2)]
+    out = outputs_for([first, first], [0, 0, 0, 1, 2])
+    result = apply_policy(ExitPolicy("max_prob", (0.5,)), out.logits)
+    easy, _ = easy_and_hard(out, result, n=4)
+    assert easy == [0, 3, 4, 1]  # one of each label by confidence, then the second 0
+    by_confidence, _ = easy_and_hard(out, result, n=4, spread_labels=False)
+    assert by_confidence == [0, 1, 2, 3]
