@@ -78,3 +78,18 @@ def test_an_unknown_table_name_is_an_error(tmp_path):
     readme.write_text("<!-- table: nosuch -->\n| x |\n<!-- /table -->\n", encoding="utf-8")
     with pytest.raises(ValueError, match="nosuch"):
         tables.main(["--readme", str(readme)])
+
+
+def test_chapter5_one_split_is_what_the_notebook_computes():
+    """The README's sentence on chapter 5's one split: its figures, computed again with the notebook's calls."""
+    import torch
+
+    import eelib
+
+    spec = importlib.util.spec_from_file_location("course_models", ROOT / "benchmarks" / "course_models.py")
+    course_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(course_models)
+    stored = json.loads((tables.RESULTS / "course_models.json").read_text(encoding="utf-8"))["chapter5"]
+    fresh = course_models.chapter5(eelib.load_data("mnist5k"), torch.device("cpu"))
+    for mode, row in stored["policies"].items():
+        assert fresh["policies"][mode] == pytest.approx(row, abs=1e-6), mode
