@@ -1,4 +1,4 @@
-"""The figures of the shipped course models that the README's chapter 1, 2, 4 and 6 tables show.
+"""The figures of the shipped course models that the README's chapter 1, 2, 4, 5 and 6 tables and text show.
 
 Everything here is computed from the models shipped with eelib (``eelib/models/zoo/`` and the
 course language model), with the same calls as the lecture notebooks, so a fresh clone prints
@@ -15,6 +15,9 @@ the same figures as the README (tested: ``tests/test_readme_results.py``):
 * ``chapter4``: max probability, entropy, margin and patience calibrated on the validation split
   for at most 0.5 pp accuracy drop (one shared threshold), measured on the test split; the oracle
   and the final exit alone (as in notebook 04).
+* ``chapter5``: early exit with a reject option on the notebook's one split (calibrated on the
+  validation split, measured on the test split): combined, exit-only (budget 40% of the FLOPs) and
+  reject-only policies, an error costing 1 and a rejection 0.1 (as in notebook 05).
 * ``chapter6``: each layer's agreement with the full course GPT-2 on 2,000 tokens of the
   calibration half, for the logit lens and the shipped trained heads (as in notebook 06).
 
@@ -106,6 +109,22 @@ def chapter4(data, device) -> dict:
     }
 
 
+def chapter5(data, device) -> dict:
+    ee = zoo.load_trained("ee_resnet20", device=device, progress=False).model
+    loaders = data.loaders(256)
+    val, test = eelib.exit_outputs(ee, loaders.val), eelib.exit_outputs(ee, loaders.test)
+    costs = eelib.exit_costs(ee)
+    cost_model = eelib.CostModel(costs.flops, costs.full_flops, error_cost=1.0, reject_cost=0.1)
+    rows = {}
+    for mode in ("combined", "exit_only", "reject_only"):
+        budget = None if mode == "reject_only" else 0.4 * costs.full_flops
+        cal = eelib.calibrate_reject(val, cost_model, flops_budget=budget, mode=mode)
+        ev = eelib.evaluate_reject_policy(cal.policy, test, cost_model)
+        rows[mode] = {"accuracy": ev.accuracy, "coverage": ev.coverage, "relative_flops": ev.relative_flops,
+                      "cost": ev.cost}
+    return {"policies": rows, "budget_fraction_of_full": 0.4, "error_cost": 1.0, "reject_cost": 0.1}
+
+
 def chapter6() -> dict:
     lm = eelib.load_lm("course")
     text = eelib.heldout_text("calibration")
@@ -128,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     data = eelib.load_data("mnist5k")
     results = {"chapter1": chapter1(data, device), "chapter2": chapter2(data, device),
-               "chapter4": chapter4(data, device), "chapter6": chapter6(),
+               "chapter4": chapter4(data, device), "chapter5": chapter5(data, device), "chapter6": chapter6(),
                "details": {"data": "mnist5k (test split: 1,000 digits)", "device": "cpu", "threads": 1,
                            "machine": f"{platform.machine()}, torch {torch.__version__}"}}
     results["details"]["seconds"] = time.perf_counter() - start

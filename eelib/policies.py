@@ -24,6 +24,7 @@ docstring).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -431,20 +432,28 @@ def calibrate(outputs: ExitOutputs, costs: CostDescription, full_flops: float | 
 
 
 def easy_and_hard(outputs: ExitOutputs, result: PolicyResult, *, n: int = 8,
-                  measure: str = "max_prob") -> tuple[list[int], list[int]]:
+                  measure: str = "max_prob", spread_labels: bool = True) -> tuple[list[int], list[int]]:
     """Indices of the easiest and the hardest samples under a policy's decisions.
 
-    Easiest: samples that left at the first exit, most confident first. Hardest: half (rounded
-    up) are samples still wrong at the exit they took, the least confident first; the rest are
-    samples that were right but needed the final exit, the least confident first (either part
-    fills in for the other when it has too few).
+    Easiest: samples that left at the first exit, most confident first; with ``spread_labels``
+    each label's most confident sample comes first, then each label's second, and so on (a short row
+    shows several classes). Hardest: half (rounded up) are samples still wrong at the exit they took,
+    the least confident first; the rest are samples that were right but needed the final exit, the
+    least confident first (either part fills in for the other when it has too few).
     """
     if n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     scores = confidence(outputs.logits, measure)
     sign = 1 if get_measure(measure).higher_is_confident else -1
     first = (result.exits == 0).nonzero().flatten()
-    easy = first[torch.argsort(-sign * scores[0, first])][:n].tolist()
+    easy = first[torch.argsort(-sign * scores[0, first], stable=True)].tolist()
+    if spread_labels:  # rank of each sample within its label, then confidence
+        labels, seen, rank = outputs.labels.tolist(), Counter(), []
+        for i in easy:
+            rank.append(seen[labels[i]])
+            seen[labels[i]] += 1
+        easy = [i for _, _, i in sorted(zip(rank, range(len(easy)), easy))]
+    easy = easy[:n]
     taken = scores.gather(0, result.exits[None]).squeeze(0)  # each sample's score at the exit it took
     wrong = (result.predictions != outputs.labels).nonzero().flatten()
     wrong = wrong[torch.argsort(sign * taken[wrong])].tolist()

@@ -196,3 +196,17 @@ def test_an_accuracy_drop_target_is_met_exactly_at_its_floor():
     assert strict.val.accuracy == 0.975 and strict.val.avg_flops == 2  # never exits
     at_floor = calibrate(out, [1, 2], 2, max_accuracy_drop=0.005)
     assert at_floor.val.accuracy == 0.970 and at_floor.val.avg_flops == 1  # every sample leaves at the first exit
+
+
+def test_easy_images_spread_over_the_labels():
+    """The easy row shows each label's most confident sample before any label's second (talk's figure 2)."""
+    p = lambda a: [math.log(a), math.log((1 - a) / 2), math.log((1 - a) / 2)]  # noqa: E731 - class 0 with probability a
+    q = lambda a, c: [math.log((1 - a) / 2)] * c + [math.log(a)] + [math.log((1 - a) / 2)] * (2 - c)  # noqa: E731
+    # five samples leave at the first exit: three 0s (the most confident), a 1 and a 2
+    first = [p(0.999), p(0.998), p(0.997), q(0.95, 1), q(0.9, 2)]
+    out = outputs_for([first, first], [0, 0, 0, 1, 2])
+    result = apply_policy(ExitPolicy("max_prob", (0.5,)), out.logits)
+    easy, _ = easy_and_hard(out, result, n=4)
+    assert easy == [0, 3, 4, 1]  # one of each label by confidence, then the second 0
+    by_confidence, _ = easy_and_hard(out, result, n=4, spread_labels=False)
+    assert by_confidence == [0, 1, 2, 3]

@@ -1,6 +1,8 @@
 """Chapters 6-7 around the model: token kinds and coloured text, the LM figures, the prompt widget's
 function, and the exercise checks (they accept the reference and explain the usual mistakes)."""
 
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -57,10 +59,19 @@ def test_token_html():
                       measure="max_prob")
     assert 'title="prompt"' in html and "layer 2 of 8 | max_prob 0.900" in html and "layer 8 of 8" in html
     assert "&lt;b&gt;" in html and "<b>" not in html  # token text is escaped
-    assert "&#8629;<br>" in html  # a newline is shown and breaks the line
+    assert "&#8629;<sub" in html and "</span><br>" in html  # a newline is shown and breaks the line
     assert html.count("background:") == 3 + 3  # three coloured tokens and a legend of three layers
     assert html.count("<sub") == 3  # each predicted token labelled with its layer, readable without colour
     assert "<sub" not in token_html(["a"], [2], 8, labels=False)
+
+
+def test_a_line_break_comes_after_the_layer_label():
+    """A newline token's label stays on its line: "↵₂" then the break, never "₂Not" on the next line."""
+    html = token_html(["me", ",\n", "\n\n", "Not"], [None, 2, 4, 8], 8)
+    assert '&#8629;<sub style="font-size:60%">2</sub></span><br>' in html
+    assert '&#8629;&#8629;<sub style="font-size:60%">4</sub></span><br><br><span' in html
+    assert html.count("<br>") == 3 and not re.search(r"<br>[^<]*<sub", html)  # no label opens a line
+    assert '\n</span>' not in html and '&#8629;</span><br>' in token_html(["\n"], [None], 8)  # the prompt's too
 
 
 def test_layer_colours_are_ordered_by_lightness_and_text_contrasts():

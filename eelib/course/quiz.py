@@ -9,6 +9,10 @@ In a notebook::
 
 ``q.widget()`` shows the same question as buttons (ipywidgets). Every question says why the
 right choice is right, and why each wrong choice is tempting, so a wrong answer teaches too.
+
+A reason that states a measured fact ("the chapter counts it: ...") is asserted against the
+measurement, as the lectures' prose is: ``measured_in`` names the lecture whose code asserts it, in an
+``assert`` whose message names the question (``quiz 07(b)``); ``tests/test_quiz.py`` checks that it does.
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Question:
-    """One multiple-choice question: ``choices`` ``{letter: text}``, the ``right`` letter, and a
-    reason per choice (``why[letter]``) shown once that choice is picked."""
+    """One multiple-choice question: ``choices`` ``{letter: text}``, the ``right`` letter, a reason
+    per choice (``why[letter]``) shown once that choice is picked, and ``measured_in``: the lecture
+    (its chapter number) that asserts the measured facts the reasons state, or ``""`` if they state none."""
 
     text: str
     choices: dict[str, str]
     right: str
     why: dict[str, str]
+    measured_in: str = ""
 
     def __post_init__(self) -> None:
         if self.right not in self.choices:
@@ -77,7 +83,8 @@ QUIZZES: dict[str, list[Question]] = {
                  "a", {"a": "A deeper network could copy the shallow one and add identity layers, so its training "
                        "loss should be no higher: the optimiser fails to find that solution (degradation).",
                        "b": "It has about three times as many (the chapter prints both).",
-                       "c": "A small data set makes overfitting easier, which would lower the training loss."}),
+                       "c": "A small data set makes overfitting easier, which would lower the training loss."},
+                 measured_in="01"),
         Question("What does a skip connection add to a block's output?",
                  {"a": "the block's input", "b": "the previous block's gradient", "c": "a learned bias"},
                  "a", {"a": "out = F(x) + x: the block learns a residual, and the gradient has a path around F.",
@@ -92,13 +99,15 @@ QUIZZES: dict[str, list[Question]] = {
                  "a", {"a": "The backbone does not change, so the final exit's predictions are the original ones.",
                        "b": "Joint training shapes the backbone's features for the early heads too: early exits "
                             "usually gain.",
-                       "c": "Frozen means no gradient step on the backbone at all."}),
+                       "c": "Frozen means no gradient step on the backbone at all."},
+                 measured_in="02"),
         Question("Why can an early exit be more accurate than the final one on some inputs?",
                  {"a": "overthinking: later layers can change a right answer into a wrong one",
                   "b": "the early exit sees more pixels", "c": "it cannot"},
                  "a", {"a": "Chapter 4 measures it: some inputs are right at an early exit and wrong at the end.",
                        "b": "Every exit sees the same image; an early one has seen fewer layers of processing.",
-                       "c": "It can and does, for a few inputs (overthinking)."}),
+                       "c": "It can and does, for a few inputs (overthinking)."},
+                 measured_in="04"),
     ],
     "03": [
         Question("An input leaves at the third exit. Which FLOPs did it cost?",
@@ -153,7 +162,8 @@ QUIZZES: dict[str, list[Question]] = {
                   "b": "heads run attention", "c": "heads use more context"},
                  "a", {"a": "The chapter counts it: one head costs about two layers of this small model.",
                        "b": "A head has no attention; it is a normalisation and a projection.",
-                       "c": "A head reads one hidden state per token."}),
+                       "c": "A head reads one hidden state per token."},
+                 measured_in="06"),
     ],
     "07": [
         Question("With a lazily filled key/value cache, why may a token's skipped layers still be computed?",
@@ -163,10 +173,15 @@ QUIZZES: dict[str, list[Question]] = {
                        "b": "Copying (CALM) is the other choice, which never runs them.",
                        "c": "The threshold decides where a token leaves, not whether its debt is paid."}),
         Question("Which kind of token tends to leave earliest?",
-                 {"a": "newlines and punctuation", "b": "names", "c": "rare words"},
-                 "a", {"a": "They are the most predictable: the chapter's table by kind shows the lowest layers.",
-                       "b": "Names are hard to predict from little context.",
-                       "c": "Rare words need the most processing."}),
+                 {"a": "newlines and punctuation", "b": "names in capitals", "c": "the start of a new word"},
+                 "a", {"a": "They are the most predictable: in the chapter's table by kind they leave at the lowest "
+                            "mean layers.",
+                       "b": "Not in the chapter's measurement: names in capitals (mostly speakers' names after a "
+                            "blank line) leave at about the mean layer of frequent words and word continuations, "
+                            "later than newlines and punctuation.",
+                       "c": "The start of a new word leaves latest of all kinds: which word comes next is the "
+                            "real question."},
+                 measured_in="07"),
     ],
     "08": [
         Question("Why does self-speculative decoding give exactly the full model's greedy tokens?",

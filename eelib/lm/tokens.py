@@ -153,9 +153,11 @@ def token_html(tokens: Sequence[str], layers: Sequence[int | None], n_layers: in
     colours = layer_colours(n_layers)
     spans = []
     for i, (tok, layer) in enumerate(zip(tokens, layers)):
-        text = html.escape(tok).replace("\n", "&#8629;<br>")
+        body = tok.rstrip("\n")  # a token's trailing line breaks go after its label, so "↵₂" ends the line
+        breaks = len(tok) - len(body)
+        text = html.escape(body).replace("\n", "&#8629;<br>") + "&#8629;" * breaks
         if layer is None:
-            spans.append(f'<span title="prompt" style="color:#555">{text}</span>')
+            spans.append(f'<span title="prompt" style="color:#555">{text}</span>' + "<br>" * breaks)
             continue
         tip = f"layer {int(layer)} of {n_layers}"
         if confidences is not None:
@@ -163,7 +165,7 @@ def token_html(tokens: Sequence[str], layers: Sequence[int | None], n_layers: in
         colour = colours[int(layer) - 1]
         label = f'<sub style="font-size:60%">{int(layer)}</sub>' if labels else ""
         spans.append(f'<span title="{html.escape(tip)}" style="background:{colour};color:{text_colour(colour)};'
-                     f'border-radius:3px">{text}{label}</span>')
+                     f'border-radius:3px">{text}{label}</span>' + "<br>" * breaks)
     shown = sorted({int(l) for l in layers if l is not None}) if legend is None else list(legend)
     keys = " ".join(f'<span style="background:{colours[l - 1]};color:{text_colour(colours[l - 1])};padding:0 6px;'
                     f'border-radius:3px">layer {l}</span>' for l in shown)

@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from eelib.course.plots._style import PALETTE, PURPLE, VERMILLION, _styled
+from eelib.course.plots._style import PALETTE, PURPLE, VERMILLION, WRONG, _styled
 
 if TYPE_CHECKING:
     import torch
@@ -161,11 +161,12 @@ def plot_easy_and_hard(data: "DataSplits", easy: Sequence[int], hard: Sequence[i
             k = int(exits[i])
             pred = int(preds[k, i])
             ax.imshow(data.to_image(x), cmap="gray")
-            ax.set_title(f"{data.class_names[int(y)]}→{data.class_names[pred]}\nexit {k}", fontsize=9,
-                         color="black" if pred == int(y) else VERMILLION)
+            right = pred == int(y)  # a wrong answer: in orange (vermillion) and marked in words too
+            ax.set_title(f"{data.class_names[int(y)]}→{data.class_names[pred]}{'' if right else ' wrong'}\nexit {k}",
+                         fontsize=9, color="black" if right else WRONG)
         axes[row][0].text(-0.3, 0.5, label, transform=axes[row][0].transAxes, rotation=90, va="center",
                           ha="right", fontsize=12)
-    fig.suptitle(f"{title}\n(top: left at the first exit, most confident; bottom: wrong, or needed the "
-                 "final exit; title: label→prediction, red = wrong)", fontsize=10)
+    fig.suptitle(f"{title}\n(top: left at the first exit, the most confident of their class; bottom: wrong, or "
+                 "needed the final exit; label→prediction, wrong answers in orange)", fontsize=10)
     fig.tight_layout()
     return fig

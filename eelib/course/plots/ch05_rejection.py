@@ -19,12 +19,14 @@ if TYPE_CHECKING:
 @_styled
 def plot_risk_coverage(curves: Mapping[str, "RiskCoverage"], *, oracle: "RiskCoverage | None" = None,
                        alpha: float | None = None, chosen: tuple[float, float] | None = None,
-                       min_coverage: float = 0.0, title: str = "Risk–coverage") -> Figure:
+                       min_coverage: float = 0.0, oracle_of: str = "final exit", title: str = "Risk–coverage") -> Figure:
     """Selective risk (%) against coverage (%), one step curve per score (AURC in the legend).
 
     Args:
         curves: ``{label: RiskCoverage}``, e.g. one per exit (:func:`eelib.rejection.risk_coverage_curve`).
         oracle: the oracle's curve (:func:`eelib.rejection.oracle_risk_coverage`), drawn dashed.
+        oracle_of: whose answers the oracle ranks (named in the legend): an oracle is the lowest curve
+            for *those* answers; another exit with fewer errors has a lower oracle of its own.
         alpha: a target risk, drawn as a horizontal line.
         chosen: ``(coverage, risk)`` of a chosen threshold (fractions), marked with a circle.
         min_coverage: the left end of the x axis (a fraction), to zoom on high coverage.
@@ -39,7 +41,7 @@ def plot_risk_coverage(curves: Mapping[str, "RiskCoverage"], *, oracle: "RiskCov
                 label=f"{label} (AURC {100 * c.aurc:.2f}%)")
     if oracle is not None:
         ax.step(100 * oracle.coverage.numpy(), 100 * oracle.risk.numpy(), where="post", color="black", linestyle="--",
-                label=f"oracle: reject the errors first (AURC {100 * oracle.aurc:.2f}%)")
+                label=f"oracle of the {oracle_of}: its errors rejected first (AURC {100 * oracle.aurc:.2f}%)")
     if alpha is not None:
         ax.axhline(100 * alpha, color=VERMILLION, linestyle=":", label=f"target risk α = {100 * alpha:.3g}%")
     if chosen is not None:
