@@ -24,12 +24,13 @@ def test_exact_on_the_course_models(shipped):
     log_v = math.log(shipped.model.config.vocab_size)
     for p in calibration_prompts(shipped, 3, "test"):
         want = _hf(shipped, p, 48)
-        for settings in (dict(), dict(thresholds=[log_v] * 3, max_draft=64, draft_vocab=None),  # every token drafts
-                         dict(thresholds=[0.0] * 3), dict(thresholds=[0.5, 1.5, 3.0]),
+        for settings in (dict(), dict(measure="entropy", thresholds=[log_v] * 3, max_draft=64, draft_vocab=None),
+                         dict(measure="entropy", thresholds=[0.0] * 3),  # every token drafts / none does
+                         dict(measure="entropy", thresholds=[0.5, 1.5, 3.0]),
                          dict(measure="max_prob", thresholds=[0.0, 0.0, 0.0], max_draft=3),
                          dict(measure="max_prob", thresholds=[1.0, 1.0, 1.0]),
                          dict(measure="max_prob", thresholds=[0.9, 0.6, 0.3], draft_vocab=256),
-                         dict(exit_layers=[2], thresholds=[2.0])):
+                         dict(exit_layers=[2], measure="entropy", thresholds=[2.0])):
             g = dynamic_speculative_generate(ee, p, max_new_tokens=48, **settings)
             assert g.tokens == want, settings
             assert sum(r.tokens for r in g.rounds) == 48
@@ -48,7 +49,7 @@ def test_exact_on_tiny_random_gpt2(seed, inverse, tmp_path):
     log_v = math.log(tiny.model.config.vocab_size)
     for thresholds in ([0.0] * 3, [log_v] * 3, [0.5 * log_v, 0.8 * log_v, log_v], [log_v, 0.0, 0.9 * log_v]):
         for max_draft in (1, 3, 50):
-            g = dynamic_speculative_generate(ee, prompt, max_new_tokens=20, thresholds=thresholds,
+            g = dynamic_speculative_generate(ee, prompt, max_new_tokens=20, measure="entropy", thresholds=thresholds,
                                              max_draft=max_draft, draft_vocab=None)
             assert g.tokens == want, (thresholds, max_draft)
             assert all(r.drafted <= max_draft and r.tokens == r.accepted + 1 for r in g.rounds)
@@ -60,8 +61,8 @@ def test_exact_at_the_end_of_the_context(tmp_path):
     prompt = lmlib.encode(tiny, " ".join(["the king and the queen"] * 20))[: tiny.context_length - 3]
     room = tiny.context_length - len(prompt) + 1
     for t in (0.0, math.log(tiny.model.config.vocab_size)):
-        g = dynamic_speculative_generate(ee, prompt, max_new_tokens=100, thresholds=[t, t], max_draft=8,
-                                         draft_vocab=None)
+        g = dynamic_speculative_generate(ee, prompt, max_new_tokens=100, measure="entropy", thresholds=[t, t],
+                                         max_draft=8, draft_vocab=None)
         assert g.tokens == _hf(tiny, prompt, room) and len(g.tokens) == room
 
 
@@ -70,8 +71,8 @@ def test_each_token_leaves_at_its_first_confident_exit(shipped):
     ee = course_exits(shipped, (1, 2, 4))
     p = calibration_prompts(shipped, 1, "test")[0]
     log_v = math.log(shipped.model.config.vocab_size)
-    g = dynamic_speculative_generate(ee, p, max_new_tokens=40, thresholds=[log_v, 0.0, 0.0], max_draft=4,
-                                     draft_vocab=None)
+    g = dynamic_speculative_generate(ee, p, max_new_tokens=40, measure="entropy", thresholds=[log_v, 0.0, 0.0],
+                                     max_draft=4, draft_vocab=None)
     assert all(set(r.draft_exits) <= {0} for r in g.rounds) and g.drafted > 0
     ops = dict(((op, size), n) for op, size, n in g.ops)
     positions = ops["step", 1]
@@ -79,7 +80,8 @@ def test_each_token_leaves_at_its_first_confident_exit(shipped):
     assert ops["draft:entropy", shipped.model.config.vocab_size] == g.drafted
     assert positions == g.drafted + len(g.rounds)
     # nothing drafts below its exit: thresholds 0 (entropy is never below 0 for a real distribution) draft nothing
-    none = dynamic_speculative_generate(ee, p, max_new_tokens=40, thresholds=[0.0, 0.0, 0.0], draft_vocab=None)
+    none = dynamic_speculative_generate(ee, p, max_new_tokens=40, measure="entropy", thresholds=[0.0, 0.0, 0.0],
+                                        draft_vocab=None)
     assert none.drafted == 0 and none.tokens == g.tokens and none.tokens_per_round == 1
 
 
@@ -97,8 +99,8 @@ def test_the_drafts_skipped_layers_run_with_the_verification(shipped, monkeypatc
 
     monkeypatch.setattr(Decoder, "block", spy)
     p = calibration_prompts(shipped, 1, "test")[0]
-    g = dynamic_speculative_generate(ee, p, max_new_tokens=30, thresholds=[2.0, 3.0, 4.0], max_draft=5,
-                                     draft_vocab=None)
+    g = dynamic_speculative_generate(ee, p, max_new_tokens=30, measure="entropy", thresholds=[2.0, 3.0, 4.0],
+                                     max_draft=5, draft_vocab=None)
     start = len(p) - 1
     seen = [(l, q) for l, q in seen if q >= start]  # the decoding loop, after the prefill
     pos, i = start, 0
@@ -124,8 +126,8 @@ def test_fixed_exit_is_the_same_core(shipped):
 def test_acceptance_is_the_rate_of_judged_drafts(shipped):
     ee = course_exits(shipped, (1, 2, 4))
     p = calibration_prompts(shipped, 2, "test")[1]
-    g = dynamic_speculative_generate(ee, p, max_new_tokens=64, thresholds=[2.5, 3.0, 3.5], max_draft=6,
-                                     draft_vocab=None)
+    g = dynamic_speculative_generate(ee, p, max_new_tokens=64, measure="entropy", thresholds=[2.5, 3.0, 3.5],
+                                     max_draft=6, draft_vocab=None)
     judged = sum(min(r.accepted + 1, r.drafted) for r in g.rounds)  # every draft up to the first rejected one
     assert g.drafted > judged > 0  # some rounds had drafts after a rejection: never judged
     assert g.acceptance == pytest.approx(g.accepted / judged)
@@ -137,7 +139,8 @@ def test_bad_input(shipped):
     cases = [
         (dict(exit_layers=[2, 1], thresholds=[1, 1]), "exit_layers"), (dict(exit_layers=[3]), "exit_layers"),
         (dict(exit_layers=[]), "exit_layers"), (dict(thresholds=[1.0, 1.0]), "thresholds"),
-        (dict(thresholds=[1.0, 1.0, -0.5]), "thresholds"), (dict(thresholds=[1.0, 1.0, 99.0]), "thresholds"),
+        (dict(measure="entropy", thresholds=[1.0, 1.0, -0.5]), "thresholds"),
+        (dict(measure="entropy", thresholds=[1.0, 1.0, 99.0]), "thresholds"),
         (dict(measure="max_prob", thresholds=[0.5, 0.5, 1.5]), "thresholds"), (dict(measure="margin"), "measure"),
         (dict(max_draft=0), "max_draft"), (dict(max_new_tokens=0), "max_new_tokens"),
         (dict(draft_vocab=[1.9, 2.9]), "draft_vocab"), (dict(thresholds=["low"] * 3), "thresholds"),

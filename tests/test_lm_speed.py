@@ -37,7 +37,8 @@ def test_the_speculative_trace_counts_every_row(tmp_path):
     ee = EarlyExitLM(tiny, [1, 3])
     prompt = lmlib.encode(tiny, "the king and the queen")
     for g in (self_speculative_generate(ee, prompt, max_new_tokens=15, threshold=0.0, max_draft=3, draft_vocab=None),
-              dynamic_speculative_generate(ee, prompt, max_new_tokens=15, thresholds=[3.0, 5.0], draft_vocab=None)):
+              dynamic_speculative_generate(ee, prompt, max_new_tokens=15, measure="entropy", thresholds=[3.0, 5.0],
+                                           draft_vocab=None)):
         ops = _ops(g)
         rows = sum(size * n for (op, size), n in ops.items() if op == "block") - (len(prompt) - 1) * tiny.n_layers
         assert rows == sum(r.layers for r in g.rounds) == tiny.n_layers * sum(r.drafted + 1 for r in g.rounds)
@@ -100,7 +101,8 @@ def test_every_operation_of_every_loop_has_a_price(tmp_path):
             early_exit_generate(ee, prompt, ExitPolicy("max_prob", (0.01, 0.01)), max_new_tokens=6, kv="copy"),
             early_exit_generate(ee, prompt, ExitPolicy("entropy", (9.0, 9.0)), max_new_tokens=6),
             self_speculative_generate(ee, prompt, max_new_tokens=6, threshold=0.0, draft_vocab=64),
-            dynamic_speculative_generate(ee, prompt, max_new_tokens=6, thresholds=[9.0, 9.0], draft_vocab=None)]
+            dynamic_speculative_generate(ee, prompt, max_new_tokens=6, measure="entropy", thresholds=[5.0, 5.0],
+                                         draft_vocab=None)]
     for g in runs:
         assert math.isfinite(model.seconds(g))
     assert prims.threads == torch.get_num_threads()
