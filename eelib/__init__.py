@@ -16,7 +16,8 @@ The package is laid out as the course's two halves around one decision layer:
 * :mod:`eelib.course`, what only the notebooks use: ``plots``, ``widgets``, ``checks`` (exercise
   checks), ``quiz``, ``slides``, ``grading`` and the command line (``python -m eelib.course``);
   the library never imports it;
-* ``eelib._util``: device and seeding, timing, FLOP counting, ``eval_mode``, the cache.
+* ``eelib._util``: device and seeding, timing and the machine's load (threads), FLOP counting, ``eval_mode``,
+  the cache.
 
 One vocabulary, followed by every room:
 
@@ -50,7 +51,8 @@ _EXPORTS = {  # module -> the public names it gives to `eelib`
     "eelib._util.device": ("get_device", "reproducible_training", "seed_everything"),
     "eelib._util.eval_mode": ("eval_mode",),
     "eelib._util.flops": ("count_flops",),
-    "eelib._util.timing": ("synchronize", "timed"),
+    "eelib._util.timing": ("OrderCheck", "Timings", "measure", "synchronize", "timed", "watch_load"),
+    "eelib._util.load": ("MachineLoad", "ThreadChoice", "choose_threads", "machine_load"),
     "eelib.policies": ("Calibration", "ExitPolicy", "MEASURES", "PolicyEval", "PolicyResult", "apply_policy",
         "calibrate", "confidence", "evaluate_oracle", "evaluate_policy", "oracle_exits", "static_exit",
         "tradeoff_curve"),
