@@ -68,7 +68,7 @@ _EXPORTS = {  # module -> the public names it gives to `eelib`
     "eelib.outputs": ("ExitOutputs",),
     "eelib.vision.exits": ("EarlyExitNet", "ExitConfig", "ExitHead", "exit_outputs",
         "torchvision_early_exit"),
-    "eelib.vision.cost": ("ExitCosts", "energy_estimate", "exit_costs", "latency_per_exit"),
+    "eelib.vision.cost": ("ExitCosts", "energy_estimate", "exit_costs", "exit_timings", "latency_per_exit"),
     "eelib.vision.dynamic": ("DynamicResult", "Speedup", "dynamic_inference", "measure_speedup"),
     "eelib.lm.model": ("COURSE_EE_MODEL", "COURSE_MODEL", "LMEval", "LanguageModel", "evaluate_text", "load_lm",
         "token_losses"),

@@ -239,8 +239,9 @@ class Timings(Generic[K]):
 
     def __str__(self) -> str:
         worst = max(self.spread(k) for k in self.runs)
-        text = (f"{len(self.runs)} calls timed in {self.rounds} interleaved rounds ({self.seconds:.1f} s), spread at "
-                f"most {100 * worst:.1f}% | machine: {self.load}")
+        text = (f"{len(self.runs)} calls timed in {self.rounds} interleaved rounds ({self.seconds:.1f} s); spread "
+                f"(median over fastest run) at most {100 * worst:.1f}%, settled under {100 * self.tolerance:.0f}%: "
+                f"{'yes' if self.settled else 'no'} | machine: {self.load}")
         return text + (f"\n{self.warning}" if self.warning else "")
 
 
