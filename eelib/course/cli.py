@@ -3,8 +3,9 @@
 ``python -m eelib.course exercises`` writes ``exercises/`` from ``solutions/``, the single
 source: in every code cell, each block between ``### BEGIN SOLUTION`` and ``### END SOLUTION``
 (nbgrader's markers) becomes nbgrader's stub ``# YOUR CODE HERE`` / ``raise NotImplementedError()``
-at the same indentation, and outputs, nbgrader's cell metadata and the reference answers are
-dropped. Cells tagged ``check`` (the assertions after an
+at the same indentation, each reference answer to a discussion question becomes nbgrader's
+``YOUR ANSWER HERE`` (the cell where the student answers), and outputs and nbgrader's cell
+metadata are dropped: the same notebook as nbgrader's release. Cells tagged ``check`` (the assertions after an
 exercise) and exercise cells whose stub raises at the top level get the tag
 ``raises-exception``: nbval then expects their errors, and JupyterLab's "Run All" carries on
 past them, so a blank exercise notebook still runs top to bottom. ``--check`` only compares and exits 1
@@ -44,7 +45,7 @@ from pathlib import Path
 import nbformat
 
 from eelib._util.cache import atomic_path
-from eelib.course.grading import BEGIN_MARK_SCHEME, CODE_STUB
+from eelib.course.grading import BEGIN_MARK_SCHEME, CODE_STUB, TEXT_STUB
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 CHECK_TAG, RAISES_TAG = "check", "raises-exception"
@@ -81,7 +82,7 @@ def blank_solution(source: str) -> tuple[str, bool]:
     return "\n".join(out), top_level
 
 
-REFERENCE = "**Reference answer.**"  # a markdown cell of a solution starting so is left out of its exercise
+REFERENCE = "**Reference answer.**"  # a markdown cell of a solution starting so: the student's answer cell
 
 
 def is_reference_answer(cell: nbformat.NotebookNode) -> bool:
@@ -95,8 +96,11 @@ def is_reference_answer(cell: nbformat.NotebookNode) -> bool:
 def make_exercise(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     """The exercise notebook generated from a solution notebook (``name`` is its file name)."""
     nb = copy.deepcopy(solution)
-    # the solutions' reference answers to the discussion questions stay out of the exercises
-    nb.cells = [c for c in nb.cells if not is_reference_answer(c)]
+    # the solutions' reference answers to the discussion questions stay out of the exercises: the
+    # student answers in their place (nbgrader's release of a manually graded answer cell)
+    for cell in nb.cells:
+        if is_reference_answer(cell):
+            cell.source = TEXT_STUB
     n_exercises, expecting_check = 0, False
     for cell in nb.cells:
         tags = list(cell.get("metadata", {}).get("tags", []))
