@@ -12,7 +12,8 @@ The package is laid out as the course's two halves around one decision layer:
 * :mod:`eelib.lm`, the language half (chapters 6-8): ``model`` (load, encode, score), ``train``
   (the course model's training, model card and command line), ``exits`` (logit lens, trained exit
   heads), ``generate`` (early-exit generation with a correct key/value cache), ``speculative``
-  (self-speculative decoding), ``confidence`` (CALM's cheap decisions), ``tokens`` (token difficulty);
+  (self-speculative decoding), ``energy`` (energy per generated token), ``confidence`` (CALM's cheap
+  decisions), ``tokens`` (token difficulty);
 * :mod:`eelib.course`, what only the notebooks use: ``plots``, ``widgets``, ``checks`` (exercise
   checks), ``quiz``, ``slides``, ``grading`` and the command line (``python -m eelib.course``);
   the library never imports it;
@@ -78,6 +79,7 @@ _EXPORTS = {  # module -> the public names it gives to `eelib`
     "eelib.lm.generate": ("Decoder", "ForcedEval", "Generation", "GenerationSpeed", "Round", "TokenCosts",
         "early_exit_generate", "measure_generation_speed", "teacher_forced_eval", "token_exit_costs"),
     "eelib.lm.speculative": ("SpeculativeSettings", "self_speculative_generate"),
+    "eelib.lm.energy": ("ENERGY_LOOPS", "TokenEnergy", "generation_energy"),
     "eelib.lm.confidence": ("StateGate", "calibrate_gate", "train_exit_classifiers"),
     "eelib.lm.tokens": ("difficulty_by_kind", "token_html", "token_kinds", "token_strings"),
 }
