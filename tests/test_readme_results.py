@@ -78,3 +78,17 @@ def test_an_unknown_table_name_is_an_error(tmp_path):
     readme.write_text("<!-- table: nosuch -->\n| x |\n<!-- /table -->\n", encoding="utf-8")
     with pytest.raises(ValueError, match="nosuch"):
         tables.main(["--readme", str(readme)])
+
+
+def test_the_run_time_table_shows_the_busy_machines_times_beside_the_idle_ones(tmp_path, monkeypatch):
+    """``run_times.py --busy 1`` writes run_times_busy.json: its lecture times get their own column."""
+    rows = [{"what": "`notebooks/03_cost_per_head.ipynb`", "seconds": 11.2},
+            {"what": "`solutions/03_cost_per_head.ipynb`", "seconds": 3.0}]
+    (tmp_path / "run_times.json").write_text(json.dumps({"rows": rows}))
+    monkeypatch.setattr(tables, "RESULTS", tmp_path)
+    assert "busy" not in tables.run_times()
+    busy = {"rows": [{"what": "`notebooks/03_cost_per_head.ipynb`", "seconds": 18.4}], "busy_processes": 1}
+    (tmp_path / "run_times_busy.json").write_text(json.dumps(busy))
+    text = tables.run_times()
+    assert "| chapter | lecture (`notebooks/`) | lecture, 1 other busy process(es) | solution |" in text
+    assert "| `03_cost_per_head` | 11 s | 18 s | 3 s | — |" in text
