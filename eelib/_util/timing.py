@@ -93,9 +93,8 @@ def load_warning(load: MachineLoad) -> str:
     if not load.loaded:
         return ""
     return (f"WARNING: other programs kept {load.busy:.2f} of {load.cpus} CPUs busy while timing: the times are "
-            "slower and noisier than on an idle machine, and the ratios between them can be far off (later exits "
-            "may even look slower than the whole network). Close what you can (a video call, browser tabs) and "
-            "run the cell again.")
+            "slower and noisier than on an idle machine, the ratios between them can be far off, and an order can "
+            "even come out reversed. Close what you can (a video call, browser tabs) and run the cell again.")
 
 
 class LoadWatch:
