@@ -4,7 +4,8 @@
 training, model card and ``python -m eelib.lm train|eval``) -> ``exits`` (logit lens, trained exit
 heads) -> ``tokens`` (token difficulty, coloured text) -> ``generate`` (early-exit generation with a
 correct key/value cache, per-token costs) -> ``confidence`` (CALM's cheap decisions from the hidden
-state) -> ``speculative`` (self-speculative decoding: an early exit drafts, the full model verifies).
+state) -> ``speculative`` (self-speculative decoding: an early exit drafts, the full model verifies);
+``energy``: the energy per generated token of each loop.
 The exit decision and its calibration are :mod:`eelib.policies`, shared with the image half.
 """
 
@@ -12,7 +13,8 @@ import importlib
 
 from eelib._util import lazy_submodules
 
-_submodule = lazy_submodules(__name__, ("confidence", "exits", "generate", "model", "speculative", "tokens", "train"))
+_submodule = lazy_submodules(__name__, ("confidence", "energy", "exits", "generate", "model", "speculative", "tokens",
+                                          "train"))
 
 
 def __getattr__(name: str):
