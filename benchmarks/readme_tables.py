@@ -241,7 +241,14 @@ def run_times() -> str:
     chapters = sorted({Path(w).stem for w in seconds if w.endswith(".ipynb")})
     rows = [[f"`{ch}`", *(f"{seconds[f'{folder}/{ch}.ipynb']:.0f} s" if f"{folder}/{ch}.ipynb" in seconds else "—"
                           for folder in ("notebooks", "solutions", "exercises"))] for ch in chapters]
-    table_text = table(["chapter", "lecture (`notebooks/`)", "solution", "exercise (blank: checks fail)"], rows)
+    header = ["chapter", "lecture (`notebooks/`)", "solution", "exercise (blank: checks fail)"]
+    if (RESULTS / "run_times_busy.json").is_file():  # `run_times.py --busy N`: the lectures on a busy machine
+        b = _load(RESULTS / "run_times_busy.json")
+        busy = {(notebook.match(row["what"]) or [None, row["what"]])[1]: row["seconds"] for row in b["rows"]}
+        header.insert(2, f"lecture, {b['busy_processes']} other busy process(es)")
+        for row, ch in zip(rows, chapters):
+            row.insert(2, f"{busy[f'notebooks/{ch}.ipynb']:.0f} s" if f"notebooks/{ch}.ipynb" in busy else "—")
+    table_text = table(header, rows)
     others = [[w, f"{t:,.0f} s"] for w, t in seconds.items() if not w.endswith(".ipynb")]
     return table_text + "\n" + table(["what", "time"], others)
 

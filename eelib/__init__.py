@@ -14,12 +14,13 @@ The package is laid out as the course's two halves around one decision layer:
   heads), ``distill`` (heads trained on the model's own text), ``decoder`` (GPT-2's blocks by hand, what a
   loop returns), ``generate`` (early-exit generation with a correct key/value cache), ``speculative``
   (self-speculative decoding, fixed exit and DSSD), ``draft_tuning`` (their settings), ``speed`` (timing
-  and the speed model), ``projection`` (to real LLMs), ``confidence`` (CALM's cheap decisions), ``tokens``
-  (token difficulty);
+  and the speed model), ``projection`` (to real LLMs), ``confidence`` (CALM's cheap decisions), ``energy`` (energy per generated
+  token), ``tokens`` (token difficulty);
 * :mod:`eelib.course`, what only the notebooks use: ``plots``, ``widgets``, ``checks`` (exercise
   checks), ``quiz``, ``slides``, ``exercises``, ``grading`` and the command line (``python -m eelib.course``);
   the library never imports it;
-* ``eelib._util``: device and seeding, timing, FLOP counting, ``eval_mode``, the cache.
+* ``eelib._util``: device and seeding, timing and the machine's load (threads), FLOP counting, ``eval_mode``,
+  the cache.
 
 One vocabulary, followed by every room:
 
@@ -53,7 +54,8 @@ _EXPORTS = {  # module -> the public names it gives to `eelib`
     "eelib._util.device": ("get_device", "reproducible_training", "seed_everything"),
     "eelib._util.eval_mode": ("eval_mode",),
     "eelib._util.flops": ("count_flops",),
-    "eelib._util.timing": ("synchronize", "timed"),
+    "eelib._util.timing": ("OrderCheck", "Timings", "measure", "synchronize", "timed", "watch_load"),
+    "eelib._util.load": ("MachineLoad", "ThreadChoice", "choose_threads", "machine_load"),
     "eelib.policies": ("Calibration", "ExitPolicy", "MEASURES", "PolicyEval", "PolicyResult", "apply_policy",
         "calibrate", "confidence", "evaluate_oracle", "evaluate_policy", "oracle_exits", "static_exit",
         "tradeoff_curve"),
@@ -69,7 +71,7 @@ _EXPORTS = {  # module -> the public names it gives to `eelib`
     "eelib.outputs": ("ExitOutputs",),
     "eelib.vision.exits": ("EarlyExitNet", "ExitConfig", "ExitHead", "exit_outputs",
         "torchvision_early_exit"),
-    "eelib.vision.cost": ("ExitCosts", "energy_estimate", "exit_costs", "latency_per_exit"),
+    "eelib.vision.cost": ("ExitCosts", "energy_estimate", "exit_costs", "exit_timings", "latency_per_exit"),
     "eelib.vision.dynamic": ("DynamicResult", "Speedup", "dynamic_inference", "measure_speedup"),
     "eelib.lm.model": ("COURSE_EE_MODEL", "COURSE_MODEL", "LMEval", "LanguageModel", "evaluate_text", "load_lm",
         "token_losses"),
@@ -82,6 +84,7 @@ _EXPORTS = {  # module -> the public names it gives to `eelib`
         "self_speculative_generate"),
     "eelib.lm.speed": ("GenerationSpeed", "SpeedModel", "fit_speed_model", "measure_generation_speed",
         "measure_primitives"),
+    "eelib.lm.energy": ("ENERGY_LOOPS", "TokenEnergy", "generation_energy"),
     "eelib.lm.confidence": ("StateGate", "calibrate_gate", "train_exit_classifiers"),
     "eelib.lm.tokens": ("difficulty_by_kind", "token_html", "token_kinds", "token_strings"),
 }

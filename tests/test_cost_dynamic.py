@@ -1,5 +1,7 @@
 import math
 
+import eelib._util.energy
+
 import pytest
 import torch
 
@@ -211,6 +213,66 @@ def test_latency_per_exit_times_each_exit_alone(model, monkeypatch):
     assert latency_per_exit(model, torch.randn(2, 1, 16, 16), repeats=3, warmup=1) == [1, 2, 3, 10]
 
 
+def test_exit_timings_repeat_until_the_runs_agree_and_check_every_pair(model, monkeypatch):
+    """A fake clock and a fake load: the first two rounds disturbed (the final exit slower than the
+    earlier ones, as on a busy laptop), then steady; timing goes on until the runs agree."""
+    import eelib._util.timing
+    from eelib._util.load import MachineLoad
+    from eelib.vision.cost import exit_timings
+
+    clock = FakeClock()
+    monkeypatch.setattr(eelib._util.timing.time, "perf_counter", clock)
+    monkeypatch.setattr(eelib._util.timing, "machine_load", lambda: MachineLoad(2, 0.1, "fake"))
+    real = model.forward_until
+    calls = {"n": 0}
+
+    def forward_until(x, k):
+        calls["n"] += 1
+        clock.now += (k + 1) * (5 if calls["n"] <= 3 + 3 * 2 else 1)  # 3 exits: warm-up (1 each), 2 slow rounds
+        return real(x, k)
+
+    def backbone(x):
+        clock.now += 10
+        return torch.zeros(len(x), model.num_classes)
+
+    monkeypatch.setattr(model, "forward_until", forward_until)
+    monkeypatch.setattr(model.backbone, "forward", backbone)
+    t = exit_timings(model, torch.randn(2, 1, 16, 16), min_repeats=3, tolerance=0.05, budget=1e6, warmup=1)
+    assert list(t.runs) == list(model.exit_names)
+    assert t.runs["layer1"] == (10, 10, 2, 2, 2) and t.runs[model.exit_names[-1]] == (10,) * 5  # settled at round 5
+    assert t.settled and t.trusted and t.order(model.exit_names).holds
+    assert [t.fastest(name) for name in model.exit_names] == [1, 2, 3, 10]
+
+
+def test_measure_speedup_with_a_budget_goes_on_until_the_passes_agree(model, monkeypatch):
+    import eelib._util.timing
+    from eelib._util.load import MachineLoad
+    from eelib.vision import dynamic
+
+    clock = FakeClock()
+    monkeypatch.setattr(eelib._util.timing.time, "perf_counter", clock)
+    monkeypatch.setattr(eelib._util.timing, "machine_load", lambda: MachineLoad(2, 1.0, "fake"))
+    passes = {"full": 0}
+
+    def backbone(x):
+        passes["full"] += 1
+        slow = passes["full"] in (3, 4, 7, 8)  # after 2 warm-up calls: rounds 1 and 3 disturbed
+        clock.now += len(x) * (3.0 if slow else 1.0)
+        return torch.zeros(len(x), model.num_classes)
+
+    monkeypatch.setattr(model.backbone, "forward", backbone)
+    policy = ExitPolicy("max_prob", (0.1, 0.1, 0.1))
+    x = torch.randn(8, 1, 16, 16)
+    s = dynamic.measure_speedup(policy, model, x, batch_size=4, repeats=3)  # no budget: exactly 3 rounds
+    assert s.timings.runs["full"] == pytest.approx((24, 8, 24)) and s.full_seconds == pytest.approx(8.0)
+    assert not s.timings.settled
+    passes["full"] = 0
+    s = dynamic.measure_speedup(policy, model, x, batch_size=4, repeats=3, budget=1e6)
+    assert s.timings.runs["full"] == pytest.approx((24, 8, 24, 8, 8))  # 3 of 5 at 8: the median is the fastest
+    assert s.full_seconds == pytest.approx(8.0) and s.timings.settled
+    assert not s.timings.trusted and "1.00 of 2 CPUs busy" in s.timings.warning
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_images_are_refused_by_name(model, bad):
     from eelib.vision.dynamic import measure_speedup
@@ -255,7 +317,7 @@ def test_measured_energy_from_rapl_counters_with_wraparound(tmp_path, monkeypatc
     from eelib.vision import cost
 
     _fake_rapl(tmp_path, (("intel-rapl:0", 9_000_000, 10_000_000), ("intel-rapl:1", 100, 10_000_000)))
-    monkeypatch.setattr(cost, "RAPL_ROOT", tmp_path)
+    monkeypatch.setattr(eelib._util.energy, "RAPL_ROOT", tmp_path)
     calls = []
 
     def work():  # each call "uses" 0.5 J on package 0 (wrapping past its range) and 0.25 J on package 1
@@ -272,12 +334,12 @@ def test_measured_energy_from_rapl_counters_with_wraparound(tmp_path, monkeypatc
 def test_measured_energy_says_why_it_is_unavailable(tmp_path, monkeypatch):
     from eelib.vision import cost
 
-    monkeypatch.setattr(cost, "RAPL_ROOT", tmp_path / "none")
+    monkeypatch.setattr(eelib._util.energy, "RAPL_ROOT", tmp_path / "none")
     with pytest.raises(cost.EnergyUnavailable, match="no RAPL counters"):
         cost.measure_energy(lambda: None, "cpu")
     _fake_rapl(tmp_path / "locked")
     (tmp_path / "locked" / "intel-rapl:0" / "energy_uj").write_text("not a number")
-    monkeypatch.setattr(cost, "RAPL_ROOT", tmp_path / "locked")
+    monkeypatch.setattr(eelib._util.energy, "RAPL_ROOT", tmp_path / "locked")
     with pytest.raises(cost.EnergyUnavailable, match="cannot be read"):
         cost.energy_counter("cpu")
     with pytest.raises(cost.EnergyUnavailable, match="'meta'"):

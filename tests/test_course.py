@@ -16,6 +16,7 @@ from torch import nn
 import eelib
 from eelib.course import checks
 from eelib.course import cli as course
+from eelib.course import grading
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("notebooks", "solutions", "exercises")
@@ -300,4 +301,7 @@ def test_a_closing_question_has_a_reference_answer_only_in_the_solution(path):
         assert len(answers) == 1 and solution.cells[-1] is answers[0], "the closing question's reference answer"
     assert not any(course.REFERENCE in c.source for c in exercise.cells)
     made = course.make_exercise(solution, path.name)
-    assert len(made.cells) == len(solution.cells) - len(answers)
+    assert len(made.cells) == len(solution.cells)  # the answer's cell stays, for the student's answer
+    stubs = [c for c in made.cells if c.source == grading.TEXT_STUB]
+    assert len(stubs) == len(answers) and all(c.cell_type == "markdown" for c in stubs)
+    assert [made.cells.index(c) for c in stubs] == [solution.cells.index(c) for c in answers]

@@ -24,7 +24,7 @@ import eelib  # noqa: E402
 from eelib.course import plots  # noqa: E402
 
 # A label names its unit (in parentheses, or a %), or is a category axis (what the ticks are).
-UNIT = re.compile(r"\(.+\)|%|\bper\b|\b(epoch|exit|layer|kind|piece|policy|input token|rows in the call)\b")
+UNIT = re.compile(r"\(.+\)|%|\bper\b|\b(epoch|exit|layer|kind|piece|policy|input token|rows in the call|loop)\b")
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,8 @@ def course_figures():
         "plot_token_costs": lambda: plots.plot_token_costs(token_costs),
         "plot_difficulty_by_kind": lambda: plots.plot_difficulty_by_kind(
             [KindDifficulty("newline", 200, 3.2, 0.6), KindDifficulty("word start", 700, 7.3, 0.05)], 8),
+        "plot_token_energy": lambda: plots.plot_token_energy(eelib.TokenEnergy(
+            ("no exits", "early exit"), 40, (6.4e6, 8.5e6), (1.5e-5, 1.9e-5), (4.1e-5, None), 2.3e-12, "measured")),
         "plot_block_time": lambda: plots.plot_block_time([1, 2, 4, 8], [[1e-4, 1.1e-4]] * 4),
         "plot_speculative_grid": lambda: plots.plot_speculative_grid(grid, max_draft=4, draft_vocab=1024),
     }

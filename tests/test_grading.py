@@ -10,11 +10,17 @@ pytest's testpaths any more): the autograded solution must run with no error in 
 autograded release, which equals ``exercises/`` (tested here), must run every cell with errors
 only in the cells tagged ``raises-exception``, each of them a ``NotImplementedError`` or an
 ``AssertionError`` (what nbval and the root conftest's hook asserted before). The planted
-submission is the one extra run; it ends after its last check (a submission may drop read-only
-cells, and none after the last check is graded), which keeps it cheap. The chapters are graded in
-two course folders by two processes at once, one kernel each.
+submission is the one extra run; it ends after its last check and keeps only its discussion answer
+after it (a submission may drop read-only cells), which keeps it cheap. The chapters are graded in
+two course folders by two processes at once, one kernel each. The closing discussion answer of each
+chapter is a cell graded by hand: it counts in the maximum score, and waits for the instructor.
 
-Run alone: ``python -m pytest -n 0 tests/test_grading.py``.
+The same solutions are also released under nbgrader's **default** configuration (an instructor who
+copies them into an existing course's ``source/``): ``generate_assignment`` must accept them and
+release the same notebooks (its autograde differs only by nbgrader's default 30 s per cell).
+
+Run alone: ``python -m pytest -n 0 tests/test_grading.py``; ``EELIB_GRADING_CHAPTERS=03,05`` grades
+only those chapters (while developing).
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ from eelib.course import cli as course
 from eelib.course import grading
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAPTERS = sorted(p.stem for p in (ROOT / "solutions").glob("*.ipynb"))
+CHAPTERS = sorted(p.stem for p in (ROOT / "solutions").glob("*.ipynb")
+                  if not os.environ.get("EELIB_GRADING_CHAPTERS")
+                  or p.stem[:2] in os.environ["EELIB_GRADING_CHAPTERS"].split(","))
 # two course folders graded at once, balanced by the solutions' run times
 GROUPS = ([c for c in CHAPTERS if c[:2] in ("01", "04", "06", "07")],
           [c for c in CHAPTERS if c[:2] not in ("01", "04", "06", "07")])
@@ -72,8 +80,9 @@ def submissions(release: nbformat.NotebookNode, source: nbformat.NotebookNode, a
     (cell,) = [c for c in planted.cells if _nbgrader(c).get("grade_id") == grade_id]
     assert right in cell.source, f"{assignment}: the plant's text is not in {grade_id}'s solution"
     cell.source = cell.source.replace(right, wrong)
-    last_check = max(i for i, c in enumerate(planted.cells) if _nbgrader(c).get("grade"))
-    planted.cells = planted.cells[: last_check + 1]
+    last_check = max(i for i, c in enumerate(planted.cells) if _nbgrader(c).get("grade") and c.cell_type == "code")
+    planted.cells = planted.cells[: last_check + 1] + [c for c in planted.cells[last_check + 1:]
+                                                       if _nbgrader(c).get("grade")]  # the discussion answer
     return {"solution": solved, "blank": copy.deepcopy(release), "planted": planted}
 
 
@@ -108,7 +117,7 @@ def graded(tmp_path_factory) -> dict[str, Path]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "EELIB_DEVICE": "cpu",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     folders, runs = {}, []
-    for i, group in enumerate(GROUPS):
+    for i, group in enumerate(g for g in GROUPS if g):
         folder = base / f"course{i}"
         grading.setup_course(ROOT, folder, names=[f"{c}.ipynb" for c in group])
         folders.update({c: folder for c in group})
@@ -151,8 +160,19 @@ def _errors(cell) -> list[str]:
 
 
 def _checks(assignment: str) -> list[str]:
+    """The autograded check cells."""
     nb = nbformat.read(ROOT / "solutions" / f"{assignment}.ipynb", as_version=4)
-    return [_nbgrader(c)["grade_id"] for c in nb.cells if _nbgrader(c).get("grade")]
+    return [_nbgrader(c)["grade_id"] for c in nb.cells if _nbgrader(c).get("grade") and c.cell_type == "code"]
+
+
+def _answers(assignment: str) -> list[str]:
+    """The discussion answers, graded by hand."""
+    nb = nbformat.read(ROOT / "solutions" / f"{assignment}.ipynb", as_version=4)
+    return [_nbgrader(c)["grade_id"] for c in nb.cells if _nbgrader(c).get("grade") and c.cell_type == "markdown"]
+
+
+def _max_score(assignment: str) -> int:
+    return grading.POINTS * len(_checks(assignment)) + grading.DISCUSSION_POINTS * len(_answers(assignment))
 
 
 @pytest.mark.parametrize("assignment", CHAPTERS)
@@ -163,12 +183,11 @@ def test_the_release_is_the_exercise_notebook(graded, assignment):
     note = course.GENERATED_NOTE.format(name=f"{assignment}.ipynb")
     assert exercise.cells[0].source.startswith(note)
     exercise.cells[0].source = exercise.cells[0].source[len(note):]
-    # the reference answer's cell is left empty in the release, for the student's own answer
-    kept = [c for c in release.cells if c.source.strip()]
-    assert len(release.cells) - len(kept) == sum(grading.BEGIN_MARK_SCHEME in c.source for c in
-                                                 nbformat.read(ROOT / "solutions" / f"{assignment}.ipynb", 4).cells)
-    assert [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in kept] == [
+    # the reference answer's cell says YOUR ANSWER HERE in both, for the student's own answer
+    assert [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in release.cells] == [
         (c.cell_type, c.source, c.metadata.get("tags", [])) for c in exercise.cells]
+    answers = [c for c in release.cells if _nbgrader(c).get("grade") and c.cell_type == "markdown"]
+    assert [c.source for c in answers] == [grading.TEXT_STUB] * len(_answers(assignment))
     assert course.BEGIN not in "".join(c.source for c in release.cells)
     assert "Reference answer" not in "".join(c.source for c in release.cells)
 
@@ -176,9 +195,11 @@ def test_the_release_is_the_exercise_notebook(graded, assignment):
 @pytest.mark.parametrize("assignment", CHAPTERS)
 def test_the_solution_scores_full_marks_and_runs_without_error(graded, assignment):
     folder = graded[assignment]
-    total = grading.POINTS * len(_checks(assignment))
-    assert _scores(folder)[assignment, "solution"] == {"raw_score": total, "score": total, "max_score": total}
-    assert _cell_scores(folder, assignment, "solution") == {c: grading.POINTS for c in _checks(assignment)}
+    total = grading.POINTS * len(_checks(assignment))  # the discussion answer waits for the instructor
+    assert _scores(folder)[assignment, "solution"] == {"raw_score": total, "score": total,
+                                                        "max_score": _max_score(assignment)}
+    assert _cell_scores(folder, assignment, "solution") == {**{c: grading.POINTS for c in _checks(assignment)},
+                                                            **{a: 0 for a in _answers(assignment)}}
     nb = _autograded(folder, assignment, "solution")
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
@@ -189,9 +210,8 @@ def test_the_solution_scores_full_marks_and_runs_without_error(graded, assignmen
 @pytest.mark.parametrize("assignment", CHAPTERS)
 def test_the_blank_release_scores_zero_and_fails_only_its_tagged_cells(graded, assignment):
     folder = graded[assignment]
-    total = grading.POINTS * len(_checks(assignment))
-    assert _scores(folder)[assignment, "blank"] == {"raw_score": 0, "score": 0, "max_score": total}
-    assert _cell_scores(folder, assignment, "blank") == {c: 0 for c in _checks(assignment)}
+    assert _scores(folder)[assignment, "blank"] == {"raw_score": 0, "score": 0, "max_score": _max_score(assignment)}
+    assert _cell_scores(folder, assignment, "blank") == {c: 0 for c in _checks(assignment) + _answers(assignment)}
     nb = _autograded(folder, assignment, "blank")
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
@@ -211,11 +231,55 @@ def test_a_planted_wrong_answer_loses_exactly_its_checks_points(graded, assignme
     total = grading.POINTS * len(_checks(assignment))
     wrong = f"check_{PLANTS[assignment][0]}"
     assert _scores(folder)[assignment, "planted"] == {"raw_score": total - grading.POINTS,
-                                                      "score": total - grading.POINTS, "max_score": total}
-    assert _cell_scores(folder, assignment, "planted") == {c: 0 if c == wrong else grading.POINTS
-                                                           for c in _checks(assignment)}
+                                                      "score": total - grading.POINTS, "max_score": _max_score(assignment)}
+    assert _cell_scores(folder, assignment, "planted") == {**{c: 0 if c == wrong else grading.POINTS
+                                                              for c in _checks(assignment)},
+                                                           **{a: 0 for a in _answers(assignment)}}
     (cell,) = [c for c in _autograded(folder, assignment, "planted").cells if _nbgrader(c).get("grade_id") == wrong]
     assert _errors(cell) == ["AssertionError"], "the check explains the mistake with an AssertionError"
+
+
+@pytest.mark.parametrize("assignment", CHAPTERS)
+def test_the_discussion_answer_is_graded_by_hand(graded, assignment):
+    """The instructor grades the student's answer in formgrader: the cell waits for a manual score."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{graded[assignment] / 'gradebook.db'}") as gb:
+        submission = gb.find_submission_notebook(assignment, assignment, "solution")
+        manual = {g.name: (g.max_score, g.needs_manual_grade, g.cell.cell_type) for g in submission.grades
+                  if g.name in _answers(assignment)}
+    assert manual == {a: (grading.DISCUSSION_POINTS, True, "markdown") for a in _answers(assignment)}
+    nb = _autograded(graded[assignment], assignment, "solution")
+    answers = [c.source for c in nb.cells if _nbgrader(c).get("grade_id") in _answers(assignment)]
+    assert len(answers) == len(_answers(assignment))
+    assert all(a.startswith(course.REFERENCE) for a in answers)  # the student's answer reaches the instructor
+
+
+def test_the_solutions_are_valid_source_under_nbgraders_default_configuration(tmp_path):
+    """An instructor copies the solutions into an existing nbgrader course (default configuration):
+    ``generate_assignment`` accepts every chapter and releases what the course's own folder releases."""
+    from nbgrader.apps import NbGraderAPI
+    from traitlets.config import Config
+    from traitlets.config.loader import PyFileConfigLoader
+
+    releases = {}
+    for folder in ("default", "course"):
+        grading.setup_course(ROOT, tmp_path / folder, names=[f"{c}.ipynb" for c in CHAPTERS])
+        if folder == "default":  # nbgrader's defaults, nothing set
+            (tmp_path / folder / "nbgrader_config.py").write_text("c = get_config()  # noqa: F821\n")
+        config = PyFileConfigLoader("nbgrader_config.py", path=str(tmp_path / folder)).load_config()
+        config.CourseDirectory.root = str(tmp_path / folder)
+        if folder == "default":
+            assert config == Config({"CourseDirectory": {"root": str(tmp_path / folder)}})
+        api = NbGraderAPI(config=config)
+        for assignment in CHAPTERS:
+            result = api.generate_assignment(assignment)
+            assert result["success"], f"{folder}: {assignment}: " + result.get("error", "") + result.get("log", "")
+            release = nbformat.read(tmp_path / folder / "release" / assignment / f"{assignment}.ipynb", as_version=4)
+            releases[folder, assignment] = [(c.cell_type, c.source) for c in release.cells]
+    for assignment in CHAPTERS:
+        assert releases["default", assignment] == releases["course", assignment]
+    assert "MARK SCHEME" not in (ROOT / "solutions" / f"{CHAPTERS[-1]}.ipynb").read_text()
 
 
 # --- the metadata and the set-up command (no notebook runs) ---
@@ -257,7 +321,7 @@ def test_set_up_refuses_an_existing_folder_unless_forced(tmp_path, capsys):
     target = tmp_path / "course"
     args = ["--root", str(ROOT), "nbgrader", str(target)]
     assert course.main(args) == 0
-    assert sorted(p.name for p in (target / "source").iterdir()) == CHAPTERS
+    assert sorted(p.name for p in (target / "source").iterdir()) == sorted(p.stem for p in (ROOT / "solutions").glob("*.ipynb"))
     assert "nbgrader generate_assignment" in capsys.readouterr().out
     (target / "gradebook.db").write_text("an instructor's grades")
     with pytest.raises(SystemExit) as refused:

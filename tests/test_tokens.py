@@ -111,7 +111,7 @@ def test_language_model_figures_are_labelled(course):
     labelled(plots.plot_difficulty_by_kind(rows, 8))
 
 
-def test_generation_summary(course):
+def test_generation_summary(course, monkeypatch):
     from eelib.course.widgets import generation_summary
 
     ee = course_exits(course, (2, 4))
@@ -120,6 +120,13 @@ def test_generation_summary(course):
     assert len(early.tokens) == len(full.tokens) == 12 and full.avg_exit_layer == 8
     assert "calibrated for 80% agreement" in html and "measured speedup" in html and "layer 2" in html
     assert "layers computed per token" in html
+    import eelib._util.timing as timing
+    from eelib._util.load import MachineLoad
+
+    for busy, warned in ((0.1, False), (1.0, True)):  # the machine's load, faked: a warning only when busy
+        monkeypatch.setattr(timing, "machine_load", lambda busy=busy: MachineLoad(2, busy, "fake"))
+        html = generation_summary(ee, "ROMEO:\n", calibration, target_agreement=0.8, max_new_tokens=4)[2]
+        assert ("WARNING: other programs kept 1.00 of 2 CPUs busy" in html) == warned
     with pytest.raises(ValueError, match="target_agreement"):
         generation_summary(ee, "ROMEO:", calibration, target_agreement=1.5)
     with pytest.raises(ValueError, match="prompt is empty"):

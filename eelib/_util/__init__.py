@@ -1,6 +1,7 @@
 """What both halves of eelib share and no slide is about: ``device`` (where to compute, seeding),
-``timing`` (synchronised wall-clock timing), ``flops`` (the one FLOP counter), ``eval_mode`` (evaluation
-mode, restored on the way out), ``cache`` (cache folders, atomic writes, verified downloads),
+``timing`` (synchronised wall-clock timing), ``load`` (the machine's load, PyTorch's thread count),
+``flops`` (the one FLOP counter), ``energy`` (energy estimated from FLOPs, or measured), ``eval_mode``
+(evaluation mode, restored on the way out), ``cache`` (cache folders, atomic writes, verified downloads),
 ``validation`` (argument checks), ``progress`` (progress bars)."""
 
 import importlib
@@ -17,4 +18,5 @@ def lazy_submodules(package: str, names: tuple[str, ...]):
     return __getattr__
 
 
-__getattr__ = lazy_submodules(__name__, ("cache", "device", "eval_mode", "flops", "progress", "timing", "validation"))
+__getattr__ = lazy_submodules(__name__, ("cache", "device", "energy", "eval_mode", "flops", "load", "progress", "timing",
+                                                "validation"))

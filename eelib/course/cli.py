@@ -3,8 +3,9 @@
 ``python -m eelib.course exercises`` writes ``exercises/`` from ``solutions/``, the single
 source: in every code cell, each block between ``### BEGIN SOLUTION`` and ``### END SOLUTION``
 (nbgrader's markers) becomes nbgrader's stub ``# YOUR CODE HERE`` / ``raise NotImplementedError()``
-at the same indentation, and outputs, nbgrader's cell metadata and the reference answers are
-dropped. Cells tagged ``check`` (the assertions after an
+at the same indentation, each reference answer to a discussion question becomes nbgrader's
+``YOUR ANSWER HERE`` (the cell where the student answers), and outputs and nbgrader's cell
+metadata are dropped: the same notebook as nbgrader's release. Cells tagged ``check`` (the assertions after an
 exercise) and exercise cells whose stub raises at the top level get the tag
 ``raises-exception``: nbval then expects their errors, and JupyterLab's "Run All" carries on
 past them, so a blank exercise notebook still runs top to bottom. ``--check`` only compares and exits 1

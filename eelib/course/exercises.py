@@ -4,7 +4,7 @@ A solution notebook (``solutions/``) marks each exercise's answer between ``### 
 ``### END SOLUTION`` (nbgrader's markers); :func:`make_exercise` writes the exercise notebook from it
 (``python -m eelib.course exercises``, :mod:`eelib.course.cli`): each marked block becomes nbgrader's
 stub (:data:`CODE_STUB`) at the same indentation, the reference answers (:func:`is_reference_answer`)
-are dropped, and the cells that must raise on a blank exercise are tagged ``raises-exception``.
+become the student's answer cell (:data:`TEXT_STUB`), and the cells that must raise on a blank exercise are tagged ``raises-exception``.
 :mod:`eelib.course.grading` writes nbgrader's cell metadata from the same markers.
 """
 
@@ -16,6 +16,7 @@ import nbformat
 
 BEGIN_MARK_SCHEME, END_MARK_SCHEME = "<!-- BEGIN MARK SCHEME -->", "<!-- END MARK SCHEME -->"
 CODE_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"  # nbgrader's ClearSolutions.code_stub
+TEXT_STUB = "YOUR ANSWER HERE"  # nbgrader's ClearSolutions.text_stub: a markdown answer cell in the release
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 CHECK_TAG, RAISES_TAG = "check", "raises-exception"
 GENERATED_NOTE = ("> *Exercise version, generated from `solutions/{name}` by `python -m eelib.course "
@@ -65,8 +66,11 @@ def is_reference_answer(cell: nbformat.NotebookNode) -> bool:
 def make_exercise(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     """The exercise notebook generated from a solution notebook (``name`` is its file name)."""
     nb = copy.deepcopy(solution)
-    # the solutions' reference answers to the discussion questions stay out of the exercises
-    nb.cells = [c for c in nb.cells if not is_reference_answer(c)]
+    # the solutions' reference answers to the discussion questions stay out of the exercises: the
+    # student answers in their place (nbgrader's release of a manually graded answer cell)
+    for cell in nb.cells:
+        if is_reference_answer(cell):
+            cell.source = TEXT_STUB
     n_exercises, expecting_check = 0, False
     for cell in nb.cells:
         tags = list(cell.get("metadata", {}).get("tags", []))

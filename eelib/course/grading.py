@@ -10,10 +10,13 @@ as ``exercises/``:
 * the check cell after it (tag ``check``) is a locked autograded test cell worth
   :data:`POINTS` point(s), ``grade_id`` ``check_`` + that name;
 * every other cell is read-only (``locked``), ``grade_id`` ``locked_`` + its position;
-* the reference answer to the closing question (a markdown cell starting ``**Reference
-  answer.**``) is wrapped in ``<!-- BEGIN MARK SCHEME -->`` ... ``<!-- END MARK SCHEME -->``
-  (HTML comments: invisible in the solution), which nbgrader's ``ClearMarkScheme`` empties in the
-  release; the cell carries no nbgrader metadata, so the student can write an answer there;
+* the reference answer to a closing discussion question (a markdown cell starting ``**Reference
+  answer.**``) is a manually graded answer cell worth :data:`DISCUSSION_POINTS` point(s),
+  ``grade_id`` ``discussion`` (``discussion_2``, ... when there are several): the reference answer
+  is its solution, which the release replaces with nbgrader's ``YOUR ANSWER HERE`` (as
+  ``exercises/`` does), the student writes an answer there, and the instructor grades it by hand
+  (``nbgrader formgrader``). No mark scheme regions: the solutions are valid nbgrader source under
+  nbgrader's default configuration, as they are;
 * the check cells, and exercise cells whose stub raises at the top level, are tagged
   ``raises-exception`` as in ``exercises/``, so that JupyterLab's Run All carries on past them.
 
@@ -32,9 +35,10 @@ from pathlib import Path
 import nbformat
 
 from eelib.course.exercises import (BEGIN, BEGIN_MARK_SCHEME, CHECK_TAG, CODE_STUB, END_MARK_SCHEME,  # noqa: F401
-                                    RAISES_TAG, blank_solution, is_reference_answer, make_exercise)
+                                    RAISES_TAG, TEXT_STUB, blank_solution, is_reference_answer, make_exercise)
 
 POINTS = 1  # each check cell is worth one point
+DISCUSSION_POINTS = 1  # each closing discussion answer, graded by hand
 SCHEMA_VERSION = 3  # nbgrader's cell metadata schema
 
 NBGRADER_CONFIG = '''\
@@ -42,19 +46,18 @@ NBGRADER_CONFIG = '''\
 
 c = get_config()  # noqa: F821 (nbgrader provides it)
 c.CourseDirectory.course_id = "eelib"
-# The reference answers sit in "<!-- BEGIN MARK SCHEME -->" regions of plain markdown cells
-# (not manually graded task cells): the release empties them.
-c.ClearMarkScheme.enforce_metadata = False
+# Nothing else differs from nbgrader's defaults: the solutions are valid nbgrader source as they are.
 # The course's cells train or evaluate models: allow more than nbgrader's default 30 s per cell.
 c.Execute.timeout = 600
 '''
 
 
-def _metadata(grade_id: str, *, solution: bool = False, grade: bool = False, locked: bool = False) -> dict:
+def _metadata(grade_id: str, *, solution: bool = False, grade: bool = False, locked: bool = False,
+              points: int = POINTS) -> dict:
     meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": SCHEMA_VERSION,
             "solution": solution, "task": False}
     if grade:
-        meta["points"] = POINTS
+        meta["points"] = points
     return meta
 
 
@@ -63,14 +66,14 @@ def _function_name(source: str) -> str | None:
     return match.group(1) if match else None
 
 
-def wrap_reference_answer(source: str) -> str:
-    """A reference answer's markdown inside nbgrader's mark scheme delimiters (idempotent)."""
+def unwrap_reference_answer(source: str) -> str:
+    """A reference answer's markdown without the mark scheme delimiters that earlier versions put around it."""
     body = source.strip()
     if body.startswith(BEGIN_MARK_SCHEME):
         body = body[len(BEGIN_MARK_SCHEME):]
     if body.endswith(END_MARK_SCHEME):
         body = body[: -len(END_MARK_SCHEME)]
-    return f"{BEGIN_MARK_SCHEME}\n{body.strip()}\n{END_MARK_SCHEME}"
+    return body.strip()
 
 
 def annotate(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
@@ -86,14 +89,18 @@ def annotate(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNod
     nb = copy.deepcopy(solution)
     ids: set[str] = set()
     exercise = None
+    n_answers = sum(is_reference_answer(c) for c in nb.cells)
+    answers = 0
     for index, cell in enumerate(nb.cells):
         meta = cell.setdefault("metadata", {})
         tags = list(meta.get("tags", []))
         meta.pop("nbgrader", None)
         if cell.cell_type == "markdown" and is_reference_answer(cell):
-            cell.source = wrap_reference_answer(cell.source)
-            continue
-        if cell.cell_type == "code" and BEGIN in cell.source:
+            answers += 1
+            cell.source = unwrap_reference_answer(cell.source)
+            meta["nbgrader"] = _metadata("discussion" if n_answers == 1 else f"discussion_{answers}",
+                                         solution=True, grade=True, points=DISCUSSION_POINTS)
+        elif cell.cell_type == "code" and BEGIN in cell.source:
             exercise = _function_name(cell.source) or f"exercise_{index:02d}"
             meta["nbgrader"] = _metadata(exercise, solution=True)
             if blank_solution(cell.source)[1] and RAISES_TAG not in tags:

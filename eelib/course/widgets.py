@@ -106,6 +106,7 @@ def generation_summary(ee: "EarlyExitLM", prompt: str, calibration: ExitOutputs,
     """
     import html as _html
 
+    from eelib._util.timing import watch_load
     from eelib.lm.generate import early_exit_generate, token_exit_costs
     from eelib.policies import calibrate
     from eelib.lm.tokens import token_html, token_strings
@@ -116,9 +117,10 @@ def generation_summary(ee: "EarlyExitLM", prompt: str, calibration: ExitOutputs,
     policy = calibrate(calibration, costs, measure=measure,
                        max_accuracy_drop=1 - target_agreement).policy
     runs = []
-    for _ in range(2):  # the faster of two runs each, interleaved
-        runs.append((early_exit_generate(ee, prompt, policy, max_new_tokens=max_new_tokens),
-                     early_exit_generate(ee, prompt, None, max_new_tokens=max_new_tokens)))
+    with watch_load() as watch:  # the machine's load before and after: a warning when the speedup is not to be trusted
+        for _ in range(2):  # the faster of two runs each, interleaved
+            runs.append((early_exit_generate(ee, prompt, policy, max_new_tokens=max_new_tokens),
+                         early_exit_generate(ee, prompt, None, max_new_tokens=max_new_tokens)))
     early = min((r[0] for r in runs), key=lambda g: g.seconds)
     full = min((r[1] for r in runs), key=lambda g: g.seconds)
     same = sum(a == b for a, b in zip(early.tokens, full.tokens))
@@ -134,6 +136,8 @@ def generation_summary(ee: "EarlyExitLM", prompt: str, calibration: ExitOutputs,
               f"measured speedup {full.seconds / early.seconds:.2f}x ({early.tokens_per_second:.0f} vs "
               f"{full.tokens_per_second:.0f} tokens/s) | {same} of {len(full.tokens)} tokens equal the full model's "
               f"at the same position</p>")
+    if watch.warning:
+        report += f"<p style='color:#b00'>{_html.escape(watch.warning)}</p>"
     plain = _html.escape(full.text).replace("\n", "<br>")
     return early, full, f"{report}{body}<p><b>without early exit:</b><br>{plain}</p>"
 

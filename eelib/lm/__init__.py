@@ -8,7 +8,8 @@ what it returns) -> ``generate`` (early-exit generation with a correct key/value
 -> ``confidence`` (CALM's cheap decisions from the hidden state) -> ``speculative`` (self-speculative
 decoding: early exits draft, the full model verifies; fixed exit and DSSD, one core) -> ``speed``
 (loops timed side by side; the speed model) -> ``draft_tuning`` (the drafts' settings for speed) ->
-``projection`` (the speed model on real LLM shapes and a GPU-like regime).
+``projection`` (the speed model on real LLM shapes and a GPU-like regime); ``energy``: the energy per
+generated token of each loop.
 The exit decision and its calibration are :mod:`eelib.policies`, shared with the image half.
 """
 
@@ -16,7 +17,7 @@ import importlib
 
 from eelib._util import lazy_submodules
 
-_submodule = lazy_submodules(__name__, ("confidence", "corpus", "decoder", "distill", "draft_tuning", "exits",
+_submodule = lazy_submodules(__name__, ("confidence", "corpus", "decoder", "distill", "draft_tuning", "energy", "exits",
                                           "generate", "model", "projection", "speculative", "speed", "tokens", "train"))
 
 

@@ -6,28 +6,26 @@ convolutions and matrix products (the layers that dominate a ResNet); batch norm
 pooling are not counted. A sample that leaves at exit ``k`` has paid for the backbone up to
 the exit's attach point **and for every head evaluated on the way** (heads ``0..k``): an exit
 that rarely fires still costs everyone who passes it.
+
+The energy functions (``energy_estimate``, ``measure_energy``, the ``JOULES_PER_FLOP`` assumption)
+live in :mod:`eelib._util.energy`, shared with the language half, and are re-exported here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 import torch
 
 from eelib._util.eval_mode import eval_mode
 from eelib._util.flops import count_flops
-from eelib._util.timing import interleaved, synchronize
+from eelib._util.energy import (JOULES_PER_FLOP, RAPL_ROOT, energy_counter,  # noqa: F401 (chapter 3's names)
+                                energy_estimate, measure_energy)
+from eelib._util.timing import Timings, interleaved, measure
 from eelib.vision.exits import EarlyExitNet
 from eelib.vision.resnet import ResNet
-from eelib.errors import EnergyUnavailable
+from eelib.errors import EnergyUnavailable  # noqa: F401 (raised by measure_energy; its old home)
 from eelib.policies import FlopsPerExit
-
-# Energy of arithmetic only: a 32-bit float multiply (3.7 pJ) plus add (0.9 pJ) in 45 nm CMOS
-# (Horowitz, ISSCC 2014) is ~4.6 pJ per multiply-accumulate = 2.3 pJ per FLOP. Memory traffic,
-# which often costs more than the arithmetic, is left out: an estimate of the lower bound.
-JOULES_PER_FLOP = 2.3e-12
 
 
 @dataclass(frozen=True)
@@ -148,81 +146,26 @@ def latency_per_exit(model: EarlyExitNet, x: torch.Tensor, *, repeats: int = 20,
     return runs if all_runs else [min(r) for r in runs]
 
 
-def energy_estimate(flops: float, *, joules_per_flop: float = JOULES_PER_FLOP) -> float:
-    """An **estimate** of energy in joules: ``flops * joules_per_flop``.
+def exit_timings(model: EarlyExitNet, x: torch.Tensor, *, min_repeats: int = 3, max_repeats: int = 100,
+                 budget: float = 5.0, tolerance: float = 0.05, warmup: int = 3) -> Timings[str]:
+    """Time exit ``k`` alone on batch ``x`` (as :func:`latency_per_exit`) until the runs agree or ``budget`` is spent.
 
-    The default counts arithmetic only (2.3 pJ per 32-bit FLOP, 45 nm; see ``JOULES_PER_FLOP``):
-    memory access, idle power and the rest of the machine are not included, so real energy is
-    higher. It is useful for comparing exits, not as a measurement.
+    The exits are timed in interleaved rounds by :func:`eelib._util.timing.measure`: after
+    ``min_repeats`` rounds, timing stops once every exit's median run is within ``tolerance`` of its
+    fastest, or after ``budget`` seconds (``max_repeats`` rounds at most). The result is keyed by exit
+    name (the last: the full backbone with its own classifier); it keeps every run and the
+    machine's load, checks orderings against the spread (``.order(model.exit_names)``: every
+    later exit should take longer) and warns when the timings are not to be trusted.
     """
-    if flops < 0 or joules_per_flop <= 0:
-        raise ValueError(f"flops must be >= 0 and joules_per_flop > 0, got {flops}, {joules_per_flop}")
-    return flops * joules_per_flop
-
-
-# --- measured energy, where the machine has a counter ---------------------------------------------
-
-RAPL_ROOT = Path("/sys/class/powercap")  # Linux's RAPL energy counters (Intel and AMD CPUs)
-
-
-def energy_counter(device: torch.device | str | None = None) -> Callable[[], float]:
-    """A function returning a running energy count in joules, for ``device``:
-
-    * CUDA: the GPU's total energy counter through NVML (``pip install nvidia-ml-py``; NVIDIA
-      GPUs from Volta on), the whole board;
-    * CPU: Linux's RAPL package counters (``/sys/class/powercap/intel-rapl:N/energy_uj``, summed
-      over the packages; readable by root only on most systems), the whole CPU package, so any
-      other work on the machine is counted too.
-
-    Raises :class:`EnergyUnavailable`, naming what is missing, where neither can be read.
-    """
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda":
-        try:
-            import pynvml
-        except ImportError:
-            raise EnergyUnavailable("no NVML: pip install nvidia-ml-py to read the GPU's energy counter") from None
-        try:
-            pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-            pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-        except pynvml.NVMLError as err:
-            raise EnergyUnavailable(f"NVML cannot read this GPU's energy counter: {err}") from None
-        return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1e3  # millijoules
-    if device.type != "cpu":
-        raise EnergyUnavailable(f"no energy counter for device type {device.type!r} (only cuda and cpu)")
-    zones = sorted(p for p in RAPL_ROOT.glob("intel-rapl:*") if p.name.count(":") == 1)  # packages, not subzones
-    if not zones:
-        raise EnergyUnavailable(f"no RAPL counters under {RAPL_ROOT} (a virtual machine, or not Linux)")
-    try:
-        ranges = [int((z / "max_energy_range_uj").read_text()) for z in zones]
-        [int((z / "energy_uj").read_text()) for z in zones]
-    except (OSError, ValueError) as err:
-        raise EnergyUnavailable(f"the RAPL counters cannot be read ({err}); they are usually root-only") from None
-    state = {"last": [int((z / "energy_uj").read_text()) for z in zones], "total": 0}
-
-    def read() -> float:
-        now = [int((z / "energy_uj").read_text()) for z in zones]
-        for i, (before, after) in enumerate(zip(state["last"], now)):
-            state["total"] += after - before if after >= before else after + ranges[i] - before  # the counter wrapped
-        state["last"] = now
-        return state["total"] / 1e6
-
-    return read
-
-
-def measure_energy(fn: Callable[[], object], device: torch.device | str | None = None, *,
-                   repeats: int = 20) -> float:
-    """Measured joules per call of ``fn`` (the average over ``repeats`` calls, after one warm-up),
-    from :func:`energy_counter`: the whole CPU package or GPU board, idle power included, so
-    compare runs made side by side. Raises :class:`EnergyUnavailable` where there is no counter."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    read = energy_counter(device)
-    fn()
-    synchronize(device)
-    start = read()
-    for _ in range(repeats):
-        fn()
-    synchronize(device)
-    return (read() - start) / repeats
+    model.check_input(x)
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    with eval_mode(model):
+        fns = [lambda inp, k=k: model.forward_until(inp, k) for k in range(model.num_exits - 1)] + [model.backbone]
+        with torch.inference_mode():
+            for fn in fns:
+                for _ in range(warmup):
+                    fn(x)
+            return measure({name: (lambda fn=fn: fn(x)) for name, fn in zip(model.exit_names, fns)},
+                           min_repeats=min_repeats, max_repeats=max_repeats, budget=budget, tolerance=tolerance,
+                           device=x.device)

@@ -19,7 +19,7 @@ import torch
 from eelib._util.validation import check_finite
 from eelib.vision.cost import exit_costs
 from eelib._util.eval_mode import eval_mode
-from eelib._util.timing import interleaved
+from eelib._util.timing import Timings, measure
 from eelib.vision.exits import EarlyExitNet
 from eelib.policies import ExitPolicy, get_measure
 
@@ -139,6 +139,7 @@ class Speedup:
     dynamic_seconds: float  # route(): heads, decisions and routing included
     never_exit_seconds: float  # route() with a policy that never exits: every head and decision, no saving
     ideal_speedup: float  # full FLOPs / FLOPs spent by the policy on these images
+    timings: Timings | None = None  # every timed pass ("full", "dynamic", "never"), their spread, the machine's load
 
     @property
     def speedup(self) -> float:
@@ -151,7 +152,8 @@ class Speedup:
 
 
 def measure_speedup(policy: ExitPolicy, model: EarlyExitNet, images: torch.Tensor, *, batch_size: int,
-                    repeats: int = 3) -> Speedup:
+                    repeats: int = 3, budget: float | None = None, max_repeats: int = 100,
+                    tolerance: float = 0.05) -> Speedup:
     """Time the full network and dynamic inference over ``images`` in batches of ``batch_size``.
 
     Both run in inference mode on ``images``' device (timed by :func:`eelib._util.timing.timed`, which
@@ -161,6 +163,11 @@ def measure_speedup(policy: ExitPolicy, model: EarlyExitNet, images: torch.Tenso
     the policy spends on exactly these images. ``never_exit_seconds`` times the same routing
     with a policy that lets no image leave early: every head and decision is paid, nothing is
     skipped — what the heads and decisions cost in time.
+
+    With ``budget`` (seconds), the passes go on after ``repeats`` rounds until every one's runs agree
+    within ``tolerance`` (median over fastest) or the budget is spent (at most ``max_repeats`` rounds:
+    :func:`eelib._util.timing.measure`); without, exactly ``repeats`` rounds. Either way
+    ``timings`` keeps every pass and the machine's load, and says when the figures are not to be trusted.
     """
     _check_policy_first(policy, "measure_speedup")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -180,9 +187,10 @@ def measure_speedup(policy: ExitPolicy, model: EarlyExitNet, images: torch.Tenso
                 for b in batches[:2]:
                     fn(b)  # warm-up
             # interleaved, so that a slow spell of the machine hits all three alike; one pass = every batch
-            times = interleaved({name: (lambda fn=fn: [fn(b) for b in batches]) for name, fn in runs.items()},
-                                repeats, images.device)
-        full, dynamic, never_exit = (min(times[name]) for name in ("full", "dynamic", "never"))
+            timings = measure({name: (lambda fn=fn: [fn(b) for b in batches]) for name, fn in runs.items()},
+                              min_repeats=repeats, max_repeats=repeats if budget is None else max(repeats, max_repeats),
+                              budget=budget or 1.0, tolerance=tolerance, device=images.device)
+        full, dynamic, never_exit = (timings.fastest(name) for name in ("full", "dynamic", "never"))
         costs = exit_costs(model, tuple(images.shape[1:]))
         spent = sum(dynamic_inference(policy, model, b).flops for b in batches)
-    return Speedup(batch_size, len(images), full, dynamic, never_exit, costs.full_flops * len(images) / spent)
+    return Speedup(batch_size, len(images), full, dynamic, never_exit, costs.full_flops * len(images) / spent, timings)

@@ -18,7 +18,7 @@ work whichever module holds the function.
 * ``ch05_rejection``: ``plot_risk_coverage``, ``plot_reject_regions``, ``plot_reject_tradeoff``;
 * ``ch06_llm_early_exit``: ``draw_transformer_stack``, ``plot_logit_lens``,
   ``plot_agreement_per_layer``, ``plot_token_costs``;
-* ``ch07_token_difficulty``: ``plot_difficulty_by_kind``;
+* ``ch07_token_difficulty``: ``plot_difficulty_by_kind``, ``plot_token_energy``;
 * ``ch08_self_speculative``: ``plot_block_time``, ``plot_speculative_grid``, ``plot_measured_vs_predicted``,
   ``plot_projection``.
 """
@@ -33,7 +33,7 @@ from eelib.course.plots.ch04_exit_policies import plot_confidence, plot_overthin
 from eelib.course.plots.ch05_rejection import plot_reject_regions, plot_reject_tradeoff, plot_risk_coverage
 from eelib.course.plots.ch06_llm_early_exit import (draw_transformer_stack, plot_agreement_per_layer, plot_logit_lens,
                                                     plot_token_costs)
-from eelib.course.plots.ch07_token_difficulty import plot_difficulty_by_kind
+from eelib.course.plots.ch07_token_difficulty import plot_difficulty_by_kind, plot_token_energy
 from eelib.course.plots.ch08_self_speculative import (plot_block_time, plot_measured_vs_predicted, plot_projection,
                                                       plot_speculative_grid)
 
@@ -52,7 +52,7 @@ __all__ = [
     # chapter 6
     "draw_transformer_stack", "plot_logit_lens", "plot_agreement_per_layer", "plot_token_costs",
     # chapter 7
-    "plot_difficulty_by_kind",
+    "plot_difficulty_by_kind", "plot_token_energy",
     # chapter 8
     "plot_block_time", "plot_measured_vs_predicted", "plot_projection", "plot_speculative_grid",
 ]
