@@ -164,3 +164,37 @@ def test_bad_input(tmp_path):
         model_shape("gpt-5")
     with pytest.raises(ValueError, match="row_scale"):
         cpu_regime([])
+
+
+def test_bad_prompts_and_policies(tmp_path):
+    """Issue 26: inputs a new user tries, each refused with the argument named (not flattened or truncated)."""
+    tiny = _tiny(1, False, tmp_path)
+    ee = EarlyExitLM(tiny, [2])
+    vocab = tiny.model.config.vocab_size
+    cases = [(torch.tensor([[1, 2, 3], [4, 5, 6]]), "one prompt"), (torch.tensor([1.0, 2.0]), "integer"),
+             ([1, vocab], "vocabulary"), (None, "prompt must be text"), ([-1, 2], "vocabulary")]
+    for prompt, words in cases:
+        with pytest.raises(ValueError, match=words):
+            early_exit_generate(ee, prompt, None, max_new_tokens=2)
+    assert early_exit_generate(ee, torch.tensor([[1, 2, 3]]), None, max_new_tokens=2).prompt_ids == (1, 2, 3)
+    with pytest.raises(ValueError, match="policy must be an ExitPolicy"):
+        early_exit_generate(ee, [1, 2], "max_prob", max_new_tokens=2)
+    from eelib.lm.speed import measure_generation_speed
+
+    with pytest.raises(ValueError, match="list of prompts"):
+        measure_generation_speed(ee, "ROMEO:", None, loops=("no exits",))
+    with pytest.raises(ValueError, match="prompts is empty"):
+        measure_generation_speed(ee, [], None, loops=("no exits",))
+
+
+def test_a_decoder_of_another_model_or_too_small_is_refused(tmp_path):
+    from eelib.lm.decoder import Decoder
+
+    a, b = _tiny(0, False, tmp_path / "a"), _tiny(1, False, tmp_path / "b")
+    ee, other = EarlyExitLM(a, [2]), EarlyExitLM(b, [2])
+    with pytest.raises(ValueError, match="another model"):
+        early_exit_generate(ee, [1, 2, 3], None, max_new_tokens=4, decoder=Decoder(other))
+    with pytest.raises(ValueError, match="positions"):
+        early_exit_generate(ee, [1, 2, 3], None, max_new_tokens=20, decoder=Decoder(ee, max_length=4))
+    g = early_exit_generate(ee, [1, 2, 3], None, max_new_tokens=4, decoder=Decoder(ee, max_length=6))
+    assert g.tokens == early_exit_generate(ee, [1, 2, 3], None, max_new_tokens=4).tokens
