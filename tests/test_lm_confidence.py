@@ -75,3 +75,31 @@ def test_bad_gates(ee, classifiers):
                             gate=StateGate("saturation", (0.5, 0.5)))
     with pytest.raises(ValueError, match="policy or a gate"):
         teacher_forced_eval(ee, ["ROMEO:"], None)
+
+
+def test_gates_evaluate_in_eval_mode_and_give_the_callers_mode_back(ee, classifiers):
+    text = heldout_text("test")[:3000]
+    reference = state_scores(ee, text, "classifier", classifiers, max_tokens=300)
+    cal = calibrate_gate(ee, text, "saturation", target=0.9, max_tokens=300)
+    ee.model.train()  # dropout 0.1 in the course model's config
+    try:
+        for _ in range(2):
+            scores, correct = state_scores(ee, text, "classifier", classifiers, max_tokens=300)
+            assert torch.equal(scores, reference[0]) and torch.equal(correct, reference[1])
+            assert calibrate_gate(ee, text, "saturation", target=0.9, max_tokens=300) == cal
+        assert ee.model.training and all(m.training for m in ee.model.modules())  # the caller's mode, given back
+    finally:
+        ee.model.eval()
+
+
+def test_training_the_classifiers_leaves_the_callers_random_numbers_alone(ee):
+    text = heldout_text("test")[:2000]
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    first = train_exit_classifiers(ee, text, max_tokens=200, steps=3, seed=5)
+    assert torch.equal(torch.rand(4), expected)  # the caller's stream goes on as if nothing had happened
+    second = train_exit_classifiers(ee, text, max_tokens=200, steps=3, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    other = train_exit_classifiers(ee, text, max_tokens=200, steps=3, seed=6)
+    assert not torch.equal(other.linears[0].weight, first.linears[0].weight)  # the seed decides the start

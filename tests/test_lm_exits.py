@@ -8,8 +8,9 @@ import torch
 
 from eelib.lm import model as lmlib
 from eelib.lm import train as lmtrain
-from eelib.lm.exits import (EarlyExitLM, ExitAdapter, course_exits, heldout_text, load_exit_heads, new_adapters, oracle_layers,
-                            oracle_token_exits, perplexity, token_exit_outputs, train_exit_heads)
+from eelib.lm.exits import (EarlyExitLM, ExitAdapter, agreement_by_layer, course_exits, heldout_text, load_exit_heads,
+                            new_adapters, oracle_layers, oracle_token_exits, perplexity, token_exit_outputs,
+                            train_exit_heads)
 from eelib.lm.generate import Decoder, early_exit_generate, token_exit_costs
 from eelib.outputs import ExitOutputs
 from eelib.policies import ExitPolicy, apply_policy, calibrate, evaluate_policy
@@ -476,3 +477,27 @@ def test_decoding_refuses_a_model_in_training_mode(course):
             early_exit_generate(ee, "ROMEO:", None, max_new_tokens=2)
     finally:
         course.model.eval()
+
+
+def test_exits_evaluate_in_eval_mode_and_give_the_callers_mode_back(tiny):
+    """A model left in training mode (dropout 0.1 in GPT2Config) is evaluated without dropout, and stays in training mode."""
+    ee = EarlyExitLM(tiny, [1, 3], adapters=new_adapters(tiny))
+    text = _tiny_text(40, seed=3)
+    ids = lmlib.encode(tiny, text)[:30]
+    reference = (ee.exit_logits(ids), token_exit_outputs(ee, text, max_tokens=60).outputs.logits,
+                 agreement_by_layer(ee, text, max_tokens=60), lmlib.token_losses(tiny, text))
+    heads_reference = train_exit_heads(tiny, text, steps=1, batch_size=2, progress=False)[1]
+    tiny.model.train()
+    ee.adapters.train()
+    try:
+        for _ in range(2):  # dropout would differ from call to call
+            again = (ee.exit_logits(ids), token_exit_outputs(ee, text, max_tokens=60).outputs.logits,
+                     agreement_by_layer(ee, text, max_tokens=60), lmlib.token_losses(tiny, text))
+            assert torch.equal(again[0], reference[0]) and torch.equal(again[1], reference[1])
+            assert again[2] == reference[2] and torch.equal(again[3], reference[3])
+        heads = train_exit_heads(tiny, text, steps=1, batch_size=2, progress=False)[1]
+        assert heads.kl_before == heads_reference.kl_before and heads.losses == heads_reference.losses
+        assert tiny.model.training and all(m.training for m in tiny.model.modules())  # the caller's mode, given back
+        assert ee.adapters.training
+    finally:
+        tiny.model.eval()

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eelib._util.eval_mode import eval_mode
 from eelib.lm.model import encode
 from eelib.lm.exits import EarlyExitLM
 from eelib.policies import Measure, first_exits
@@ -80,13 +81,14 @@ class StateGate:
 
 
 def _states(ee: EarlyExitLM, text: str, max_tokens: int):
-    """Per early exit: the states after and before its layer ``(N, d)``; and ``correct`` ``(E, N)``."""
+    """Per early exit: the states after and before its layer ``(N, d)``; and ``correct`` ``(E, N)``
+    (in eval mode: no dropout; the caller's mode is restored)."""
     ids = encode(ee.lm, text)[: max_tokens]
     after = [[] for _ in ee.exit_layers]
     before = [[] for _ in ee.exit_layers]
     correct = []
     window = ee.lm.context_length
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(ee):
         for start in range(0, len(ids), window):
             chunk = ids[start:start + window].to(ee.lm.device)[None]
             hs = ee.model(chunk, output_hidden_states=True).hidden_states
@@ -102,12 +104,15 @@ def _states(ee: EarlyExitLM, text: str, max_tokens: int):
 def train_exit_classifiers(ee: EarlyExitLM, text: str, *, max_tokens: int = 8000, steps: int = 300,
                            lr: float = 0.05, seed: int = 0) -> ExitClassifiers:
     """Train the exit classifiers on the frozen model: one logistic regression per early exit, full batch (Adam),
-    on every token of ``text`` (up to ``max_tokens``); the label is "this exit's top-1 equals the final's"."""
-    if not isinstance(steps, int) or steps < 1:
+    on every token of ``text`` (up to ``max_tokens``); the label is "this exit's top-1 equals the final's".
+
+    ``seed`` fixes the classifiers' initialisation; the caller's random number generator is left as it was."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    torch.manual_seed(seed)
     after, _, correct = _states(ee, text, max_tokens)
-    clf = ExitClassifiers(len(ee.exit_layers), ee.model.config.n_embd)
+    with torch.random.fork_rng():  # seeded here (torch.manual_seed seeds every device), the caller's streams untouched
+        torch.manual_seed(seed)
+        clf = ExitClassifiers(len(ee.exit_layers), ee.model.config.n_embd)
     opt = torch.optim.Adam(clf.parameters(), lr=lr)
     for _ in range(steps):
         loss = sum(F.binary_cross_entropy(clf(k, after[k]), correct[k].float()) for k in range(len(after)))

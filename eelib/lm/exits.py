@@ -38,6 +38,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from eelib._util.eval_mode import eval_mode
 from eelib._util.progress import tqdm
 
 from eelib.outputs import ExitOutputs
@@ -155,15 +156,16 @@ class EarlyExitLM(nn.Module):
     def exit_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Logits of every exit at every position: ``(T,)`` or ``(1, T)`` ids -> ``(num_exits, T, vocab)``.
 
-        One forward pass of the model with ``output_hidden_states=True``. The last hidden state
-        already has ``ln_f`` applied, so the final exit is ``lm_head`` of it: exactly the
-        model's logits.
+        One forward pass of the model with ``output_hidden_states=True``, in eval mode (no dropout;
+        the caller's mode is restored afterwards). The last hidden state already has ``ln_f``
+        applied, so the final exit is ``lm_head`` of it: exactly the model's logits.
         """
         ids = _as_batch(input_ids, self.lm)
-        out = self.model(ids.to(self.lm.device), output_hidden_states=True)
-        hs = out.hidden_states  # n_layers + 1: the embeddings, then after each block
-        logits = [self.head(k, hs[l]) for k, l in enumerate(self.exit_layers)]
-        logits.append(self.model.lm_head(hs[-1]))  # already normalised by ln_f
+        with eval_mode(self):
+            out = self.model(ids.to(self.lm.device), output_hidden_states=True)
+            hs = out.hidden_states  # n_layers + 1: the embeddings, then after each block
+            logits = [self.head(k, hs[l]) for k, l in enumerate(self.exit_layers)]
+            logits.append(self.model.lm_head(hs[-1]))  # already normalised by ln_f
         return torch.stack(logits)[:, 0]
 
     def save_pretrained(self, folder: str | Path) -> Path:
@@ -434,31 +436,35 @@ def train_exit_heads(lm: LanguageModel, text: str, *, steps: int = 300, batch_si
     eval_ids = encode(lm, eval_text)[: 4 * context] if eval_text else tokens[-4 * context:]
     eval_ids = eval_ids[: len(eval_ids) // context * context].view(-1, context).to(lm.device)
     trainable = [p for p in lm.model.parameters() if p.requires_grad]
-    for p in trainable:  # frozen while the heads train, as it was afterwards
-        p.requires_grad_(False)
     adapters = new_adapters(lm)
-    with torch.no_grad():
-        before = _layer_kl(lm, adapters, eval_ids).tolist()
-    opt = torch.optim.AdamW(adapters.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    gen = torch.Generator().manual_seed(seed)
     losses = []
-    start = time.perf_counter()
-    bar = tqdm(range(steps), desc="exit heads", disable=not progress)
-    for _ in bar:
-        starts = torch.randint(0, len(tokens) - context, (batch_size,), generator=gen)
-        batch = torch.stack([tokens[s:s + context] for s in starts.tolist()]).to(lm.device)
-        loss = _layer_kl(lm, adapters, batch).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(kl=f"{losses[-1]:.3f}")
-    with torch.no_grad():
-        after = _layer_kl(lm, adapters, eval_ids).tolist()
-    for p in trainable:
-        p.requires_grad_(True)
+    try:
+        for p in trainable:  # frozen while the heads train, as it was afterwards
+            p.requires_grad_(False)
+        with eval_mode(lm.model):  # the frozen model as the heads will see it: no dropout; the caller's mode restored
+            with torch.no_grad():
+                before = _layer_kl(lm, adapters, eval_ids).tolist()
+            opt = torch.optim.AdamW(adapters.parameters(), lr=lr, weight_decay=0.0)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+            gen = torch.Generator().manual_seed(seed)
+            start = time.perf_counter()
+            bar = tqdm(range(steps), desc="exit heads", disable=not progress)
+            for _ in bar:
+                starts = torch.randint(0, len(tokens) - context, (batch_size,), generator=gen)
+                batch = torch.stack([tokens[s:s + context] for s in starts.tolist()]).to(lm.device)
+                loss = _layer_kl(lm, adapters, batch).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.item())
+                bar.set_postfix(kl=f"{losses[-1]:.3f}")
+            with torch.no_grad():
+                after = _layer_kl(lm, adapters, eval_ids).tolist()
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
     adapters.eval()
     return adapters, HeadTraining(steps, tuple(before), tuple(after), tuple(losses), time.perf_counter() - start)
 

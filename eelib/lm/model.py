@@ -23,6 +23,7 @@ import torch
 
 from eelib._util.cache import _check_host_resolves, folder_ready
 from eelib._util.device import get_device
+from eelib._util.eval_mode import eval_mode
 from eelib.errors import DownloadError, ModelUnavailableError
 
 if TYPE_CHECKING:  # transformers is imported when a model is loaded, not with eelib
@@ -262,14 +263,15 @@ def token_losses(lm: LanguageModel, text: str, *, stride: int | None = None) -> 
     full = torch.cat([torch.tensor([bos]), ids])  # position 0 is context only
     losses = torch.empty(len(ids))
     pos = 1  # next position of `full` to score; token i of ids sits at position i + 1
-    while pos < len(full):
-        end = min(window if pos == 1 else pos + stride, len(full))  # score positions pos .. end - 1
-        start = max(0, end - window)  # with as much left context as fits
-        chunk = full[start:end].to(lm.device).unsqueeze(0)  # (1, T)
-        logits = lm.model(chunk).logits[0, :-1].float()  # (T - 1, vocab): predicts positions start + 1 ..
-        nll = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="none").cpu()
-        losses[pos - 1:end - 1] = nll[pos - start - 1:]
-        pos = end
+    with eval_mode(lm.model):  # no dropout; the caller's mode is restored
+        while pos < len(full):
+            end = min(window if pos == 1 else pos + stride, len(full))  # score positions pos .. end - 1
+            start = max(0, end - window)  # with as much left context as fits
+            chunk = full[start:end].to(lm.device).unsqueeze(0)  # (1, T)
+            logits = lm.model(chunk).logits[0, :-1].float()  # (T - 1, vocab): predicts positions start + 1 ..
+            nll = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="none").cpu()
+            losses[pos - 1:end - 1] = nll[pos - start - 1:]
+            pos = end
     return losses
 
 
