@@ -27,8 +27,8 @@ from torch import nn
 
 from eelib._util.eval_mode import eval_mode
 from eelib.lm.model import encode
-from eelib.lm.exits import EarlyExitLM
-from eelib.policies import Measure, first_exits
+from eelib.lm.exits import EarlyExitLM, _check_max_tokens, check_exits
+from eelib.policies import Measure, _check_max_candidates, as_thresholds, first_exits
 
 STATE_MEASURES = ("saturation", "classifier")
 _STATE_SCORE = Measure("state", lambda s: s, higher_is_confident=True, one_exit=True)  # both: higher is confident
@@ -67,7 +67,7 @@ class StateGate:
             raise ValueError(f"measure must be one of {', '.join(STATE_MEASURES)}, got {self.measure!r}")
         if self.measure == "classifier" and self.classifiers is None:
             raise ValueError("measure='classifier' needs classifiers= (train them with train_exit_classifiers)")
-        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        object.__setattr__(self, "thresholds", as_thresholds(self.thresholds, "thresholds"))
 
     def score(self, k: int, h: torch.Tensor, h_before: torch.Tensor) -> torch.Tensor:
         """Exit ``k``'s score for states ``h`` (after the exit's layer) and ``h_before`` (before that layer)."""
@@ -83,6 +83,7 @@ class StateGate:
 def _states(ee: EarlyExitLM, text: str, max_tokens: int):
     """Per early exit: the states after and before its layer ``(N, d)``; and ``correct`` ``(E, N)``
     (in eval mode: no dropout; the caller's mode is restored)."""
+    _check_max_tokens(max_tokens)
     ids = encode(ee.lm, text)[: max_tokens]
     after = [[] for _ in ee.exit_layers]
     before = [[] for _ in ee.exit_layers]
@@ -107,6 +108,7 @@ def train_exit_classifiers(ee: EarlyExitLM, text: str, *, max_tokens: int = 8000
     on every token of ``text`` (up to ``max_tokens``); the label is "this exit's top-1 equals the final's".
 
     ``seed`` fixes the classifiers' initialisation; the caller's random number generator is left as it was."""
+    check_exits(ee, "train_exit_classifiers")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     after, _, correct = _states(ee, text, max_tokens)
@@ -135,6 +137,7 @@ def state_scores(ee: EarlyExitLM, text: str, measure: str, classifiers: ExitClas
                  max_tokens: int = 8000) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores ``(E - 1, N)`` of a hidden-state measure at every early exit on ``text``, and ``correct`` ``(E, N)``
     (each exit's top-1 equals the final exit's)."""
+    check_exits(ee, "state_scores")
     gate = StateGate(measure, (0.0,) * len(ee.exit_layers), classifiers)
     after, before, correct = _states(ee, text, max_tokens)
     with torch.no_grad():
@@ -148,8 +151,10 @@ def calibrate_gate(ee: EarlyExitLM, text: str, measure: str, *, target: float = 
                    max_candidates: int = 200) -> GateCalibration:
     """The lowest shared threshold (most tokens leaving early) whose agreement with the full model on ``text`` is
     at least ``target``; candidates are quantiles of the early exits' scores, and "never exit" (inf)."""
-    if not 0 < target <= 1:
+    check_exits(ee, "calibrate_gate")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
         raise ValueError(f"target must be in (0, 1], got {target!r}")
+    _check_max_candidates(max_candidates)
     scores, correct = state_scores(ee, text, measure, classifiers, max_tokens=max_tokens)
     full = torch.cat([scores, torch.zeros(1, scores.shape[1])])  # the final exit takes the rest
     layers = torch.tensor(ee.layers, dtype=torch.float64)

@@ -104,7 +104,12 @@ class EarlyExitLM(nn.Module):
     def __init__(self, lm: LanguageModel, exit_layers: Sequence[int], *,
                  adapters: Sequence[ExitAdapter] | nn.ModuleList | None = None):
         super().__init__()
+        if not isinstance(lm, LanguageModel):
+            raise TypeError(f"lm must be a LanguageModel (eelib.load_lm(...)), got {type(lm).__name__}")
         n = lm.n_layers
+        if isinstance(exit_layers, (str, bytes)) or not hasattr(exit_layers, "__iter__"):
+            raise TypeError(f"exit_layers must be a sequence of layers from 1 to {n - 1}, e.g. (2,) or (2, 4), "
+                            f"got {type(exit_layers).__name__} {exit_layers!r}")
         layers = list(exit_layers)
         bad = [l for l in layers if isinstance(l, bool) or not isinstance(l, int) or not 1 <= l < n]
         if bad or not layers:
@@ -220,6 +225,22 @@ class EarlyExitLM(nn.Module):
         return cls(lm, exit_layers, adapters=adapters)
 
 
+def check_exits(ee, where: str) -> None:
+    """A TypeError unless ``ee`` is an `EarlyExitLM` (a `LanguageModel` gets told how to make one)."""
+    if not isinstance(ee, EarlyExitLM):
+        hint = ("; that is a language model without exits: give its exits, course_exits(lm) or "
+                "EarlyExitLM(lm, exit_layers)") if isinstance(ee, LanguageModel) else ""
+        raise TypeError(f"{where} takes an EarlyExitLM first, got {type(ee).__name__}{hint}")
+
+
+def _check_max_tokens(max_tokens: int | None, *, optional: bool = False) -> None:
+    if optional and max_tokens is None:
+        return
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be a positive integer{' or None (every token)' if optional else ''}, "
+                         f"got {max_tokens!r}")
+
+
 def _as_batch(input_ids: torch.Tensor, lm: LanguageModel) -> torch.Tensor:
     ids = torch.as_tensor(input_ids)
     if ids.ndim == 1:
@@ -289,6 +310,11 @@ def token_exit_outputs(ee: EarlyExitLM, text: str, *, max_tokens: int = 2048,
             stored logits may rank a few near-ties differently from the labels (which are always
             the full-precision top-1).
     """
+    check_exits(ee, "token_exit_outputs")
+    _check_max_tokens(max_tokens)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype for the stored logits (torch.float32, "
+                        f"torch.float16, torch.bfloat16), got {dtype!r}")
     ids = encode(ee.lm, text)[: max_tokens + 1]
     if len(ids) < 2:
         raise ValueError("text must have at least 2 tokens: one to read and one to predict")
@@ -363,6 +389,8 @@ def threshold_for_agreement(scores: torch.Tensor, agrees: torch.Tensor, target: 
 def agreement_by_layer(ee: EarlyExitLM, text: str, *, max_tokens: int | None = None) -> tuple[float, ...]:
     """Share of the tokens of ``text`` at which each exit's top-1 equals the final exit's (every exit of ``ee``,
     the final one last: 1.0), over non-overlapping windows of the context length, without storing logits."""
+    check_exits(ee, "agreement_by_layer")
+    _check_max_tokens(max_tokens, optional=True)
     ids = encode(ee.lm, text)
     ids = ids if max_tokens is None else ids[: max_tokens + 1]
     if len(ids) < 2:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from eelib._util.cache import _check_host_resolves, folder_ready
-from eelib._util.device import get_device
+from eelib._util.device import resolve_device
 from eelib._util.eval_mode import eval_mode
 from eelib.errors import DownloadError, ModelUnavailableError
 
@@ -159,6 +159,13 @@ def load_lm(name: str | os.PathLike = COURSE_MODEL, *, device: str | torch.devic
     """
     from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel
 
+    if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
+        raise (ValueError if isinstance(name, str) else TypeError)(f"name must be {COURSE_MODEL!r}, {COURSE_EE_MODEL!r}, a Hugging Face Hub id such as 'gpt2', "
+                        f"or a folder written by save_pretrained; got {type(name).__name__} {name!r}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating-point torch.dtype (torch.float32, torch.bfloat16, torch.float16) "
+                        f"or None (the stored dtype), got {type(dtype).__name__} {dtype!r}")
+    target = resolve_device(device)  # a bad device fails before anything loads
     label = str(name)
     if label in _SHIPPED:
         source = str(course_model_path(label))
@@ -206,7 +213,7 @@ def load_lm(name: str | os.PathLike = COURSE_MODEL, *, device: str | torch.devic
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=cached)
     except OSError as err:
         raise _unavailable(label, err) from err
-    model.to(device=get_device(device) if not isinstance(device, torch.device) else device)
+    model.to(device=target)
     if dtype is not None:
         model.to(dtype=dtype)
     model.eval()

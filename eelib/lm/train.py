@@ -33,6 +33,7 @@ from eelib._util.cache import DownloadError, atomic_path, data_dir, download, fi
 from eelib._util.device import get_device, seed_everything
 from eelib._util.eval_mode import eval_mode
 from eelib._util.progress import tqdm
+from eelib.errors import EelibError
 from eelib.lm.model import (COURSE_EE_MODEL, COURSE_MODEL, END_OF_TEXT, LanguageModel, LMEval, course_model_path,
                             encode, evaluate_text, load_lm)
 
@@ -598,16 +599,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     eval_p.add_argument("--model", default=COURSE_MODEL, help="'course', a Hub id or a folder")
     eval_p.add_argument("--corpus", type=Path, help="the Tiny Shakespeare text (default: download it)")
     args = parser.parse_args(argv)
+    if args.command == "train":  # the arguments are checked before the corpus loads (or downloads)
+        try:
+            config = LMTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LMTrainConfig)
+                                      if hasattr(args, f.name)})
+        except ValueError as err:
+            train_p.error(str(err))
     try:
         text = load_corpus(args.corpus)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, DownloadError) as err:  # DownloadError: offline (a RuntimeError)
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.command == "train":
         if args.threads:
             torch.set_num_threads(args.threads)
-        config = LMTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LMTrainConfig)
-                                  if hasattr(args, f.name)})
         name = COURSE_EE_MODEL if config.early_exit else COURSE_MODEL
         out = (course_model_path(name) if args.into_package
                else args.out if args.out is not None else default_train_folder(name))
@@ -622,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         try:
             lm = load_lm(args.model)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, TypeError, EelibError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         figures = evaluate_text(lm, split_corpus(text)[1])
