@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from eelib.outputs import ExitOutputs
-from eelib._util.validation import check_finite
+from eelib._util.validation import as_thresholds, check_finite, check_logits, check_max_candidates
 
 
 def max_prob(logits: torch.Tensor) -> torch.Tensor:
@@ -119,37 +119,6 @@ def confidence(logits: torch.Tensor, measure: str = "max_prob") -> torch.Tensor:
     return m.fn(logits)
 
 
-def _is_number(value) -> bool:
-    return not isinstance(value, bool) and (isinstance(value, numbers.Real)
-                                            or isinstance(value, torch.Tensor) and value.ndim == 0
-                                            and (value.is_floating_point() or not value.dtype == torch.bool))
-
-
-def as_thresholds(values, name: str = "thresholds") -> tuple[float, ...]:
-    """``values`` as a tuple of floats: a sequence (list, tuple, 1-D tensor or array) of real numbers, none NaN.
-
-    A single number (a 0-d tensor too) or a string is refused with a ValueError naming ``name`` (one threshold
-    per early exit is needed: ``(0.9,)`` for a model with two exits); an element that is not a number with a
-    TypeError.
-    """
-    if _is_number(values) or getattr(values, "ndim", None) == 0:
-        raise ValueError(f"{name} must be a sequence with one threshold per early exit, e.g. (0.9, 0.9), got a "
-                         f"single number {values!r}: for one early exit write ({float(values):g},)")
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise ValueError(f"{name} must be a sequence with one threshold per early exit, e.g. (0.9, 0.9), "
-                         f"got {type(values).__name__} {values!r}")
-    if isinstance(values, torch.Tensor):
-        values = values.tolist()
-    out = []
-    for t in values:
-        if not _is_number(t):
-            raise TypeError(f"{name} must hold numbers, got {type(t).__name__} {t!r} in {values!r}")
-        out.append(float(t))
-    if any(math.isnan(t) for t in out):
-        raise ValueError(f"{name} must be numbers, got {tuple(out)}")
-    return tuple(out)
-
-
 @dataclass(frozen=True)
 class ExitPolicy:
     """A confidence measure and one threshold per early exit (the final exit takes the rest).
@@ -202,17 +171,6 @@ def first_exits(scores: torch.Tensor, thresholds: Sequence[float], measure: Meas
     leave = [measure.passes(scores[k], t) for k, t in enumerate(thresholds)]
     leave.append(torch.ones_like(scores[-1], dtype=torch.bool))  # the final exit takes every sample left
     return torch.stack(leave).to(torch.uint8).argmax(0)  # argmax returns the first of equal maxima
-
-
-def check_logits(logits: torch.Tensor, name: str = "logits") -> None:
-    """Raise unless ``logits`` is a floating-point tensor ``(num_exits, N, num_classes)``."""
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (num_exits, N, num_classes), got {type(logits).__name__}")
-    if logits.ndim != 3:
-        raise ValueError(f"{name} must have shape (num_exits, N, num_classes), got {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise TypeError(f"{name} must be floating point (the exits' raw scores before softmax), got {logits.dtype}: "
-                        f"class indices or rounded values are not logits")
 
 
 def apply_policy(policy: ExitPolicy, logits: torch.Tensor) -> PolicyResult:
@@ -352,16 +310,10 @@ def static_exit(outputs: ExitOutputs, k: int, costs: CostDescription, full_flops
     return evaluate_result(PolicyResult(outputs.predictions[k], exits), outputs.labels, exit_flops, full_flops)
 
 
-def _check_max_candidates(max_candidates: int) -> None:
-    if isinstance(max_candidates, bool) or not isinstance(max_candidates, numbers.Integral) or max_candidates < 2:
-        raise ValueError(f"max_candidates must be an integer >= 2 (quantiles of the scores from the lowest to the "
-                         f"highest are tried as thresholds), got {max_candidates!r}")
-
-
 def candidate_thresholds(outputs: ExitOutputs, measure: str, *, max_candidates: int = 200,
                          _scores: torch.Tensor | None = None) -> list[float]:
     """Threshold values worth trying: quantiles of the early exits' scores, plus 'never exit'."""
-    _check_max_candidates(max_candidates)
+    check_max_candidates(max_candidates)
     m = get_measure(measure)
     scores = (confidence(outputs.logits, measure) if _scores is None else _scores)[:-1].flatten().double()
     qs = torch.linspace(0, 1, max_candidates, dtype=torch.float64)
@@ -420,7 +372,7 @@ def calibrate(outputs: ExitOutputs, costs: CostDescription, full_flops: float | 
     for name, value in (("max_accuracy_drop", max_accuracy_drop), ("flops_budget", flops_budget)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
             raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    _check_max_candidates(max_candidates)
+    check_max_candidates(max_candidates)
     exit_flops, full_flops = exit_and_full_flops(costs, full_flops)
     _check_costs(exit_flops, outputs.num_exits)
     check_finite(outputs.logits, "outputs.logits")

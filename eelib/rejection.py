@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from eelib.outputs import ExitOutputs
-from eelib.policies import CostDescription, _check_max_candidates, as_thresholds, candidate_thresholds, get_measure
-from eelib._util.validation import check_finite
+from eelib.policies import CostDescription, candidate_thresholds, get_measure
+from eelib._util.validation import as_thresholds, check_finite, check_max_candidates
 
 EXIT, CONTINUE, REJECT = 0, 1, 2  # the three decisions at an exit (see decide)
 DECISIONS = ("exit", "continue", "reject")
@@ -583,7 +583,7 @@ def calibrate_reject(outputs: ExitOutputs, costs: CostModel | CostDescription, *
     costs = as_cost_model(costs, error_cost=error_cost, reject_cost=reject_cost, compute_cost=compute_cost)
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not allowed; allowed: {', '.join(MODES)}")
-    _check_max_candidates(max_candidates)
+    check_max_candidates(max_candidates)
     if len(costs.exit_flops) != outputs.num_exits:
         raise ValueError(f"exit_flops has {len(costs.exit_flops)} values but there are {outputs.num_exits} exits")
     if len(outputs.labels) == 0:

@@ -28,7 +28,8 @@ from torch import nn
 from eelib._util.eval_mode import eval_mode
 from eelib.lm.model import encode
 from eelib.lm.exits import EarlyExitLM, _check_max_tokens, check_exits
-from eelib.policies import Measure, _check_max_candidates, as_thresholds, first_exits
+from eelib.policies import Measure, first_exits
+from eelib._util.validation import as_thresholds, check_max_candidates
 
 STATE_MEASURES = ("saturation", "classifier")
 _STATE_SCORE = Measure("state", lambda s: s, higher_is_confident=True, one_exit=True)  # both: higher is confident
@@ -154,7 +155,7 @@ def calibrate_gate(ee: EarlyExitLM, text: str, measure: str, *, target: float = 
     check_exits(ee, "calibrate_gate")
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
         raise ValueError(f"target must be in (0, 1], got {target!r}")
-    _check_max_candidates(max_candidates)
+    check_max_candidates(max_candidates)
     scores, correct = state_scores(ee, text, measure, classifiers, max_tokens=max_tokens)
     full = torch.cat([scores, torch.zeros(1, scores.shape[1])])  # the final exit takes the rest
     layers = torch.tensor(ee.layers, dtype=torch.float64)
