@@ -24,6 +24,7 @@ docstring).
 from __future__ import annotations
 
 import math
+import numbers
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from eelib.outputs import ExitOutputs
-from eelib._util.validation import check_finite
+from eelib._util.validation import as_thresholds, check_finite, check_logits, check_max_candidates
 
 
 def max_prob(logits: torch.Tensor) -> torch.Tensor:
@@ -131,11 +132,7 @@ class ExitPolicy:
 
     def __post_init__(self) -> None:
         get_measure(self.measure)
-        if isinstance(self.thresholds, (int, float)):
-            raise ValueError("thresholds must be a sequence with one value per early exit, got a single number")
-        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
-        if any(math.isnan(t) for t in self.thresholds):
-            raise ValueError(f"thresholds must be numbers, got {self.thresholds}")
+        object.__setattr__(self, "thresholds", as_thresholds(self.thresholds, "thresholds"))
 
     def check(self, num_exits: int, num_classes: int) -> None:
         """Raise a ValueError unless the policy fits a model with these exits and classes."""
@@ -179,8 +176,10 @@ def first_exits(scores: torch.Tensor, thresholds: Sequence[float], measure: Meas
 
 def apply_policy(policy: ExitPolicy, logits: torch.Tensor) -> PolicyResult:
     """Simulate a policy on the logits of every exit ``(E, N, C)`` (all computed beforehand)."""
-    if logits.ndim != 3:
-        raise ValueError(f"logits must have shape (num_exits, N, num_classes), got {tuple(logits.shape)}")
+    if not isinstance(policy, ExitPolicy):
+        raise TypeError(f"apply_policy takes the ExitPolicy first, then the logits: apply_policy(policy, logits); "
+                        f"got {type(policy).__name__} as the policy")
+    check_logits(logits)
     num_exits, n, num_classes = logits.shape
     policy.check(num_exits, num_classes)
     check_finite(logits, "logits")
@@ -315,6 +314,7 @@ def static_exit(outputs: ExitOutputs, k: int, costs: CostDescription, full_flops
 def candidate_thresholds(outputs: ExitOutputs, measure: str, *, max_candidates: int = 200,
                          _scores: torch.Tensor | None = None) -> list[float]:
     """Threshold values worth trying: quantiles of the early exits' scores, plus 'never exit'."""
+    check_max_candidates(max_candidates)
     m = get_measure(measure)
     scores = (confidence(outputs.logits, measure) if _scores is None else _scores)[:-1].flatten().double()
     qs = torch.linspace(0, 1, max_candidates, dtype=torch.float64)
@@ -370,13 +370,17 @@ def calibrate(outputs: ExitOutputs, costs: CostDescription, full_flops: float | 
     """
     if (max_accuracy_drop is None) == (flops_budget is None):
         raise ValueError("give exactly one target: max_accuracy_drop (fraction) or flops_budget (FLOPs per sample)")
+    for name, value in (("max_accuracy_drop", max_accuracy_drop), ("flops_budget", flops_budget)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    check_max_candidates(max_candidates)
     exit_flops, full_flops = exit_and_full_flops(costs, full_flops)
     _check_costs(exit_flops, outputs.num_exits)
     check_finite(outputs.logits, "outputs.logits")
     predictions = outputs.predictions  # (E, N), computed once
     correct = (predictions == outputs.labels).double()
     if max_accuracy_drop is not None:
-        if not 0 <= max_accuracy_drop < 1:
+        if not 0 <= max_accuracy_drop < 1:  # NaN fails too
             raise ValueError(f"max_accuracy_drop must be a fraction in [0, 1), got {max_accuracy_drop!r}")
         # in float64, as every candidate's accuracy (quick, below): never exiting reaches the final exit's
         # accuracy exactly, so it meets any drop >= 0; the slack only absorbs the rounding of the subtraction
@@ -389,7 +393,7 @@ def calibrate(outputs: ExitOutputs, costs: CostDescription, full_flops: float | 
         def better(a: PolicyEval, b: PolicyEval) -> bool:
             return (a.avg_flops, -a.accuracy) < (b.avg_flops, -b.accuracy)
     else:
-        if not isinstance(flops_budget, (int, float)) or flops_budget <= 0:
+        if not flops_budget > 0:  # NaN fails too
             raise ValueError(f"flops_budget must be a positive number of FLOPs per sample, got {flops_budget!r}")
         target = f"average FLOPs <= {flops_budget:.4g}"
 

@@ -26,14 +26,16 @@ reject-only baselines.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from eelib.outputs import ExitOutputs
-from eelib.policies import candidate_thresholds, get_measure
-from eelib._util.validation import check_finite
+from eelib.policies import CostDescription, candidate_thresholds, get_measure
+from eelib._util.validation import as_thresholds, check_finite, check_max_candidates
 
 EXIT, CONTINUE, REJECT = 0, 1, 2  # the three decisions at an exit (see decide)
 DECISIONS = ("exit", "continue", "reject")
@@ -42,14 +44,24 @@ DECISIONS = ("exit", "continue", "reject")
 # --- inputs ------------------------------------------------------------------------------------
 
 def _check_fraction(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+    """``value`` as a float in (0, 1): Python's and numpy's numbers and 0-d tensors are taken, anything else refused."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
         raise ValueError(f"{name} must be in (0, 1), got {value!r}")
     return float(value)
 
 
 def _scores_and_correct(scores, correct) -> tuple[torch.Tensor, torch.Tensor]:
-    """1-D float64 scores and boolean correctness, one per sample, checked."""
-    scores = torch.as_tensor(scores).detach().cpu().double()
+    """1-D float64 scores and boolean correctness, one per sample, checked (a list of Python floats is read
+    in float64, not rounded to float32 first)."""
+    if not isinstance(scores, torch.Tensor):
+        try:
+            scores = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"scores must be numbers, one per sample (a tensor, array or list), got "
+                            f"{type(scores).__name__}: {err}") from None
+    scores = scores.detach().cpu().double()
     correct = torch.as_tensor(correct).detach().cpu()
     if scores.ndim != 1 or correct.ndim != 1:
         raise ValueError(f"scores and correct must be 1-D (one value per sample), got shapes "
@@ -365,12 +377,7 @@ class RejectPolicy:
     def __post_init__(self) -> None:
         get_measure(self.measure)
         for name in ("exit_thresholds", "reject_thresholds"):
-            value = getattr(self, name)
-            if isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a sequence of thresholds, got a single number")
-            object.__setattr__(self, name, tuple(float(t) for t in value))
-            if any(math.isnan(t) for t in getattr(self, name)):
-                raise ValueError(f"{name} must be numbers, got {getattr(self, name)}")
+            object.__setattr__(self, name, as_thresholds(getattr(self, name), name))
         if len(self.reject_thresholds) != len(self.exit_thresholds) + 1:
             raise ValueError(f"reject_thresholds has {len(self.reject_thresholds)} values and exit_thresholds "
                              f"{len(self.exit_thresholds)}: give one reject threshold per exit (the final "
@@ -471,16 +478,59 @@ class CostModel:
     compute_cost: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "exit_flops", tuple(float(f) for f in self.exit_flops))
-        if not self.exit_flops or any(f <= 0 for f in self.exit_flops) or self.full_flops <= 0:
-            raise ValueError(f"exit_flops and full_flops must be positive FLOPs, got {self.exit_flops}, "
+        if isinstance(self.exit_flops, (str, bytes)) or not hasattr(self.exit_flops, "__iter__"):
+            raise TypeError(f"exit_flops must be a sequence with one FLOP count per exit, got {self.exit_flops!r}")
+        object.__setattr__(self, "exit_flops", tuple(_real("exit_flops", f) for f in self.exit_flops))
+        object.__setattr__(self, "full_flops", _real("full_flops", self.full_flops))
+        flops = self.exit_flops + (self.full_flops,)
+        if not self.exit_flops or not all(math.isfinite(f) and f > 0 for f in flops):
+            raise ValueError(f"exit_flops and full_flops must be positive finite FLOPs, got {self.exit_flops}, "
                              f"{self.full_flops}")
         for name in ("error_cost", "reject_cost", "compute_cost"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+            value = _real(name, getattr(self, name))
+            object.__setattr__(self, name, value)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.reject_cost > self.error_cost:
             raise ValueError(f"reject_cost ({self.reject_cost}) must be at most error_cost ({self.error_cost}): "
                              f"otherwise rejecting is never worth it")
+
+
+def _real(name: str, value) -> float:
+    """``value`` as a float if it is a real number (numpy's and 0-d tensors included), else a TypeError naming it."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+PRICES = ("error_cost", "reject_cost", "compute_cost")  # what a CostModel adds to a cost description
+
+
+def as_cost_model(costs: CostModel | CostDescription, **prices: float | None) -> CostModel:
+    """The `CostModel` that chapter 5's functions price samples with.
+
+    ``costs`` is a `CostModel` (used as it is), or any cost description with ``exit_flops`` and
+    ``full_flops`` (`eelib.vision.cost.exit_costs`'s `ExitCosts`, `eelib.lm.generate.token_exit_costs`'s
+    `TokenCosts`), priced by the keyword arguments ``error_cost``, ``reject_cost`` and ``compute_cost``
+    (`CostModel`'s defaults for those not given).
+    """
+    unknown = set(prices) - set(PRICES)
+    if unknown:
+        raise TypeError(f"unknown price(s) {sorted(unknown)}; allowed: {', '.join(PRICES)}")
+    given = {k: v for k, v in prices.items() if v is not None}
+    if isinstance(costs, CostModel):
+        if given:
+            raise ValueError(f"costs is a CostModel, which has its own prices: leave out "
+                             f"{', '.join(f'{k}=' for k in given)} or give them to the CostModel "
+                             f"(dataclasses.replace(costs, {', '.join(f'{k}=...' for k in given)}))")
+        return costs
+    if not (hasattr(costs, "exit_flops") and hasattr(costs, "full_flops")):
+        raise TypeError(f"costs must be a CostModel, or a cost description with exit_flops and full_flops "
+                        f"(eelib.exit_costs(model), eelib.token_exit_costs(ee)) with the prices as keyword "
+                        f"arguments ({', '.join(f'{k}=' for k in PRICES)}); got {type(costs).__name__}")
+    return CostModel(tuple(costs.exit_flops), costs.full_flops, **given)
 
 
 @dataclass(frozen=True)
@@ -518,8 +568,15 @@ def _evaluate(exits: torch.Tensor, rejected: torch.Tensor, correct_at_exit: torc
                       tuple((torch.bincount(exits[rejected], minlength=e).double() / n).tolist()))
 
 
-def evaluate_reject_policy(policy: RejectPolicy, outputs: ExitOutputs, costs: CostModel) -> RejectEval:
-    """Simulate ``policy`` on ``outputs`` and measure accuracy, coverage, FLOPs and cost."""
+def evaluate_reject_policy(policy: RejectPolicy, outputs: ExitOutputs, costs: CostModel | CostDescription, *,
+                           error_cost: float | None = None, reject_cost: float | None = None,
+                           compute_cost: float | None = None) -> RejectEval:
+    """Simulate ``policy`` on ``outputs`` and measure accuracy, coverage, FLOPs and cost.
+
+    ``costs``: a `CostModel`, or a cost description (``exit_costs(model)``) priced by ``error_cost``,
+    ``reject_cost`` and ``compute_cost`` (see :func:`as_cost_model`).
+    """
+    costs = as_cost_model(costs, error_cost=error_cost, reject_cost=reject_cost, compute_cost=compute_cost)
     if len(costs.exit_flops) != outputs.num_exits:
         raise ValueError(f"exit_flops has {len(costs.exit_flops)} values but there are {outputs.num_exits} exits")
     r = apply_reject_policy(policy, outputs.logits)
@@ -547,13 +604,16 @@ class RejectCalibration:
 MODES = ("combined", "exit_only", "reject_only")
 
 
-def calibrate_reject(outputs: ExitOutputs, costs: CostModel, *, flops_budget: float | None = None,
-                     mode: str = "combined", measure: str = "max_prob",
-                     max_candidates: int = 100) -> RejectCalibration:
+def calibrate_reject(outputs: ExitOutputs, costs: CostModel | CostDescription, *, flops_budget: float | None = None,
+                     mode: str = "combined", measure: str = "max_prob", max_candidates: int = 100,
+                     error_cost: float | None = None, reject_cost: float | None = None,
+                     compute_cost: float | None = None) -> RejectCalibration:
     """Choose a reject policy on calibration outputs: the lowest mean cost within a FLOPs budget.
 
     The cost of a sample is the cost model's (compute, error, rejection); ``flops_budget`` bounds
-    the average FLOPs per sample on the calibration data (``None``: no budget).
+    the average FLOPs per sample on the calibration data (``None`` or ``inf``: no budget).
+    ``costs`` is a `CostModel`, or a cost description (``exit_costs(model)``) priced by
+    ``error_cost``, ``reject_cost`` and ``compute_cost`` (see :func:`as_cost_model`).
 
     Modes and algorithm (deterministic, on the given outputs only):
         ``exit_only``: one exit threshold shared by the early exits (chapter 4's candidates),
@@ -573,8 +633,10 @@ def calibrate_reject(outputs: ExitOutputs, costs: CostModel, *, flops_budget: fl
         Ties go to the fewer FLOPs. The chosen policy is within the budget on the calibration data
         by construction; a budget below the first exit's FLOPs raises a ValueError.
     """
+    costs = as_cost_model(costs, error_cost=error_cost, reject_cost=reject_cost, compute_cost=compute_cost)
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not allowed; allowed: {', '.join(MODES)}")
+    check_max_candidates(max_candidates)
     if len(costs.exit_flops) != outputs.num_exits:
         raise ValueError(f"exit_flops has {len(costs.exit_flops)} values but there are {outputs.num_exits} exits")
     if len(outputs.labels) == 0:
@@ -582,8 +644,9 @@ def calibrate_reject(outputs: ExitOutputs, costs: CostModel, *, flops_budget: fl
     check_finite(outputs.logits, "outputs.logits")
     flops = torch.as_tensor(costs.exit_flops, dtype=torch.float64)
     if flops_budget is not None:
-        if isinstance(flops_budget, bool) or not isinstance(flops_budget, (int, float)) or flops_budget <= 0:
-            raise ValueError(f"flops_budget must be a positive number of FLOPs per sample, got {flops_budget!r}")
+        if isinstance(flops_budget, bool) or not isinstance(flops_budget, numbers.Real) or not flops_budget > 0:
+            raise ValueError(f"flops_budget must be a positive number of FLOPs per sample (None or inf: no budget), "
+                             f"got {flops_budget!r}")
         lowest = float(flops[-1] if mode == "reject_only" else flops[0])
         if flops_budget < lowest * (1 - 1e-12):
             raise ValueError(f"flops_budget={flops_budget:.4g} is below the cheapest {mode} policy "

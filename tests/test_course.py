@@ -305,3 +305,50 @@ def test_a_closing_question_has_a_reference_answer_only_in_the_solution(path):
     stubs = [c for c in made.cells if c.source == grading.TEXT_STUB]
     assert len(stubs) == len(answers) and all(c.cell_type == "markdown" for c in stubs)
     assert [made.cells.index(c) for c in stubs] == [solution.cells.index(c) for c in answers]
+
+
+@pytest.mark.parametrize("command", [["run"], ["exercises"], ["exercises", "--check"], ["nbgrader", "NBG"],
+                                     ["slides", "--check"]])
+def test_course_commands_without_the_course_folder_say_so_and_write_nothing(tmp_path, capsys, command):
+    command = [str(tmp_path / "nbgrader") if c == "NBG" else c for c in command]
+    missing = tmp_path / "nonexistent"
+    with pytest.raises(SystemExit) as exit_:
+        course.main(["--root", str(missing)] + command)
+    assert exit_.value.code == 2 and "is not a folder" in capsys.readouterr().err
+    assert not missing.exists()
+    empty = tmp_path / "empty"  # a folder without notebooks/ or solutions/
+    empty.mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        course.main(["--root", str(empty)] + command)
+    folder = "notebooks" if command[0] in ("run", "slides") else "solutions"
+    assert exit_.value.code == 2 and f"no notebooks in {empty / folder}" in capsys.readouterr().err
+    assert list(tmp_path.rglob("*")) == [missing.parent / "empty"]  # no build/, no times.json, no nbgrader folder
+
+
+def test_a_partial_run_keeps_the_other_notebooks_times(tmp_path, monkeypatch):
+    import nbclient
+
+    class Instant:  # executes nothing: this test is about times.json
+        def __init__(self, nb, **kwargs):
+            pass
+
+        def execute(self):
+            pass
+
+    monkeypatch.setattr(nbclient, "NotebookClient", Instant)
+    build = tmp_path / "build"
+    paths = []
+    for name in ("01_a", "02_b"):
+        paths.append(tmp_path / "notebooks" / f"{name}.ipynb")
+        paths[-1].parent.mkdir(exist_ok=True)
+        nbformat.write(_nb(("md", f"# {name}", None)), paths[-1])
+    course.run_notebooks(paths, build)
+    first = json.loads((build / "times.json").read_text())
+    assert set(first) == {str(p) for p in paths}
+    (build / "times.json").write_text(json.dumps({**first, str(paths[0]): 99.0}))
+    course.run_notebooks(paths[1:], build)  # only the second notebook
+    again = json.loads((build / "times.json").read_text())
+    assert set(again) == set(first) and again[str(paths[0])] == 99.0  # the first one's time is kept
+    (build / "times.json").write_text("not json")
+    course.run_notebooks(paths[:1], build)  # an unreadable file is replaced
+    assert set(json.loads((build / "times.json").read_text())) == {str(paths[0])}

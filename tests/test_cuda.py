@@ -14,6 +14,8 @@ from eelib.lm.exits import course_exits
 from eelib.lm.generate import early_exit_generate
 from eelib.lm.speculative import self_speculative_generate
 from eelib.policies import ExitPolicy, apply_policy, calibrate
+from eelib._util.flops import count_flops
+from eelib.vision.dynamic import route
 from eelib.rejection import CostModel, apply_reject_policy, calibrate_reject, guaranteed_threshold, risk_coverage_curve
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
@@ -41,8 +43,15 @@ def test_routing_on_cuda_matches_the_cpu(both):
     assert (on_gpu.exits.cpu() == on_cpu.exits).float().mean() >= 0.99
     assert (on_gpu.predictions.cpu() == on_cpu.predictions).float().mean() >= 0.99
     speed = eelib.measure_speedup(policy, gpu, images.cuda(), batch_size=64, repeats=2)
-    assert speed.ideal_speedup == pytest.approx(eelib.exit_costs(gpu).full_flops * len(images)
-                                                / eelib.dynamic_inference(policy, gpu, images.cuda()).flops)
+    # the ideal speedup against what FlopCounterMode counts while the network and the routing run on the GPU
+    batches = images.cuda().split(64)
+    full = sum(count_flops(gpu.backbone, b) for b in batches)
+    routed = sum(count_flops(route, policy, gpu, b) for b in batches)
+    assert full > routed and speed.ideal_speedup == pytest.approx(full / routed)
+    leave_first = ExitPolicy("max_prob", (0.1,) * (gpu.num_exits - 1))  # max_prob >= 1/10 always: all leave at exit 0
+    first = sum(count_flops(gpu.forward_until, b, 0) for b in batches)
+    assert eelib.measure_speedup(leave_first, gpu, images.cuda(), batch_size=64, repeats=1).ideal_speedup == \
+        pytest.approx(full / first)
 
 
 @pytest.mark.parametrize("measure", ["max_prob", "entropy", "margin", "patience"])

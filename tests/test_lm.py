@@ -350,3 +350,19 @@ def test_train_writes_to_the_cache_by_default_never_into_the_package(tmp_cache, 
             lmtrain.main(argv)
         assert written[-1] == expected
     assert not str(written[0]).startswith(str(lmlib.course_model_path(lmlib.COURSE_MODEL).parent))
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_commands_offline_without_a_corpus_say_so_without_a_traceback(tmp_cache, offline, capsys, command):
+    assert lmtrain.main([command]) == 2  # the corpus cannot be downloaded: a DownloadError, printed, not raised
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not download") and "--corpus PATH" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, words", [(["--steps", "0"], "steps must be a positive integer, got 0"),
+                                         (["--dropout", "1.5"], "dropout must be in")])
+def test_train_arguments_are_checked_before_the_corpus_loads(monkeypatch, capsys, argv, words):
+    monkeypatch.setattr(lmtrain, "load_corpus", lambda path: pytest.fail("the corpus was loaded before the check"))
+    with pytest.raises(SystemExit) as exit_:
+        lmtrain.main(["train"] + argv)
+    assert exit_.value.code == 2 and words in capsys.readouterr().err

@@ -8,11 +8,12 @@ import torch
 
 from eelib.lm import model as lmlib
 from eelib.lm import train as lmtrain
-from eelib.lm.exits import (EarlyExitLM, ExitAdapter, course_exits, heldout_text, load_exit_heads, new_adapters, oracle_layers,
-                            oracle_token_exits, perplexity, token_exit_outputs, train_exit_heads)
+from eelib.lm.exits import (EarlyExitLM, ExitAdapter, agreement_by_layer, course_exits, heldout_text, load_exit_heads,
+                            new_adapters, oracle_layers, oracle_token_exits, perplexity, token_exit_outputs,
+                            train_exit_heads)
 from eelib.lm.generate import Decoder, early_exit_generate, token_exit_costs
 from eelib.outputs import ExitOutputs
-from eelib.policies import ExitPolicy, apply_policy, calibrate, evaluate_policy
+from eelib.policies import ExitPolicy, apply_policy, calibrate, candidate_thresholds, evaluate_policy
 
 PROMPTS = ("ROMEO:", "First Citizen:\nWe are accounted poor", "KING RICHARD III:\nNow is the winter")
 
@@ -168,9 +169,19 @@ def test_calibrated_policy_reaches_its_agreement_on_calibration_text(course):
     te = token_exit_outputs(ee, heldout_text("calibration"), max_tokens=1500)
     costs = token_exit_costs(ee, 128)
     cal = calibrate(te.outputs, costs, measure="max_prob", max_accuracy_drop=0.05)
-    assert cal.val.accuracy >= 0.95
     assert cal.val.exit_fractions[0] > 0  # some tokens do leave early
     assert evaluate_policy(cal.policy, te.outputs, costs) == cal.val
+    # the policy's agreement, counted here token by token against the full model's own top-1 (labels = the final exit's)
+    result = apply_policy(cal.policy, te.outputs.logits)
+    full = te.outputs.logits[-1].argmax(-1)
+    assert (result.predictions == full).double().mean().item() >= 0.95
+    # and it is the cheapest shared threshold that meets the target: the next looser candidate does not
+    candidates = candidate_thresholds(te.outputs, "max_prob")  # from the most tokens leaving early to the fewest
+    i = candidates.index(cal.policy.thresholds[0])
+    assert i > 0 and cal.policy.thresholds == (candidates[i],) * 2
+    looser = apply_policy(ExitPolicy("max_prob", (candidates[i - 1],) * 2), te.outputs.logits)
+    assert (looser.predictions == full).double().mean().item() < 0.95
+    assert (looser.exits < 2).sum() > (result.exits < 2).sum()  # it would have let more tokens leave early
 
 
 # --- generation ---------------------------------------------------------------------------------
@@ -353,7 +364,6 @@ def test_measured_generation_speed(course):
     speed = measure_generation_speed(ee, prompts, ExitPolicy("max_prob", (0.5, 0.5)), max_new_tokens=6, repeats=1)
     assert speed.tokens == 12 and set(speed.seconds) == {"early exit", "no exits", "never exit", "HF generate"}
     assert all(math.isfinite(t) for t in speed.seconds.values())
-    assert speed.tokens_per_second("early exit") == pytest.approx(12 / speed.seconds["early exit"])
     with pytest.raises(ValueError, match="loops must be some of"):
         measure_generation_speed(ee, prompts, ExitPolicy("max_prob", (0.5, 0.5)), loops=("fast",))
 
@@ -441,6 +451,9 @@ def test_generation_speed_is_the_fastest_run_of_each_loop_summed_over_prompts(co
     speed = lm_speed.measure_generation_speed(ee, ["ROMEO:", "KING RICHARD III:\n"],
                                               ExitPolicy("max_prob", (0.5, 0.5)), max_new_tokens=6, repeats=2)
     assert speed.seconds == pytest.approx({"early exit": 6.0, "no exits": 12.0, "never exit": 18.0, "HF generate": 24.0})
+    # 12 tokens (2 prompts x 6) in the 6 s, 12 s, 24 s that the fake clock charged
+    assert speed.tokens_per_second("early exit") == 2.0 and speed.tokens_per_second("no exits") == 1.0
+    assert speed.tokens_per_second("HF generate") == 0.5
     assert speed.speedup("early exit") == pytest.approx(2.0) and speed.speedup("HF generate", "early exit") == 0.25
 
 
@@ -485,3 +498,27 @@ def test_a_decoder_of_another_model_or_too_small_is_refused(course):
         early_exit_generate(ee, "ROMEO:", None, max_new_tokens=4, decoder=Decoder(other))
     with pytest.raises(ValueError, match="decoder"):  # 4 positions for a prompt and 20 new tokens: fails inside torch
         early_exit_generate(ee, "ROMEO:", None, max_new_tokens=20, decoder=Decoder(ee, max_length=4))
+
+
+def test_exits_evaluate_in_eval_mode_and_give_the_callers_mode_back(tiny):
+    """A model left in training mode (dropout 0.1 in GPT2Config) is evaluated without dropout, and stays in training mode."""
+    ee = EarlyExitLM(tiny, [1, 3], adapters=new_adapters(tiny))
+    text = _tiny_text(40, seed=3)
+    ids = lmlib.encode(tiny, text)[:30]
+    reference = (ee.exit_logits(ids), token_exit_outputs(ee, text, max_tokens=60).outputs.logits,
+                 agreement_by_layer(ee, text, max_tokens=60), lmlib.token_losses(tiny, text))
+    heads_reference = train_exit_heads(tiny, text, steps=1, batch_size=2, progress=False)[1]
+    tiny.model.train()
+    ee.adapters.train()
+    try:
+        for _ in range(2):  # dropout would differ from call to call
+            again = (ee.exit_logits(ids), token_exit_outputs(ee, text, max_tokens=60).outputs.logits,
+                     agreement_by_layer(ee, text, max_tokens=60), lmlib.token_losses(tiny, text))
+            assert torch.equal(again[0], reference[0]) and torch.equal(again[1], reference[1])
+            assert again[2] == reference[2] and torch.equal(again[3], reference[3])
+        heads = train_exit_heads(tiny, text, steps=1, batch_size=2, progress=False)[1]
+        assert heads.kl_before == heads_reference.kl_before and heads.losses == heads_reference.losses
+        assert tiny.model.training and all(m.training for m in tiny.model.modules())  # the caller's mode, given back
+        assert ee.adapters.training
+    finally:
+        tiny.model.eval()

@@ -534,3 +534,20 @@ def test_guaranteed_threshold_never_builds_the_candidates_by_errors_table(monkey
     got = rejection.guaranteed_threshold(scores, correct, alpha=0.05, delta=0.1)
     assert got.n_tested > 10_000 and got.coverage > 0.6
     assert max(sizes, default=1) == 1  # at most a few close calls, each for one candidate
+
+
+def test_reject_functions_take_any_cost_description_priced_by_keywords():
+    """An ExitCosts (exit_costs(model)) with the prices as keyword arguments gives what the same CostModel gives."""
+    import eelib
+
+    outputs = _outputs(exits=4)
+    costs = eelib.exit_costs(eelib.EarlyExitNet(eelib.resnet(8, width=4), ("stem", "layer1", "layer2")))
+    assert len(costs.exit_flops) == 4
+    model = CostModel(costs.exit_flops, costs.full_flops, error_cost=1.0, reject_cost=0.1, compute_cost=0.3)
+    budget = sum(costs.exit_flops[:2]) / 2
+    priced = dict(error_cost=1.0, reject_cost=0.1, compute_cost=0.3)
+    assert calibrate_reject(outputs, costs, flops_budget=budget, **priced) == calibrate_reject(outputs, model, flops_budget=budget)
+    policy = RejectPolicy("max_prob", (0.7, 0.8, 0.9), (0.3, 0.3, 0.3, 0.5))
+    assert evaluate_reject_policy(policy, outputs, costs, **priced) == evaluate_reject_policy(policy, outputs, model)
+    defaults = evaluate_reject_policy(policy, outputs, costs)  # CostModel's default prices
+    assert defaults == evaluate_reject_policy(policy, outputs, CostModel(costs.exit_flops, costs.full_flops))

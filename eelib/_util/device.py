@@ -41,13 +41,29 @@ def get_device(preferred: str | None = None) -> torch.device:
         ValueError: the requested device is not a known kind, or is not available here.
     """
     choice = preferred if preferred is not None else os.environ.get(ENV_DEVICE, "").strip()
-    if not choice:
+    if isinstance(choice, str) and not choice:
         if torch.cuda.is_available():
             return torch.device("cuda")
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    source = "preferred" if preferred is not None else ENV_DEVICE
+    return _checked(choice, "preferred" if preferred is not None else ENV_DEVICE)
+
+
+def resolve_device(device: str | torch.device | None, *, name: str = "device") -> torch.device:
+    """The device a function's ``device=`` argument asks for, checked: None is `get_device()`'s choice.
+
+    Every eelib function that takes ``device=`` resolves it here, so that ``"gpu"``, or ``"cuda"`` on a
+    machine without one, gets one clear ValueError naming the argument and what is allowed.
+    """
+    return get_device() if device is None else _checked(device, name)
+
+
+def _checked(choice: str | torch.device, source: str) -> torch.device:
+    if not isinstance(choice, (str, torch.device)):
+        raise TypeError(f"{source} must be a device name such as 'cpu' or 'cuda', or a torch.device; "
+                        f"got {type(choice).__name__} {choice!r}")
+    instead = "use 'cpu'" + (f" or unset {ENV_DEVICE}" if source == ENV_DEVICE else " or leave it out")
     try:
         device = torch.device(choice)
     except RuntimeError as err:
@@ -56,13 +72,11 @@ def get_device(preferred: str | None = None) -> torch.device:
     if device.type not in _KINDS:
         raise ValueError(f"{source}={choice!r} is not supported; allowed: {', '.join(_KINDS)}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{source}={choice!r} asks for CUDA, but no CUDA GPU is available here; "
-                         f"use 'cpu' or unset {ENV_DEVICE}")
+        raise ValueError(f"{source}={str(choice)!r} asks for CUDA, but no CUDA GPU is available here; {instead}")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"{source}={choice!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise ValueError(f"{source}={str(choice)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not _mps_available():
-        raise ValueError(f"{source}={choice!r} asks for Apple MPS, which is not available here; "
-                         f"use 'cpu' or unset {ENV_DEVICE}")
+        raise ValueError(f"{source}={str(choice)!r} asks for Apple MPS, which is not available here; {instead}")
     return device
 
 

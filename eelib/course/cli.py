@@ -22,9 +22,10 @@ folder unless given ``--force``.
 ``python -m eelib.course run`` executes every lecture notebook (``notebooks/``; add
 ``--solutions`` for ``solutions/`` too) on this machine, and writes into ``build/`` the executed
 notebook, an HTML handout and every figure as a PNG, with each notebook's run time in
-``build/times.json``. ``--slides`` also writes each notebook as reveal.js slides into
-``build/slides/`` (``eelib.course.slides``: a notebook without slide metadata gets one slide per cell, and
-this says so), with a copy of reveal.js beside them, so they open offline.
+``build/times.json`` (merged with the times already there: a partial run keeps the others'). ``--slides``
+also writes each notebook as reveal.js slides into ``build/slides/`` (``eelib.course.slides``: a notebook
+without slide metadata gets one slide per cell, and this says so), with a copy of reveal.js beside them,
+so they open offline.
 
 ``python -m eelib.course slides --annotate`` writes the lecture notebooks' slide metadata
 (``eelib.course.slides``: its rules, computed from the cells' sources); ``--check`` only compares and
@@ -43,7 +44,7 @@ from pathlib import Path
 
 import nbformat
 
-from eelib._util.cache import atomic_path
+from eelib._util.cache import atomic_path, save_json
 from eelib.course.exercises import (BEGIN, CHECK_TAG, CODE_STUB, END, GENERATED_NOTE, RAISES_TAG,  # noqa: F401 (kept here too)
                                     REFERENCE, blank_solution, is_reference_answer, make_exercise)
 from eelib.course.grading import annotate, setup_course
@@ -131,8 +132,19 @@ def run_notebooks(paths: list[Path], out_dir: Path, *, timeout: int = 900, slide
                 print(f"  {path.name} has no slide metadata: one slide per cell "
                       f"(to annotate a lecture: {slides_.ANNOTATE_COMMAND})", flush=True)
             print(f"  slides: {written.path} ({written.slides} slides)", flush=True)
-    (out_dir / "times.json").write_text(json.dumps(times, indent=2) + "\n", encoding="utf-8")
+    save_json(_merged_times(out_dir / "times.json", times), out_dir / "times.json")
     return times
+
+
+def _merged_times(path: Path, times: dict[str, float]) -> dict[str, float]:
+    """The run times already in ``path`` (a partial run keeps the other notebooks' times), updated with ``times``."""
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or unreadable: start afresh
+        earlier = {}
+    if not isinstance(earlier, dict):
+        earlier = {}
+    return {**earlier, **times}
 
 
 def prepare_models(*, progress: bool = True) -> dict[str, str]:
@@ -175,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --annotate: first split markdown cells before their inner headings (changes the cells)")
     args = parser.parse_args(argv)
     root = args.root.resolve()
+    if not root.is_dir():
+        parser.error(f"--root {args.root} is not a folder: give the course's folder (the one with notebooks/ and "
+                     f"solutions/), or run from it")
+    folder = {"exercises": "solutions", "nbgrader": "solutions", "slides": "notebooks"}.get(args.command)
+    if folder and not any((root / folder).glob("*.ipynb")):
+        parser.error(f"no notebooks in {root / folder}: run from the course's folder or pass --root")
     if args.command == "exercises":
         stale = generate_exercises(root, check=args.check)
         if args.check:
@@ -200,8 +218,6 @@ def main(argv: list[str] | None = None) -> int:
         from eelib.course.slides import ANNOTATE_COMMAND, annotate_notebooks
 
         lectures = sorted((root / "notebooks").glob("*.ipynb"))
-        if not lectures:
-            parser.error(f"no notebooks in {root / 'notebooks'}: run from the course's folder or pass --root")
         if args.split_headings and not args.annotate:
             parser.error("--split-headings goes with --annotate")
         stale = annotate_notebooks(lectures, check=args.check, split_headings=args.split_headings)
@@ -219,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     missing = [p for p in paths if not p.is_file()]
     if missing:
         parser.error(f"notebooks not found: {', '.join(map(str, missing))}")
+    if not paths:
+        parser.error(f"no notebooks in {root / 'notebooks'}: run from the course's folder or pass --root, "
+                     f"or name the notebooks to run")
     times = run_notebooks([p.resolve() for p in paths], args.out or root / "build", slides=args.slides)
     print(f"all {len(times)} notebook(s) ran in {sum(times.values()):.1f} s")
     return 0

@@ -25,9 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eelib._util.eval_mode import eval_mode
 from eelib.lm.model import encode
-from eelib.lm.exits import EarlyExitLM
+from eelib.lm.exits import EarlyExitLM, _check_max_tokens, check_exits
 from eelib.policies import Measure, first_exits
+from eelib._util.validation import as_thresholds, check_max_candidates
 
 STATE_MEASURES = ("saturation", "classifier")
 _STATE_SCORE = Measure("state", lambda s: s, higher_is_confident=True, one_exit=True)  # both: higher is confident
@@ -66,7 +68,7 @@ class StateGate:
             raise ValueError(f"measure must be one of {', '.join(STATE_MEASURES)}, got {self.measure!r}")
         if self.measure == "classifier" and self.classifiers is None:
             raise ValueError("measure='classifier' needs classifiers= (train them with train_exit_classifiers)")
-        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        object.__setattr__(self, "thresholds", as_thresholds(self.thresholds, "thresholds"))
 
     def score(self, k: int, h: torch.Tensor, h_before: torch.Tensor) -> torch.Tensor:
         """Exit ``k``'s score for states ``h`` (after the exit's layer) and ``h_before`` (before that layer)."""
@@ -80,13 +82,15 @@ class StateGate:
 
 
 def _states(ee: EarlyExitLM, text: str, max_tokens: int):
-    """Per early exit: the states after and before its layer ``(N, d)``; and ``correct`` ``(E, N)``."""
+    """Per early exit: the states after and before its layer ``(N, d)``; and ``correct`` ``(E, N)``
+    (in eval mode: no dropout; the caller's mode is restored)."""
+    _check_max_tokens(max_tokens)
     ids = encode(ee.lm, text)[: max_tokens]
     after = [[] for _ in ee.exit_layers]
     before = [[] for _ in ee.exit_layers]
     correct = []
     window = ee.lm.context_length
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(ee):
         for start in range(0, len(ids), window):
             chunk = ids[start:start + window].to(ee.lm.device)[None]
             hs = ee.model(chunk, output_hidden_states=True).hidden_states
@@ -102,12 +106,16 @@ def _states(ee: EarlyExitLM, text: str, max_tokens: int):
 def train_exit_classifiers(ee: EarlyExitLM, text: str, *, max_tokens: int = 8000, steps: int = 300,
                            lr: float = 0.05, seed: int = 0) -> ExitClassifiers:
     """Train the exit classifiers on the frozen model: one logistic regression per early exit, full batch (Adam),
-    on every token of ``text`` (up to ``max_tokens``); the label is "this exit's top-1 equals the final's"."""
-    if not isinstance(steps, int) or steps < 1:
+    on every token of ``text`` (up to ``max_tokens``); the label is "this exit's top-1 equals the final's".
+
+    ``seed`` fixes the classifiers' initialisation; the caller's random number generator is left as it was."""
+    check_exits(ee, "train_exit_classifiers")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    torch.manual_seed(seed)
     after, _, correct = _states(ee, text, max_tokens)
-    clf = ExitClassifiers(len(ee.exit_layers), ee.model.config.n_embd)
+    with torch.random.fork_rng():  # seeded here (torch.manual_seed seeds every device), the caller's streams untouched
+        torch.manual_seed(seed)
+        clf = ExitClassifiers(len(ee.exit_layers), ee.model.config.n_embd)
     opt = torch.optim.Adam(clf.parameters(), lr=lr)
     for _ in range(steps):
         loss = sum(F.binary_cross_entropy(clf(k, after[k]), correct[k].float()) for k in range(len(after)))
@@ -130,6 +138,7 @@ def state_scores(ee: EarlyExitLM, text: str, measure: str, classifiers: ExitClas
                  max_tokens: int = 8000) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores ``(E - 1, N)`` of a hidden-state measure at every early exit on ``text``, and ``correct`` ``(E, N)``
     (each exit's top-1 equals the final exit's)."""
+    check_exits(ee, "state_scores")
     gate = StateGate(measure, (0.0,) * len(ee.exit_layers), classifiers)
     after, before, correct = _states(ee, text, max_tokens)
     with torch.no_grad():
@@ -143,8 +152,10 @@ def calibrate_gate(ee: EarlyExitLM, text: str, measure: str, *, target: float = 
                    max_candidates: int = 200) -> GateCalibration:
     """The lowest shared threshold (most tokens leaving early) whose agreement with the full model on ``text`` is
     at least ``target``; candidates are quantiles of the early exits' scores, and "never exit" (inf)."""
-    if not 0 < target <= 1:
+    check_exits(ee, "calibrate_gate")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
         raise ValueError(f"target must be in (0, 1], got {target!r}")
+    check_max_candidates(max_candidates)
     scores, correct = state_scores(ee, text, measure, classifiers, max_tokens=max_tokens)
     full = torch.cat([scores, torch.zeros(1, scores.shape[1])])  # the final exit takes the rest
     layers = torch.tensor(ee.layers, dtype=torch.float64)

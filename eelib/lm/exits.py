@@ -38,6 +38,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from eelib._util.eval_mode import eval_mode
 from eelib._util.progress import tqdm
 
 from eelib.outputs import ExitOutputs
@@ -103,7 +104,12 @@ class EarlyExitLM(nn.Module):
     def __init__(self, lm: LanguageModel, exit_layers: Sequence[int], *,
                  adapters: Sequence[ExitAdapter] | nn.ModuleList | None = None):
         super().__init__()
+        if not isinstance(lm, LanguageModel):
+            raise TypeError(f"lm must be a LanguageModel (eelib.load_lm(...)), got {type(lm).__name__}")
         n = lm.n_layers
+        if isinstance(exit_layers, (str, bytes)) or not hasattr(exit_layers, "__iter__"):
+            raise TypeError(f"exit_layers must be a sequence of layers from 1 to {n - 1}, e.g. (2,) or (2, 4), "
+                            f"got {type(exit_layers).__name__} {exit_layers!r}")
         layers = list(exit_layers)
         bad = [l for l in layers if isinstance(l, bool) or not isinstance(l, int) or not 1 <= l < n]
         if bad or not layers:
@@ -155,15 +161,16 @@ class EarlyExitLM(nn.Module):
     def exit_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Logits of every exit at every position: ``(T,)`` or ``(1, T)`` ids -> ``(num_exits, T, vocab)``.
 
-        One forward pass of the model with ``output_hidden_states=True``. The last hidden state
-        already has ``ln_f`` applied, so the final exit is ``lm_head`` of it: exactly the
-        model's logits.
+        One forward pass of the model with ``output_hidden_states=True``, in eval mode (no dropout;
+        the caller's mode is restored afterwards). The last hidden state already has ``ln_f``
+        applied, so the final exit is ``lm_head`` of it: exactly the model's logits.
         """
         ids = _as_batch(input_ids, self.lm)
-        out = self.model(ids.to(self.lm.device), output_hidden_states=True)
-        hs = out.hidden_states  # n_layers + 1: the embeddings, then after each block
-        logits = [self.head(k, hs[l]) for k, l in enumerate(self.exit_layers)]
-        logits.append(self.model.lm_head(hs[-1]))  # already normalised by ln_f
+        with eval_mode(self):
+            out = self.model(ids.to(self.lm.device), output_hidden_states=True)
+            hs = out.hidden_states  # n_layers + 1: the embeddings, then after each block
+            logits = [self.head(k, hs[l]) for k, l in enumerate(self.exit_layers)]
+            logits.append(self.model.lm_head(hs[-1]))  # already normalised by ln_f
         return torch.stack(logits)[:, 0]
 
     def save_pretrained(self, folder: str | Path) -> Path:
@@ -216,6 +223,22 @@ class EarlyExitLM(nn.Module):
             raise ValueError(f"the exit heads in {str(folder)!r} do not fit {lm.name!r} ({lm.n_layers} layers, width "
                              f"{lm.model.config.n_embd}): {err}") from None
         return cls(lm, exit_layers, adapters=adapters)
+
+
+def check_exits(ee, where: str) -> None:
+    """A TypeError unless ``ee`` is an `EarlyExitLM` (a `LanguageModel` gets told how to make one)."""
+    if not isinstance(ee, EarlyExitLM):
+        hint = ("; that is a language model without exits: give its exits, course_exits(lm) or "
+                "EarlyExitLM(lm, exit_layers)") if isinstance(ee, LanguageModel) else ""
+        raise TypeError(f"{where} takes an EarlyExitLM first, got {type(ee).__name__}{hint}")
+
+
+def _check_max_tokens(max_tokens: int | None, *, optional: bool = False) -> None:
+    if optional and max_tokens is None:
+        return
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be a positive integer{' or None (every token)' if optional else ''}, "
+                         f"got {max_tokens!r}")
 
 
 def _as_batch(input_ids: torch.Tensor, lm: LanguageModel) -> torch.Tensor:
@@ -287,6 +310,11 @@ def token_exit_outputs(ee: EarlyExitLM, text: str, *, max_tokens: int = 2048,
             stored logits may rank a few near-ties differently from the labels (which are always
             the full-precision top-1).
     """
+    check_exits(ee, "token_exit_outputs")
+    _check_max_tokens(max_tokens)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype for the stored logits (torch.float32, "
+                        f"torch.float16, torch.bfloat16), got {dtype!r}")
     ids = encode(ee.lm, text)[: max_tokens + 1]
     if len(ids) < 2:
         raise ValueError("text must have at least 2 tokens: one to read and one to predict")
@@ -361,6 +389,8 @@ def threshold_for_agreement(scores: torch.Tensor, agrees: torch.Tensor, target: 
 def agreement_by_layer(ee: EarlyExitLM, text: str, *, max_tokens: int | None = None) -> tuple[float, ...]:
     """Share of the tokens of ``text`` at which each exit's top-1 equals the final exit's (every exit of ``ee``,
     the final one last: 1.0), over non-overlapping windows of the context length, without storing logits."""
+    check_exits(ee, "agreement_by_layer")
+    _check_max_tokens(max_tokens, optional=True)
     ids = encode(ee.lm, text)
     ids = ids if max_tokens is None else ids[: max_tokens + 1]
     if len(ids) < 2:
@@ -434,31 +464,35 @@ def train_exit_heads(lm: LanguageModel, text: str, *, steps: int = 300, batch_si
     eval_ids = encode(lm, eval_text)[: 4 * context] if eval_text else tokens[-4 * context:]
     eval_ids = eval_ids[: len(eval_ids) // context * context].view(-1, context).to(lm.device)
     trainable = [p for p in lm.model.parameters() if p.requires_grad]
-    for p in trainable:  # frozen while the heads train, as it was afterwards
-        p.requires_grad_(False)
     adapters = new_adapters(lm)
-    with torch.no_grad():
-        before = _layer_kl(lm, adapters, eval_ids).tolist()
-    opt = torch.optim.AdamW(adapters.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    gen = torch.Generator().manual_seed(seed)
     losses = []
-    start = time.perf_counter()
-    bar = tqdm(range(steps), desc="exit heads", disable=not progress)
-    for _ in bar:
-        starts = torch.randint(0, len(tokens) - context, (batch_size,), generator=gen)
-        batch = torch.stack([tokens[s:s + context] for s in starts.tolist()]).to(lm.device)
-        loss = _layer_kl(lm, adapters, batch).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(kl=f"{losses[-1]:.3f}")
-    with torch.no_grad():
-        after = _layer_kl(lm, adapters, eval_ids).tolist()
-    for p in trainable:
-        p.requires_grad_(True)
+    try:
+        for p in trainable:  # frozen while the heads train, as it was afterwards
+            p.requires_grad_(False)
+        with eval_mode(lm.model):  # the frozen model as the heads will see it: no dropout; the caller's mode restored
+            with torch.no_grad():
+                before = _layer_kl(lm, adapters, eval_ids).tolist()
+            opt = torch.optim.AdamW(adapters.parameters(), lr=lr, weight_decay=0.0)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+            gen = torch.Generator().manual_seed(seed)
+            start = time.perf_counter()
+            bar = tqdm(range(steps), desc="exit heads", disable=not progress)
+            for _ in bar:
+                starts = torch.randint(0, len(tokens) - context, (batch_size,), generator=gen)
+                batch = torch.stack([tokens[s:s + context] for s in starts.tolist()]).to(lm.device)
+                loss = _layer_kl(lm, adapters, batch).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.item())
+                bar.set_postfix(kl=f"{losses[-1]:.3f}")
+            with torch.no_grad():
+                after = _layer_kl(lm, adapters, eval_ids).tolist()
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
     adapters.eval()
     return adapters, HeadTraining(steps, tuple(before), tuple(after), tuple(losses), time.perf_counter() - start)
 

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from eelib._util.cache import _check_host_resolves, folder_ready
-from eelib._util.device import get_device
+from eelib._util.device import resolve_device
+from eelib._util.eval_mode import eval_mode
 from eelib.errors import DownloadError, ModelUnavailableError
 
 if TYPE_CHECKING:  # transformers is imported when a model is loaded, not with eelib
@@ -158,6 +159,13 @@ def load_lm(name: str | os.PathLike = COURSE_MODEL, *, device: str | torch.devic
     """
     from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel
 
+    if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
+        raise (ValueError if isinstance(name, str) else TypeError)(f"name must be {COURSE_MODEL!r}, {COURSE_EE_MODEL!r}, a Hugging Face Hub id such as 'gpt2', "
+                        f"or a folder written by save_pretrained; got {type(name).__name__} {name!r}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating-point torch.dtype (torch.float32, torch.bfloat16, torch.float16) "
+                        f"or None (the stored dtype), got {type(dtype).__name__} {dtype!r}")
+    target = resolve_device(device)  # a bad device fails before anything loads
     label = str(name)
     if label in _SHIPPED:
         source = str(course_model_path(label))
@@ -205,7 +213,7 @@ def load_lm(name: str | os.PathLike = COURSE_MODEL, *, device: str | torch.devic
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=cached)
     except OSError as err:
         raise _unavailable(label, err) from err
-    model.to(device=get_device(device) if not isinstance(device, torch.device) else device)
+    model.to(device=target)
     if dtype is not None:
         model.to(dtype=dtype)
     model.eval()
@@ -262,14 +270,15 @@ def token_losses(lm: LanguageModel, text: str, *, stride: int | None = None) -> 
     full = torch.cat([torch.tensor([bos]), ids])  # position 0 is context only
     losses = torch.empty(len(ids))
     pos = 1  # next position of `full` to score; token i of ids sits at position i + 1
-    while pos < len(full):
-        end = min(window if pos == 1 else pos + stride, len(full))  # score positions pos .. end - 1
-        start = max(0, end - window)  # with as much left context as fits
-        chunk = full[start:end].to(lm.device).unsqueeze(0)  # (1, T)
-        logits = lm.model(chunk).logits[0, :-1].float()  # (T - 1, vocab): predicts positions start + 1 ..
-        nll = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="none").cpu()
-        losses[pos - 1:end - 1] = nll[pos - start - 1:]
-        pos = end
+    with eval_mode(lm.model):  # no dropout; the caller's mode is restored
+        while pos < len(full):
+            end = min(window if pos == 1 else pos + stride, len(full))  # score positions pos .. end - 1
+            start = max(0, end - window)  # with as much left context as fits
+            chunk = full[start:end].to(lm.device).unsqueeze(0)  # (1, T)
+            logits = lm.model(chunk).logits[0, :-1].float()  # (T - 1, vocab): predicts positions start + 1 ..
+            nll = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="none").cpu()
+            losses[pos - 1:end - 1] = nll[pos - start - 1:]
+            pos = end
     return losses
 
 

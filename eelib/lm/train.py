@@ -31,7 +31,9 @@ import torch.nn.functional as F
 
 from eelib._util.cache import DownloadError, atomic_path  # noqa: F401 (DownloadError: what load_corpus raises)
 from eelib._util.device import get_device, seed_everything
+from eelib._util.eval_mode import eval_mode
 from eelib._util.progress import tqdm
+from eelib.errors import EelibError
 from eelib.lm.corpus import CORPUS_FILE, CORPUS_SHA256, CORPUS_URL, load_corpus, split_corpus  # noqa: F401
 from eelib.lm.model import (COURSE_EE_MODEL, COURSE_MODEL, END_OF_TEXT, LanguageModel, LMEval, course_model_path,
                             encode, evaluate_text, load_lm)
@@ -222,11 +224,9 @@ def _val_loss(model, tokens: torch.Tensor, context: int, max_windows: int = 24) 
     device = next(model.parameters()).device
     x = torch.stack([tokens[i * context:(i + 1) * context] for i in picks]).to(device)
     y = torch.stack([tokens[i * context + 1:(i + 1) * context + 1] for i in picks]).to(device)
-    model.eval()
-    loss = float(model(x).logits.float().flatten(0, 1).log_softmax(-1)
-                 .gather(1, y.flatten().unsqueeze(1)).neg().mean())
-    model.train()
-    return loss
+    with eval_mode(model):
+        return float(model(x).logits.float().flatten(0, 1).log_softmax(-1)
+                     .gather(1, y.flatten().unsqueeze(1)).neg().mean())
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -403,13 +403,16 @@ def _sha256_text(text: str) -> str:
 @torch.no_grad()
 def generate_sample(lm: LanguageModel, prompt: str, *, max_new_tokens: int = 60, seed: int = 0,
                     temperature: float = 0.8, top_k: int = 40) -> str:
-    """A sampled continuation of ``prompt`` (temperature and top-k sampling, seeded), prompt included."""
+    """A sampled continuation of ``prompt`` (temperature and top-k sampling, seeded), prompt included.
+
+    In eval mode (the caller's mode restored); the caller's random number generator is left as it was."""
     ids = encode(lm, prompt).unsqueeze(0).to(lm.device)
     max_new_tokens = min(max_new_tokens, lm.context_length - ids.shape[1])  # no position past the context
-    torch.manual_seed(seed)
-    out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=temperature,
-                            top_k=top_k, max_new_tokens=max_new_tokens,
-                            pad_token_id=lm.tokenizer.eos_token_id)
+    with torch.random.fork_rng(), eval_mode(lm.model):  # torch.manual_seed seeds every device: all are forked
+        torch.manual_seed(seed)
+        out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=temperature,
+                                top_k=top_k, max_new_tokens=max_new_tokens,
+                                pad_token_id=lm.tokenizer.eos_token_id)
     return lm.tokenizer.decode(out[0], skip_special_tokens=True)
 
 
@@ -554,16 +557,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     eval_p.add_argument("--model", default=COURSE_MODEL, help="'course', a Hub id or a folder")
     eval_p.add_argument("--corpus", type=Path, help="the Tiny Shakespeare text (default: download it)")
     args = parser.parse_args(argv)
+    if args.command == "train":  # the arguments are checked before the corpus loads (or downloads)
+        try:
+            config = LMTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LMTrainConfig)
+                                      if hasattr(args, f.name)})
+        except ValueError as err:
+            train_p.error(str(err))
     try:
         text = load_corpus(args.corpus)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, DownloadError) as err:  # DownloadError: offline (a RuntimeError)
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.command == "train":
         if args.threads:
             torch.set_num_threads(args.threads)
-        config = LMTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LMTrainConfig)
-                                  if hasattr(args, f.name)})
         name = COURSE_EE_MODEL if config.early_exit else COURSE_MODEL
         out = (course_model_path(name) if args.into_package
                else args.out if args.out is not None else default_train_folder(name))
@@ -578,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         try:
             lm = load_lm(args.model)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, TypeError, EelibError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         figures = evaluate_text(lm, split_corpus(text)[1])

@@ -259,13 +259,21 @@ def _load_mnist(root: Path, download_ok: bool, timeout: float, hint: str | None)
                                 f"or use the offline data set load_data({OFFLINE_DEFAULT!r})")
     if missing:
         ensure_writable_dir(raw, what="data cache folder", hint=hint)
-        with FileLock(str(raw / ".download.lock")):  # one process downloads, another waits
+
+        def fetch(filename: str, md5: str) -> Path:
+            return _fetch("MNIST", [m + filename for m in src["mirrors"]], raw / filename, md5, timeout,
+                          manual=f"download {filename} from {src['mirrors'][0]}")
+
+        # downloads first, outside the lock (each is atomic and verified: two processes at once only repeat
+        # work), so that a failed download (offline) leaves nothing behind, not even a lock file
+        for filename, md5 in missing:
+            fetch(filename, md5)
+        with FileLock(str(raw / ".download.lock")):  # one process unpacks, another waits
             for filename, md5 in missing:
                 unpacked = raw / filename[:-3]
                 if unpacked.is_file():
                     continue
-                archive = _fetch("MNIST", [m + filename for m in src["mirrors"]], raw / filename, md5, timeout,
-                                 manual=f"download {filename} from {src['mirrors'][0]}")
+                archive = fetch(filename, md5)  # at once: the checksum of the file already there
                 with atomic_path(unpacked) as tmp, gzip.open(archive, "rb") as fin, open(tmp, "wb") as fout:
                     shutil.copyfileobj(fin, fout)
     train = MNIST(str(root), train=True, download=False)
@@ -294,10 +302,17 @@ def _load_cifar10(root: Path, download_ok: bool, timeout: float, hint: str | Non
                                 f"or use the offline data set load_data({OFFLINE_DEFAULT!r})")
     if not folder_ready(folder):
         ensure_writable_dir(root, what="data cache folder", hint=hint)
-        with FileLock(str(root / ".cifar10.lock")):  # one process downloads and unpacks, another waits
+
+        def fetch() -> Path:
+            return _fetch("CIFAR-10", [src["url"]], root / src["filename"], src["md5"], timeout,
+                          manual=f"download {src['url']}")
+
+        # the download first, outside the lock (atomic and verified: two processes at once only repeat work),
+        # so that a failed download (offline) leaves nothing behind, not even a lock file
+        fetch()
+        with FileLock(str(root / ".cifar10.lock")):  # one process unpacks, another waits
             if not folder.is_dir():
-                archive = _fetch("CIFAR-10", [src["url"]], root / src["filename"], src["md5"], timeout,
-                                 manual=f"download {src['url']}")
+                archive = fetch()  # at once: the checksum of the archive already there
                 with atomic_path(folder) as tmp:
                     with tarfile.open(archive, "r:gz") as tar:
                         try:

@@ -175,6 +175,8 @@ def measure_speedup(policy: ExitPolicy, model: EarlyExitNet, images: torch.Tenso
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     model.check_input(images)
+    if len(images) == 0:
+        raise ValueError("images is empty: give at least one image to time")
     check_finite(images, "images")
     batches = list(torch.split(images, batch_size))
 

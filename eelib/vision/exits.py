@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from eelib._util.device import get_device
+from eelib._util.device import resolve_device
 from eelib._util.eval_mode import eval_mode
 from eelib.outputs import ExitOutputs
 from eelib.vision.resnet import ResNet
@@ -198,6 +198,7 @@ class EarlyExitNet(nn.Module):
     Attributes:
         exit_names: one name per exit: the attach points, then ``"final"``.
         heads: the early exits' heads (``nn.ModuleList``, one per attach point).
+        min_image_size: the smallest image side the backbone takes (its total stride; 32 for torchvision's).
     """
 
     def __init__(self, backbone: nn.Module, points: Sequence[str] = ("layer1", "layer2"), *,
@@ -224,6 +225,8 @@ class EarlyExitNet(nn.Module):
         self._ends = [position[p] + 1 for p in self.points] + [len(units)]  # units run before each exit
         self.num_classes = _num_classes(backbone)
         self.in_channels = _in_channels(backbone)
+        # the backbone's total stride: a smaller image leaves the last stage a 1x1 map of padding
+        self.min_image_size = backbone.feature_info[-1]["reduction"] if isinstance(backbone, ResNet) else 32
         self.heads = nn.ModuleList(
             ExitHead(channels[p], self.num_classes, pool_size=pool_size, hidden_channels=hidden_channels)
             for p in self.points)
@@ -234,12 +237,25 @@ class EarlyExitNet(nn.Module):
         return len(self.exit_names)
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise a ValueError if ``x`` is not a batch ``(B, in_channels, H, W)`` for this model."""
+        """Raise unless ``x`` is a batch ``(B, in_channels, H, W)`` for this model: a ValueError for its shape
+        (images smaller than ``min_image_size`` included), a TypeError for its dtype (that of the weights)."""
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must be a batch of images of shape (B, C, H, W), got {shape}")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"x has {x.shape[1]} channels but the model expects in_channels={self.in_channels}")
+        if min(x.shape[2:]) < self.min_image_size:
+            raise ValueError(f"x holds {x.shape[2]}x{x.shape[3]} images, smaller than the network's total stride: "
+                             f"images must be at least {self.min_image_size}x{self.min_image_size} pixels (the course "
+                             f"models take 28x28 MNIST or 32x32 CIFAR-10 images)")
+        weight = next(self.parameters())
+        if not x.is_floating_point():
+            raise TypeError(f"x is {x.dtype}: images must be floating point and normalised as the data set's "
+                            f"(eelib.load_data gives them so); raw pixels need x.float() and the data set's "
+                            f"normalisation (data.mean, data.std)")
+        if x.dtype != weight.dtype:
+            raise TypeError(f"x is {x.dtype} but the model's weights are {weight.dtype}: pass x.to({weight.dtype}), "
+                            f"or convert the model with model.to({x.dtype})")
 
     def check_exit(self, k: int) -> int:
         """Return ``k`` as an exit index, or raise a ValueError naming the allowed range."""
@@ -343,7 +359,7 @@ def torchvision_early_exit(arch: str = "resnet18", *, weights=None, points: Sequ
 @torch.no_grad()
 def exit_outputs(model: EarlyExitNet, loader: DataLoader, *, device: torch.device | str | None = None) -> ExitOutputs:
     """Logits of every exit for every sample of ``loader`` (eval mode), gathered on the CPU."""
-    device = torch.device(device) if device is not None else get_device()
+    device = resolve_device(device)
     logits, labels = [], []
     with eval_mode(model):
         model.to(device)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from eelib._util.progress import tqdm
 
-from eelib._util.device import get_device
+from eelib._util.device import resolve_device
 from eelib._util.eval_mode import eval_mode, train_mode
 
 
@@ -92,13 +92,13 @@ def _check_run(train_loader: DataLoader, epochs: int, lr: float,
     _check_positive("lr", lr, float)
     if len(train_loader) == 0:
         raise ValueError("train_loader is empty: nothing to train on")
-    return len(train_loader), torch.device(device) if device is not None else get_device()
+    return len(train_loader), resolve_device(device)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, *, device: torch.device | str | None = None) -> EvalResult:
     """Mean cross-entropy and accuracy of ``model`` on every batch of ``loader`` (eval mode)."""
-    device = torch.device(device) if device is not None else get_device()
+    device = resolve_device(device)
     wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     total_loss = torch.zeros((), dtype=wide, device=device)  # summed on the device: one sync at the end
     correct, n = torch.zeros((), dtype=torch.long, device=device), 0
@@ -118,7 +118,7 @@ def evaluate(model: nn.Module, loader: DataLoader, *, device: torch.device | str
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, *, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``(N, classes)`` and labels ``(N,)`` for every sample of ``loader``, on the CPU."""
-    device = torch.device(device) if device is not None else get_device()
+    device = resolve_device(device)
     logits, labels = [], []
     with eval_mode(model):
         model.to(device)

@@ -60,7 +60,7 @@ from safetensors.torch import load_file, save_file
 
 from eelib._util.cache import atomic_path, ensure_writable_dir, file_digest, models_dir
 from eelib.vision.data import DATASETS, load_data
-from eelib._util.device import get_device, reproducible_training, seed_everything
+from eelib._util.device import reproducible_training, resolve_device, seed_everything
 from eelib.vision.exits import EarlyExitNet, ExitConfig, early_exit_resnet
 from eelib.vision.resnet import ResNet, ResNetConfig
 from eelib.vision.train import EXIT_MODES, ExitHistory, History, _check_positive, evaluate, train, train_exits
@@ -179,7 +179,7 @@ def load_trained(name: str | Recipe, *, retrain: bool = False, progress: bool = 
     label, recipe = _resolve(name)
     if not isinstance(retrain, bool) or not isinstance(shipped, bool):
         raise ValueError(f"retrain and shipped must be True or False, got {retrain!r}, {shipped!r}")
-    device = torch.device(device) if device is not None else get_device()
+    device = resolve_device(device)
     if shipped and not retrain:
         found = _load_shipped(label, recipe, device)
         if found is not None:
@@ -290,7 +290,7 @@ def train_recipe(recipe: Recipe, *, device: torch.device | str | None = None, pr
     Runs under :func:`eelib._util.device.reproducible_training` and with its own random state (the
     caller's random numbers are not disturbed).
     """
-    device = torch.device(device) if device is not None else get_device()
+    device = resolve_device(device)
     with _own_random_state(), reproducible_training(device):
         data = load_data(recipe.data)
         seed_everything(recipe.seed)
