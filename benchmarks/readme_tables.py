@@ -268,7 +268,7 @@ def benchmark_times() -> str:
               f"{_load(RESULTS / 'rejection.json')['details']['seconds']:,.0f} s", "`rejection.json`"]]
     rows += [[f"`python benchmarks/self_speculative.py`, `{name}` (1 thread)", f"{m['seconds']:,.0f} s",
               "`self_speculative.json`"] for name, m in spec["models"].items()]
-    rows.append([f"`python -m eelib.lm.exits train` (the shipped heads: {heads['steps']} steps, 1 thread)",
+    rows.append([f"`python -m eelib.lm.head_training train` (the shipped heads: {heads['steps']} steps, 1 thread)",
                  f"{heads['seconds']:,.0f} s", "`exit_heads/training.json`"])
     return table(["what", "time", "recorded in"], rows)
 

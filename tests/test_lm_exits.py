@@ -9,8 +9,8 @@ import torch
 from eelib.lm import model as lmlib
 from eelib.lm import train as lmtrain
 from eelib.lm.exits import (EarlyExitLM, ExitAdapter, agreement_by_layer, course_exits, heldout_text, load_exit_heads,
-                            new_adapters, oracle_layers, oracle_token_exits, perplexity, token_exit_outputs,
-                            train_exit_heads)
+                            new_adapters, oracle_layers, oracle_token_exits, perplexity, token_exit_outputs)
+from eelib.lm.head_training import train_exit_heads
 from eelib.lm.generate import Decoder, early_exit_generate, token_exit_costs
 from eelib.outputs import ExitOutputs
 from eelib.policies import ExitPolicy, apply_policy, calibrate, candidate_thresholds, evaluate_policy

@@ -2,7 +2,7 @@
 
 ``model`` (the course GPT-2 and any Hugging Face GPT-2: load, encode, score), ``corpus`` (its training
 text) and ``train`` (its training, model card and ``python -m eelib.lm train|eval``) -> ``exits`` (logit
-lens, trained exit heads) -> ``distill`` (heads trained on the model's own continuations) -> ``tokens``
+lens, trained exit heads) -> ``head_training`` (their training on a frozen model) -> ``distill`` (heads trained on the model's own continuations) -> ``tokens``
 (token difficulty, coloured text) -> ``decoder`` (GPT-2's blocks by hand, the trace of what a loop ran,
 what it returns) -> ``generate`` (early-exit generation with a correct key/value cache, per-token costs)
 -> ``confidence`` (CALM's cheap decisions from the hidden state) -> ``speculative`` (self-speculative
@@ -18,7 +18,8 @@ import importlib
 from eelib._util import lazy_submodules
 
 _submodule = lazy_submodules(__name__, ("confidence", "corpus", "decoder", "distill", "draft_tuning", "energy", "exits",
-                                          "generate", "model", "projection", "speculative", "speed", "tokens", "train"))
+                                          "generate", "head_training", "model", "projection", "speculative", "speed",
+                                          "tokens", "train"))
 
 
 def __getattr__(name: str):

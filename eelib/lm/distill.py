@@ -1,7 +1,7 @@
 """Drafts trained on what they draft: exit heads distilled on the model's own greedy continuations.
 
 Self-speculative decoding drafts the model's *own* greedy text, and an exit head trained on
-Shakespeare (:func:`eelib.lm.exits.train_exit_heads`) learnt to match the final layer on
+Shakespeare (:func:`eelib.lm.head_training.train_exit_heads`) learnt to match the final layer on
 Shakespeare's text, not on the model's continuations, which repeat, loop and use fewer words.
 Self-distillation trains the heads on the distribution they draft in (as Medusa-2 trains its
 heads on the model's own outputs): prompts are cut from the training text, the model continues
@@ -28,7 +28,8 @@ from torch import nn
 
 from eelib._util.eval_mode import eval_mode
 from eelib._util.progress import tqdm
-from eelib.lm.exits import HEADS_FOLDER, EarlyExitLM, _layer_kl, heldout_text
+from eelib.lm.exits import HEADS_FOLDER, EarlyExitLM, heldout_text
+from eelib.lm.head_training import _layer_kl
 from eelib.lm.model import LanguageModel, course_model_path, encode
 
 DISTILL_FILE = "distill.json"  # beside the retrained heads: what the distillation did
@@ -97,7 +98,7 @@ def distill_exit_heads(lm: LanguageModel, sequences: torch.Tensor, text: str, *,
 
     Each step takes ``batch_size`` windows: a share ``own_share`` of whole rows of ``sequences`` (from
     :func:`own_continuations`), the rest random windows of ``text`` of the same length; the loss is the
-    mean over layers and tokens of ``KL(p_final || p_exit)`` (:func:`eelib.lm.exits.train_exit_heads`'s loss).
+    mean over layers and tokens of ``KL(p_final || p_exit)`` (:func:`eelib.lm.head_training.train_exit_heads`'s loss).
 
     Args:
         init: adapters to start from (copied, not modified), e.g. the shipped heads; default the logit lens.

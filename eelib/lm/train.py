@@ -302,7 +302,7 @@ def train_course_model(text: str, out: str | os.PathLike, *, config: LMTrainConf
     adapters, exit_weights = None, None
     named = list(model.named_parameters())
     if config.early_exit:
-        from eelib.lm.exits import initial_adapters
+        from eelib.lm.head_training import initial_adapters
 
         adapters = initial_adapters(model, init).to(device).train()
         exit_weights = config.exit_weights or default_exit_weights(config.n_layer)
@@ -375,7 +375,7 @@ def train_course_model(text: str, out: str | os.PathLike, *, config: LMTrainConf
         sample = generate_sample(lm, sample_prompt, seed=config.seed)
         early_exit = None
         if adapters is not None:
-            from eelib.lm.exits import save_trained_exits
+            from eelib.lm.head_training import save_trained_exits
 
             early_exit = save_trained_exits(lm, adapters.eval(), tmp, val_text, weights=exit_weights,
                                             distill=config.exit_distill, init=config.init, log=log)
