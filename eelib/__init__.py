@@ -9,10 +9,11 @@ The package is laid out as the course's two halves around one decision layer:
 * :mod:`eelib.vision`, the image half (chapters 1-5): ``data``, ``resnet``, ``train``, ``zoo``
   (the shipped course models), ``exits`` (exit heads), ``cost`` (FLOPs, latency, energy per exit),
   ``dynamic`` (inference that skips the blocks after each image's exit);
-* :mod:`eelib.lm`, the language half (chapters 6-8): ``model`` (load, encode, score), ``train``
+* :mod:`eelib.lm`, the language half (chapters 6-9): ``model`` (load, encode, score), ``train``
   (the course model's training, model card and command line), ``exits`` (logit lens, trained exit
   heads), ``generate`` (early-exit generation with a correct key/value cache), ``speculative``
-  (self-speculative decoding), ``confidence`` (CALM's cheap decisions), ``tokens`` (token difficulty);
+  (self-speculative decoding), ``confidence`` (CALM's cheap decisions), ``tokens`` (token difficulty),
+  ``rejection`` and ``rejection_splits`` (chapter 9: token exits with a guarantee, a model that abstains);
 * :mod:`eelib.course`, what only the notebooks use: ``plots``, ``widgets``, ``checks`` (exercise
   checks), ``quiz``, ``slides``, ``grading`` and the command line (``python -m eelib.course``);
   the library never imports it;
@@ -78,6 +79,11 @@ _EXPORTS = {  # module -> the public names it gives to `eelib`
     "eelib.lm.speculative": ("SpeculativeSettings", "self_speculative_generate"),
     "eelib.lm.confidence": ("StateGate", "calibrate_gate", "train_exit_classifiers"),
     "eelib.lm.tokens": ("difficulty_by_kind", "token_html", "token_kinds", "token_strings"),
+    "eelib.lm.rejection": ("ConsistencyEval", "ConsistencyThreshold", "TokenScores", "abstain_threshold",
+        "consistency_threshold", "evaluate_consistency", "min_calibration_tokens", "naive_consistency_threshold",
+        "risk_coverage_by_exit", "token_scores"),
+    "eelib.lm.rejection_splits": ("RejectSplitStudy", "SplitStudy", "abstain_split_study", "reject_split_study",
+        "split_study"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 _SUBMODULES = ("course", "errors", "lm", "outputs", "policies", "rejection", "vision", "_util")

@@ -1,10 +1,12 @@
-"""The language half of the course (chapters 6-8):
+"""The language half of the course (chapters 6-9):
 
 ``model`` (the course GPT-2 and any Hugging Face GPT-2: load, encode, score) and ``train`` (its
 training, model card and ``python -m eelib.lm train|eval``) -> ``exits`` (logit lens, trained exit
 heads) -> ``tokens`` (token difficulty, coloured text) -> ``generate`` (early-exit generation with a
 correct key/value cache, per-token costs) -> ``confidence`` (CALM's cheap decisions from the hidden
-state) -> ``speculative`` (self-speculative decoding: an early exit drafts, the full model verifies).
+state) -> ``speculative`` (self-speculative decoding: an early exit drafts, the full model verifies);
+``rejection`` and ``rejection_splits`` (chapter 9: token exits with CALM's consistency guarantee, a model that
+abstains from a next-token prediction, exit-or-reject under a FLOPs budget; checked over random splits).
 The exit decision and its calibration are :mod:`eelib.policies`, shared with the image half.
 """
 
@@ -12,7 +14,8 @@ import importlib
 
 from eelib._util import lazy_submodules
 
-_submodule = lazy_submodules(__name__, ("confidence", "exits", "generate", "model", "speculative", "tokens", "train"))
+_submodule = lazy_submodules(__name__, ("confidence", "exits", "generate", "model", "rejection", "rejection_splits", "speculative",
+                                         "tokens", "train"))
 
 
 def __getattr__(name: str):
