@@ -177,6 +177,25 @@ def self_speculative() -> str:
                   "chapter 7 at 95%: speedup max_prob / saturation / classifier"], rows)
 
 
+def llm_rejection() -> str:
+    """Chapter 9's benchmark (``benchmarks/llm_rejection.py``): one row per model and method."""
+    r = _load(RESULTS / "llm_rejection.json")
+    rows = []
+    for name, m in r["models"].items():
+        c, a, e = m["consistency"], m["abstain"], m["exit_or_reject"]
+        for method in ("naive", "guaranteed"):
+            rows.append([name, f"consistency, {method}", f"{c[method]['violation_rate']:.2f}", pct(c[method]["test_risk_mean"], 2),
+                         f"{pct(c[method]['coverage'])} leave early", pct(c[method]["relative_flops"], 0), "—"])
+        for method in ("naive", "guaranteed"):
+            rows.append([name, f"abstain, {method}", f"{a[method]['violation_rate']:.2f}", pct(a[method]["test_risk_mean"]),
+                         f"{pct(a[method]['coverage'])} answered", "—", "—"])
+        for mode, label in (("combined", "exit or reject"), ("exit_only", "exit only"), ("reject_only", "reject only")):
+            rows.append([name, label, "—", pct(e[mode]["risk"]), f"{pct(e[mode]['coverage'])} answered",
+                         pct(e[mode]["relative_flops"], 0), pct(1 - e[mode]["over_budget_rate"], 0)])
+    return table(["model", "method", "violation rate", "mean test risk (disagreement / wrong answers)",
+                  "coverage", "FLOPs (% of no exits)", "splits within the budget"], rows)
+
+
 def run_times() -> str:
     """Notebook times (``benchmarks/run_times.py``): one row per chapter, lecture / solution / exercise."""
     r = _load(RESULTS / "run_times.json")
@@ -205,6 +224,8 @@ def benchmark_times() -> str:
               f"{_load(RESULTS / 'rejection.json')['details']['seconds']:,.0f} s", "`rejection.json`"]]
     rows += [[f"`python benchmarks/self_speculative.py`, `{name}` (1 thread)", f"{m['seconds']:,.0f} s",
               "`self_speculative.json`"] for name, m in spec["models"].items()]
+    rows.append(["`python benchmarks/llm_rejection.py` (both models, 1 thread)",
+                 f"{_load(RESULTS / 'llm_rejection.json')['details']['seconds']:,.0f} s", "`llm_rejection.json`"])
     rows.append([f"`python -m eelib.lm.exits train` (the shipped heads: {heads['steps']} steps, 1 thread)",
                  f"{heads['seconds']:,.0f} s", "`exit_heads/training.json`"])
     return table(["what", "time", "recorded in"], rows)
@@ -257,7 +278,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "course_ee_agreement": course_ee_agreement, "chapter1": chapter1, "chapter2": chapter2, "chapter4": chapter4,
     "resnet_exits": resnet_exits, "resnet_exits_overhead": resnet_exits_overhead,
     "rejection_guarantee": rejection_guarantee, "rejection_policies": rejection_policies, "chapter6": chapter6,
-    "gpt2_exits": gpt2_exits, "self_speculative": self_speculative, "run_times": run_times,
+    "gpt2_exits": gpt2_exits, "self_speculative": self_speculative, "llm_rejection": llm_rejection,
+    "run_times": run_times,
     "benchmark_times": benchmark_times, "resnet_exits_text": resnet_exits_text, "rejection_text": rejection_text,
 }
 

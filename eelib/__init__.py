@@ -82,8 +82,8 @@ _EXPORTS = {  # module -> the public names it gives to `eelib`
     "eelib.lm.rejection": ("ConsistencyEval", "ConsistencyThreshold", "TokenScores", "abstain_threshold",
         "consistency_threshold", "evaluate_consistency", "min_calibration_tokens", "naive_consistency_threshold",
         "risk_coverage_by_exit", "token_scores"),
-    "eelib.lm.rejection_splits": ("RejectSplitStudy", "SplitStudy", "abstain_split_study", "reject_split_study",
-        "split_study"),
+    "eelib.lm.rejection_splits": ("RejectSplitStudy", "SplitStudy", "abstain_split_study", "flops_margin",
+        "reject_split_study", "split_study"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 _SUBMODULES = ("course", "errors", "lm", "outputs", "policies", "rejection", "vision", "_util")

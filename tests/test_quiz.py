@@ -6,7 +6,7 @@ from eelib.course.quiz import QUIZZES, Question
 
 
 def test_every_chapter_has_two_or_three_questions():
-    assert sorted(QUIZZES) == [f"{n:02d}" for n in range(1, 9)]
+    assert sorted(QUIZZES) == [f"{n:02d}" for n in range(1, 10)]
     assert all(2 <= len(questions) <= 3 for questions in QUIZZES.values())
 
 

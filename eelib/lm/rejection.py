@@ -131,6 +131,16 @@ class TokenScores:
         return TokenScores(self.scores[:, index], self.predictions[:, index], self.targets[index],
                            self.input_ids[index], self.exit_names, self.layers, self.n_layers)
 
+    @classmethod
+    def join(cls, parts: Sequence["TokenScores"]) -> "TokenScores":
+        """The tokens of several texts of the same model, one after the other (e.g. the two held-out halves)."""
+        if not parts or any((p.exit_names, p.layers, p.n_layers) != (parts[0].exit_names, parts[0].layers,
+                                                                     parts[0].n_layers) for p in parts):
+            raise ValueError("parts must be a non-empty list of TokenScores of the same exits")
+        return cls(torch.cat([p.scores for p in parts], 1), torch.cat([p.predictions for p in parts], 1),
+                   torch.cat([p.targets for p in parts]), torch.cat([p.input_ids for p in parts]),
+                   parts[0].exit_names, parts[0].layers, parts[0].n_layers)
+
     def outputs(self) -> ExitOutputs:
         """An :class:`~eelib.outputs.ExitOutputs` for :func:`eelib.rejection.calibrate_reject` and its evaluation,
         labelled with the **true** next tokens, over a reduced class set that keeps what a max-probability

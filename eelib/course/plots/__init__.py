@@ -19,7 +19,8 @@ work whichever module holds the function.
 * ``ch06_llm_early_exit``: ``draw_transformer_stack``, ``plot_logit_lens``,
   ``plot_agreement_per_layer``, ``plot_token_costs``;
 * ``ch07_token_difficulty``: ``plot_difficulty_by_kind``;
-* ``ch08_self_speculative``: ``plot_block_time``, ``plot_speculative_grid``.
+* ``ch08_self_speculative``: ``plot_block_time``, ``plot_speculative_grid``;
+* ``ch09_llm_rejection``: ``plot_split_violations``.
 """
 
 from eelib.course.plots._style import PALETTE
@@ -34,6 +35,7 @@ from eelib.course.plots.ch06_llm_early_exit import (draw_transformer_stack, plot
                                                     plot_token_costs)
 from eelib.course.plots.ch07_token_difficulty import plot_difficulty_by_kind
 from eelib.course.plots.ch08_self_speculative import plot_block_time, plot_speculative_grid
+from eelib.course.plots.ch09_llm_rejection import plot_split_violations
 
 __all__ = [
     "PALETTE",
@@ -53,4 +55,6 @@ __all__ = [
     "plot_difficulty_by_kind",
     # chapter 8
     "plot_block_time", "plot_speculative_grid",
+    # chapter 9
+    "plot_split_violations",
 ]
