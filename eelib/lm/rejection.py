@@ -244,11 +244,11 @@ def token_scores(ee: EarlyExitLM, text: str, *, max_tokens: int | None = None, h
 
 # --- 1. token exits with a guarantee (CALM's consistency) ------------------------------------
 
-def _candidates(candidates: Sequence[float] | None) -> torch.Tensor:
+def _candidates(candidates: Sequence[float] | None, ordered: bool = True) -> torch.Tensor:
     values = torch.as_tensor(CANDIDATES if candidates is None else list(candidates), dtype=torch.float64)
     if values.ndim != 1 or len(values) == 0 or torch.isnan(values).any():
         raise ValueError("candidates must be a non-empty sequence of thresholds")
-    if (torch.diff(values) > 0).any():
+    if ordered and (torch.diff(values) > 0).any():
         raise ValueError("candidates must run from the strictest threshold (highest) to the loosest, "
                          "fixed before the data are seen")
     return values
@@ -260,7 +260,7 @@ def exits_by_candidate(data: TokenScores, candidates: Sequence[float] | None = N
     The rule of :func:`eelib.policies.first_exits` (the first early exit whose score passes, by
     :meth:`eelib.policies.Measure.passes`, else the final exit), for every candidate at once.
     """
-    values, e = _candidates(candidates), data.num_exits
+    values, e = _candidates(candidates, ordered=False), data.num_exits
     measure = get_measure(MEASURE)
     exits = torch.full((len(values), len(data)), e - 1, dtype=torch.uint8)
     for k in reversed(range(e - 1)):  # the earliest passing exit is written last
