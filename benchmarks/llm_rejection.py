@@ -34,6 +34,7 @@ first run computes them, about 15 s per model). Writes ``benchmarks/results/llm_
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ MODELS = ("course", "course-ee")
 
 
 def one_model(name: str, args: argparse.Namespace) -> dict:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     ee = eelib.course_exits(eelib.load_lm(name), exit_layers=(2, 4))
     data = TokenScores.join([token_scores(ee, eelib.heldout_text(part)) for part in ("calibration", "test")])
     costs = eelib.token_exit_costs(ee, 128, kv="copy")
@@ -87,6 +88,7 @@ def one_model(name: str, args: argparse.Namespace) -> dict:
         "combined_lower_risk_than_exit_only_rate": reject.lower_risk_rate("combined", "exit_only"),
         "budget_margin_relative": reject.margin / costs.full_flops,
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
     }
 
 
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     models = {name: one_model(name, args) for name in MODELS}
     results = {
         "models": models,
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "exits": "shipped trained heads after layers 2 and 4, and the final exit",
                     "measure": "max_prob", "costs": "token_exit_costs(ee, context=128, kv='copy')",
                     "budget_delta": 0.05, "seconds": time.perf_counter() - start,
+                    "cpu_seconds": time.process_time() - cpu,
+                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
                     "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -196,6 +196,33 @@ def llm_rejection() -> str:
                   "coverage", "FLOPs (% of no exits)", "splits within the budget"], rows)
 
 
+def llm_rejection_text() -> str:
+    """Chapter 9's goals, met or not, with every figure from ``llm_rejection.json``."""
+    r = _load(RESULTS / "llm_rejection.json")
+    st, models = r["settings"], r["models"]
+    delta, n = st["delta"], st["splits"]
+    error = 2 * (delta * (1 - delta) / n) ** 0.5  # two binomial standard deviations over the splits
+    met = lambda ok: "met" if ok else "not met"  # noqa: E731
+    cons = " and ".join(f"{m['consistency']['guaranteed']['violation_rate']:.2f} (`{name}`)" for name, m in models.items())
+    naive = " and ".join(f"{m['consistency']['naive']['violation_rate']:.2f}" for m in models.values())
+    abst = " and ".join(f"{m['abstain']['guaranteed']['violation_rate']:.2f}" for m in models.values())
+    ok_cons = all(m["consistency"]["guaranteed"]["violation_rate"] <= delta + error for m in models.values())
+    ok_abst = all(m["abstain"]["guaranteed"]["violation_rate"] <= delta + error for m in models.values())
+    within = " and ".join(pct(1 - m["exit_or_reject"]["combined"]["over_budget_rate"], 0) for m in models.values())
+    ok_budget = all(m["exit_or_reject"]["combined"]["over_budget_rate"] <= 0.05 for m in models.values())
+    lower = " and ".join(pct(m["combined_lower_risk_than_exit_only_rate"], 0) for m in models.values())
+    flops = " and ".join(pct(m["consistency"]["guaranteed"]["relative_flops"], 0) for m in models.values())
+    early = " and ".join(pct(m["consistency"]["guaranteed"]["coverage"]) for m in models.values())
+    return (f"Goals of issue 28. The guaranteed consistency threshold's disagreement with the full model was above "
+            f"epsilon in {cons} of the {n} splits, within delta = {delta} and its binomial error "
+            f"(+{error:.2f}): {met(ok_cons)}; the naive threshold's in {naive}. The abstaining model's guaranteed "
+            f"threshold: {abst} ({met(ok_abst)}). Exit or reject stayed within its FLOPs budget on the test tokens in "
+            f"{within} of the splits (goal 95%: {met(ok_budget)}) and had a lower selective risk than exit-only at the "
+            f"same budget in {lower} of them. Not a saving: with the guarantee {early} of the tokens leave early, yet "
+            f"the mean FLOPs per token are {flops} of the model without exits (copy-up): each exit head costs about two "
+            f"layers of these small models and most tokens pay both on the way to the end (chapters 7 and 8).\n")
+
+
 def run_times() -> str:
     """Notebook times (``benchmarks/run_times.py``): one row per chapter, lecture / solution / exercise."""
     r = _load(RESULTS / "run_times.json")
@@ -224,8 +251,10 @@ def benchmark_times() -> str:
               f"{_load(RESULTS / 'rejection.json')['details']['seconds']:,.0f} s", "`rejection.json`"]]
     rows += [[f"`python benchmarks/self_speculative.py`, `{name}` (1 thread)", f"{m['seconds']:,.0f} s",
               "`self_speculative.json`"] for name, m in spec["models"].items()]
+    llm = _load(RESULTS / "llm_rejection.json")["details"]
     rows.append(["`python benchmarks/llm_rejection.py` (both models, 1 thread)",
-                 f"{_load(RESULTS / 'llm_rejection.json')['details']['seconds']:,.0f} s", "`llm_rejection.json`"])
+                 f"{llm['seconds']:,.0f} s ({llm['cpu_seconds']:,.0f} s of CPU: the machine was shared)"
+                 if llm["seconds"] > 1.5 * llm["cpu_seconds"] else f"{llm['seconds']:,.0f} s", "`llm_rejection.json`"])
     rows.append([f"`python -m eelib.lm.exits train` (the shipped heads: {heads['steps']} steps, 1 thread)",
                  f"{heads['seconds']:,.0f} s", "`exit_heads/training.json`"])
     return table(["what", "time", "recorded in"], rows)
@@ -279,6 +308,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "resnet_exits": resnet_exits, "resnet_exits_overhead": resnet_exits_overhead,
     "rejection_guarantee": rejection_guarantee, "rejection_policies": rejection_policies, "chapter6": chapter6,
     "gpt2_exits": gpt2_exits, "self_speculative": self_speculative, "llm_rejection": llm_rejection,
+    "llm_rejection_text": llm_rejection_text,
     "run_times": run_times,
     "benchmark_times": benchmark_times, "resnet_exits_text": resnet_exits_text, "rejection_text": rejection_text,
 }
