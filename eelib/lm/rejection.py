@@ -295,28 +295,35 @@ class ConsistencyThreshold:
         return ExitPolicy(MEASURE, (self.threshold,) * (self.num_exits - 1))
 
 
-def _choose(data: TokenScores, values: torch.Tensor, counts: torch.Tensor, exits: torch.Tensor, *, method: str,
+def _choose(values: torch.Tensor, counts: torch.Tensor, exits: torch.Tensor, num_exits: int, *, method: str,
             epsilon: float, delta: float, bound: bool = True) -> ConsistencyThreshold:
-    """The last candidate of the fixed sequence that passes (``counts``: disagreements per candidate)."""
-    n = len(data)
+    """The last candidate of the fixed sequence that passes; ``counts``: disagreements per candidate on the
+    calibration tokens, ``exits``: ``(G, n)`` their exits."""
+    n = exits.shape[1]
     if method == "naive":  # chapter 7: the calibration disagreement itself must be <= epsilon
         passes = (counts <= math.floor(epsilon * n + 1e-9)).tolist()
     else:  # the exact binomial test: P(Binomial(n, epsilon) <= k_j) <= delta
-        passes = (binomial_tail(counts, torch.full_like(counts, n), epsilon) <= delta).tolist()
+        # a count at or above the binomial's median has a p-value >= 1/2 > delta: the sequence stops there at the
+        # latest, so the tests after it are never looked at (and not computed: the tail's cost grows with the count)
+        stop = (counts >= math.ceil(epsilon * n)).nonzero()
+        end = int(stop[0]) + 1 if delta < 0.5 and len(stop) else len(counts)
+        head = counts[:end]
+        passes = (binomial_tail(head, torch.full_like(head, n), epsilon) <= delta).tolist()
     chosen, tested = None, 0
     for j, ok in enumerate(passes):  # fixed sequence: strictest first, stop at the first failure
         tested += 1
         if not ok:
             break
         chosen = j
+    guaranteed = method == "guaranteed"
     if chosen is None:
-        return ConsistencyThreshold(math.inf, method, epsilon, delta if method == "guaranteed" else math.nan, 0.0,
-                                    0.0 if method == "guaranteed" else math.nan, 0.0, n, 0, tested, data.num_exits)
+        return ConsistencyThreshold(math.inf, method, epsilon, delta if guaranteed else math.nan, 0.0,
+                                    0.0 if guaranteed else math.nan, 0.0, n, 0, tested, num_exits)
     k = int(counts[chosen])
-    bound = binomial_upper_bound(k, n, delta) if method == "guaranteed" and bound else math.nan
-    early = float((exits[chosen] < data.num_exits - 1).double().mean())
-    return ConsistencyThreshold(float(values[chosen]), method, epsilon, delta if method == "guaranteed" else math.nan,
-                                k / n, bound, early, n, k, tested, data.num_exits)
+    upper = binomial_upper_bound(k, n, delta) if guaranteed and bound else math.nan
+    early = float((exits[chosen] < num_exits - 1).double().mean())
+    return ConsistencyThreshold(float(values[chosen]), method, epsilon, delta if guaranteed else math.nan,
+                                k / n, upper, early, n, k, tested, num_exits)
 
 
 def consistency_threshold(data: TokenScores, *, epsilon: float, delta: float,
@@ -343,7 +350,7 @@ def consistency_threshold(data: TokenScores, *, epsilon: float, delta: float,
     values = _candidates(candidates)
     exits = exits_by_candidate(data, values.tolist())
     counts = _inconsistent(data, exits).sum(1)
-    return _choose(data, values, counts, exits, method="guaranteed", epsilon=epsilon, delta=delta)
+    return _choose(values, counts, exits, data.num_exits, method="guaranteed", epsilon=epsilon, delta=delta)
 
 
 def naive_consistency_threshold(data: TokenScores, *, epsilon: float,
@@ -354,7 +361,7 @@ def naive_consistency_threshold(data: TokenScores, *, epsilon: float,
     values = _candidates(candidates)
     exits = exits_by_candidate(data, values.tolist())
     counts = _inconsistent(data, exits).sum(1)
-    return _choose(data, values, counts, exits, method="naive", epsilon=epsilon, delta=math.nan)
+    return _choose(values, counts, exits, data.num_exits, method="naive", epsilon=epsilon, delta=math.nan)
 
 
 @dataclass(frozen=True)

@@ -95,16 +95,21 @@ def split_study(data: TokenScores, *, epsilon: float, delta: float, calibration:
     values = _candidates(candidates)
     exits = exits_by_candidate(data, values.tolist())  # (G, N), once for the pool
     wrong = _inconsistent(data, exits)
-    pool = wrong.double().mean(1)
     exit_flops, full = exit_and_full_flops(costs) if costs is not None else ((math.nan,) * data.num_exits, 1.0)
     exit_flops = torch.tensor(exit_flops, dtype=torch.float64) / full
+    early = exits < data.num_exits - 1
+    # the pool's sums per candidate, once: a test set's sum is the pool's minus its calibration set's
+    pool_sums = {"wrong": wrong.sum(1).double(), "early": early.sum(1).double(),
+                 "flops": sum(f * (exits == k).sum(1).double() for k, f in enumerate(exit_flops.tolist()))}
+    wrong_t, exits_t = wrong.T.contiguous(), exits.T.contiguous()  # (N, G): a split's tokens are rows, gathered fast
+    n, n_test = len(data), len(data) - calibration
     methods = ("naive", "guaranteed")
     rows = {f: torch.full((2, splits), math.nan, dtype=torch.float64)
             for f in ("thresholds", "test_risk", "pool_risk", "coverage", "relative_flops")}
-    for s, (cal, test) in enumerate(random_splits(len(data), calibration, splits, seed)):
-        counts = wrong[:, cal].sum(1)
+    for s, (cal, _) in enumerate(random_splits(len(data), calibration, splits, seed)):
+        counts, cal_exits = wrong_t[cal].sum(0), exits_t[cal].T
         for m, method in enumerate(methods):
-            chosen = _choose(data.select(cal), values, counts, exits[:, cal], method=method, epsilon=epsilon,
+            chosen = _choose(values, counts, cal_exits, data.num_exits, method=method, epsilon=epsilon,
                              delta=delta, bound=False)
             rows["thresholds"][m, s] = chosen.threshold
             if math.isinf(chosen.threshold):  # nothing leaves: the full model, which agrees with itself
@@ -112,11 +117,11 @@ def split_study(data: TokenScores, *, epsilon: float, delta: float, calibration:
                 rows["relative_flops"][m, s] = exit_flops[-1]
                 continue
             j = int((values == chosen.threshold).nonzero()[0])
-            taken = exits[j, test].long()
-            rows["test_risk"][m, s] = wrong[j, test].double().mean()
-            rows["pool_risk"][m, s] = pool[j]
-            rows["coverage"][m, s] = (taken < data.num_exits - 1).double().mean()
-            rows["relative_flops"][m, s] = exit_flops[taken].mean()
+            taken = cal_exits[j].long()
+            rows["test_risk"][m, s] = (pool_sums["wrong"][j] - chosen.n_disagree) / n_test
+            rows["pool_risk"][m, s] = pool_sums["wrong"][j] / n
+            rows["coverage"][m, s] = (pool_sums["early"][j] - (taken < data.num_exits - 1).sum()) / n_test
+            rows["relative_flops"][m, s] = (pool_sums["flops"][j] - exit_flops[taken].sum()) / n_test
     return SplitStudy(methods, epsilon, delta, calibration, len(data) - calibration, **rows)
 
 
