@@ -9,13 +9,14 @@ The package is laid out as the course's two halves around one decision layer:
 * :mod:`eelib.vision`, the image half (chapters 1-5): ``data``, ``resnet``, ``train``, ``zoo``
   (the shipped course models), ``exits`` (exit heads), ``cost`` (FLOPs, latency, energy per exit),
   ``dynamic`` (inference that skips the blocks after each image's exit);
-* :mod:`eelib.lm`, the language half (chapters 6-8): ``model`` (load, encode, score), ``corpus``, ``train``
+* :mod:`eelib.lm`, the language half (chapters 6-9): ``model`` (load, encode, score), ``corpus``, ``train``
   (the course model's training, model card and command line), ``exits`` (logit lens, trained exit
   heads), ``distill`` (heads trained on the model's own text), ``decoder`` (GPT-2's blocks by hand, what a
   loop returns), ``generate`` (early-exit generation with a correct key/value cache), ``speculative``
   (self-speculative decoding, fixed exit and DSSD), ``draft_tuning`` (their settings), ``speed`` (timing
   and the speed model), ``projection`` (to real LLMs), ``confidence`` (CALM's cheap decisions), ``energy`` (energy per generated
-  token), ``tokens`` (token difficulty);
+  token), ``tokens`` (token difficulty),
+  ``rejection`` and ``rejection_splits`` (chapter 9: token exits with a guarantee, a model that abstains);
 * :mod:`eelib.course`, what only the notebooks use: ``plots``, ``widgets``, ``checks`` (exercise
   checks), ``quiz``, ``slides``, ``exercises``, ``grading`` and the command line (``python -m eelib.course``);
   the library never imports it;
@@ -87,6 +88,11 @@ _EXPORTS = {  # module -> the public names it gives to `eelib`
     "eelib.lm.energy": ("ENERGY_LOOPS", "TokenEnergy", "generation_energy"),
     "eelib.lm.confidence": ("StateGate", "calibrate_gate", "train_exit_classifiers"),
     "eelib.lm.tokens": ("difficulty_by_kind", "token_html", "token_kinds", "token_strings"),
+    "eelib.lm.rejection": ("ConsistencyEval", "ConsistencyThreshold", "TokenScores", "abstain_threshold",
+        "consistency_threshold", "evaluate_consistency", "min_calibration_tokens", "naive_consistency_threshold",
+        "risk_coverage_by_exit", "token_scores"),
+    "eelib.lm.rejection_splits": ("RejectSplitStudy", "SplitStudy", "abstain_split_study", "flops_margin",
+        "reject_split_study", "split_study"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 _SUBMODULES = ("course", "errors", "lm", "outputs", "policies", "rejection", "vision", "_util")

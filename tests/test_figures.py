@@ -33,6 +33,7 @@ def course_figures():
     from eelib.policies import easy_and_hard, overthinking, static_exit, tradeoff_curve
     from eelib.rejection import (CostModel, calibrate_reject, evaluate_reject_policy, oracle_risk_coverage,
                                  risk_coverage_curve)
+    from eelib.lm.rejection_splits import SplitStudy
     from eelib.lm.tokens import KindDifficulty
 
     torch.manual_seed(0)
@@ -100,6 +101,10 @@ def course_figures():
             ("no exits", "early exit"), 40, (6.4e6, 8.5e6), (1.5e-5, 1.9e-5), (4.1e-5, None), 2.3e-12, "measured")),
         "plot_block_time": lambda: plots.plot_block_time([1, 2, 4, 8], [[1e-4, 1.1e-4]] * 4),
         "plot_speculative_grid": lambda: plots.plot_speculative_grid(grid, max_draft=4, draft_vocab=1024),
+        "plot_split_violations": lambda: plots.plot_split_violations(SplitStudy(
+            ("naive", "guaranteed"), 0.05, 0.1, 2000, 36000, torch.full((2, 100), 0.3),
+            torch.stack([0.049 + 0.002 * torch.randn(100), 0.042 + 0.002 * torch.randn(100)]).double(),
+            torch.zeros(2, 100, dtype=torch.float64), torch.full((2, 100), 0.25), torch.ones(2, 100))),
     }
     figures = {}
     for name, call in calls.items():

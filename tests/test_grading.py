@@ -60,6 +60,8 @@ PLANTS = {
     "06_llm_early_exit": ("layer_predictions", "head(ln_f(h))", "head(h)"),  # the logit lens without ln_f
     "07_token_difficulty": ("threshold_for_agreement", "(scores >= t)", "(scores > t)"),  # off by one
     "08_self_speculative": ("accepted_tokens", "+ [verified[n]]", "+ []"),  # no bonus token
+    "09_llm_rejection": ("consistency_threshold", "binomial_tail(k, n, epsilon)",
+                         "binomial_tail(k, int((scores >= t).sum()), epsilon)"),  # the selective risk, not over all tokens
 }
 STUDENTS = ("solution", "blank", "planted")
 

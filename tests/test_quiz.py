@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_chapter_has_two_or_three_questions():
-    assert sorted(QUIZZES) == [f"{n:02d}" for n in range(1, 9)]
+    assert sorted(QUIZZES) == [f"{n:02d}" for n in range(1, 10)]
     assert all(2 <= len(questions) <= 3 for questions in QUIZZES.values())
 
 

@@ -20,7 +20,7 @@ CITATION = ('Florian Valade, "Leveraging Early Exit and Rejection in ML for Effi
             "Gustave Eiffel University, 18 September 2024")
 # The talk's pictures, in its order (the first words of each row's first column).
 PICTURES = ("layers one after the other", "figure 1", "figure 2", "figure 3", "figure 4", '"power savings"',
-            "figure 5", "the table of block counts", "token difficulty")
+            "figure 5", "the table of block counts", "token difficulty", '"early exit **and rejection**"')
 CELL = re.compile(r'^(?P<chapter>\d\d), "(?P<heading>[^"]+)"$')
 CALLED_IN = re.compile(r'in "(?P<heading>[^"]+)", `(?P<name>[\w.]+)`')
 

@@ -197,4 +197,20 @@ QUIZZES: dict[str, list[Question]] = {
                        "b": "Verification runs the upper layers for every drafted token.",
                        "c": "The drafts' lower layers are reused, but the upper layers must still run."}),
     ],
+    "09": [
+        Question("What does the consistency guarantee promise for a threshold chosen on a calibration text?",
+                 {"a": "with probability at least 1 - delta over the calibration draw, new tokens like the calibration "
+                       "tokens disagree with the full model at most epsilon of the time",
+                  "b": "every generated sequence equals the full model's",
+                  "c": "the disagreement on the calibration text is at most epsilon"},
+                 "a", {"a": "Per token, on text exchangeable with the calibration text; the 100 random splits check it.",
+                       "b": "One changed token changes what follows: the guarantee is per token, not per sequence.",
+                       "c": "That is the naive threshold: it breaks the promise on new text in many splits."}),
+        Question("Why does the abstaining model count errors against the true text, not the full model?",
+                 {"a": "abstaining is about being right; agreeing with the full model is a question of consistency",
+                  "b": "the full model is always right", "c": "it makes the risk lower"},
+                 "a", {"a": "Two questions: may a token leave early (consistency), should the model answer (correctness).",
+                       "b": "The course model predicts the true next token only about a quarter of the time.",
+                       "c": "It makes the risk higher: the full model is often wrong."}),
+    ],
 }

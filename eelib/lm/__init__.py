@@ -1,4 +1,4 @@
-"""The language half of the course (chapters 6-8):
+"""The language half of the course (chapters 6-9):
 
 ``model`` (the course GPT-2 and any Hugging Face GPT-2: load, encode, score), ``corpus`` (its training
 text) and ``train`` (its training, model card and ``python -m eelib.lm train|eval``) -> ``exits`` (logit
@@ -10,6 +10,8 @@ decoding: early exits draft, the full model verifies; fixed exit and DSSD, one c
 (loops timed side by side; the speed model) -> ``draft_tuning`` (the drafts' settings for speed) ->
 ``projection`` (the speed model on real LLM shapes and a GPU-like regime); ``energy``: the energy per
 generated token of each loop.
+``rejection`` and ``rejection_splits`` (chapter 9: token exits with CALM's consistency guarantee, a model that
+abstains from a next-token prediction, exit-or-reject under a FLOPs budget; checked over random splits).
 The exit decision and its calibration are :mod:`eelib.policies`, shared with the image half.
 """
 
@@ -18,7 +20,7 @@ import importlib
 from eelib._util import lazy_submodules
 
 _submodule = lazy_submodules(__name__, ("confidence", "corpus", "decoder", "distill", "draft_tuning", "energy", "exits",
-                                          "generate", "head_training", "model", "projection", "speculative", "speed",
+                                          "generate", "head_training", "model", "projection", "rejection", "rejection_splits", "speculative", "speed",
                                           "tokens", "train"))
 
 

@@ -126,7 +126,8 @@ def text_colour(background: str) -> str:
 
 def token_html(tokens: Sequence[str], layers: Sequence[int | None], n_layers: int, *,
                confidences: Sequence[float] | None = None, measure: str = "max_prob",
-               legend: Sequence[int] | None = None, labels: bool = True) -> str:
+               legend: Sequence[int] | None = None, labels: bool = True,
+               rejected: Sequence[bool] | None = None) -> str:
     """A text as HTML, each token's background coloured by its exit layer; hovering shows layer and confidence.
 
     The colours are viridis (colour-blind safe), with black or white text, whichever contrasts
@@ -139,6 +140,8 @@ def token_html(tokens: Sequence[str], layers: Sequence[int | None], n_layers: in
             not predicted (the prompt): shown uncoloured.
         confidences: the policy's measure at the exit, per token (shown on hover).
         legend: the layers to show in the legend (default: those that occur).
+        rejected: per token, whether the model abstained from predicting it (chapter 9): shown
+            struck through on a light grey background, with its layer and an "x" as subscript.
 
     Returns:
         A ``<div>`` to show with ``IPython.display.HTML``.
@@ -147,6 +150,8 @@ def token_html(tokens: Sequence[str], layers: Sequence[int | None], n_layers: in
         raise ValueError(f"tokens has {len(tokens)} entries but layers has {len(layers)}")
     if confidences is not None and len(confidences) != len(tokens):
         raise ValueError(f"confidences has {len(confidences)} entries for {len(tokens)} tokens")
+    if rejected is not None and len(rejected) != len(tokens):
+        raise ValueError(f"rejected has {len(rejected)} entries for {len(tokens)} tokens")
     bad = [l for l in layers if l is not None and not 1 <= int(l) <= n_layers]
     if bad:
         raise ValueError(f"layers must be from 1 to n_layers={n_layers} (or None), got {bad[:5]}")
@@ -162,6 +167,12 @@ def token_html(tokens: Sequence[str], layers: Sequence[int | None], n_layers: in
         tip = f"layer {int(layer)} of {n_layers}"
         if confidences is not None:
             tip += f" | {measure} {float(confidences[i]):.3f}"
+        if rejected is not None and rejected[i]:
+            tip = "rejected (no prediction) at " + tip
+            label = f'<sub style="font-size:60%">{int(layer)}x</sub>' if labels else ""
+            spans.append(f'<span title="{html.escape(tip)}" style="background:#e6e6e6;color:#444;'
+                         f'text-decoration:line-through;border-radius:3px">{text}{label}</span>')
+            continue
         colour = colours[int(layer) - 1]
         label = f'<sub style="font-size:60%">{int(layer)}</sub>' if labels else ""
         spans.append(f'<span title="{html.escape(tip)}" style="background:{colour};color:{text_colour(colour)};'
@@ -169,6 +180,9 @@ def token_html(tokens: Sequence[str], layers: Sequence[int | None], n_layers: in
     shown = sorted({int(l) for l in layers if l is not None}) if legend is None else list(legend)
     keys = " ".join(f'<span style="background:{colours[l - 1]};color:{text_colour(colours[l - 1])};padding:0 6px;'
                     f'border-radius:3px">layer {l}</span>' for l in shown)
+    if rejected is not None and any(rejected):
+        keys += (' <span style="background:#e6e6e6;color:#444;text-decoration:line-through;padding:0 6px;'
+                 'border-radius:3px">rejected</span>')
     return (f'<div style="font-family:monospace;line-height:1.9;white-space:pre-wrap">{"".join(spans)}</div>'
             f'<div style="margin-top:6px;font-size:90%">exit layer: {keys} (hover over a token for details)</div>')
 

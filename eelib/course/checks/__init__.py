@@ -21,7 +21,8 @@ are all imported here, so ``checks.check_entropy(f)`` works whichever module hol
 * ``ch05_rejection``: ``check_risk_coverage``, ``check_guaranteed_threshold``, ``check_exit_or_reject``;
 * ``ch06_llm_early_exit``: ``check_layer_predictions``, ``check_oracle_exit``;
 * ``ch07_token_difficulty``: ``check_threshold_for_agreement``;
-* ``ch08_self_speculative``: ``check_accepted_tokens``, ``check_tokens_per_round``, ``check_round_speed``.
+* ``ch08_self_speculative``: ``check_accepted_tokens``, ``check_tokens_per_round``, ``check_round_speed``;
+* ``ch09_llm_rejection``: ``check_consistency_threshold``.
 """
 
 from eelib.course.checks.ch01_residual_networks import check_gradient_norms, check_residual_forward
@@ -32,6 +33,7 @@ from eelib.course.checks.ch05_rejection import check_exit_or_reject, check_guara
 from eelib.course.checks.ch06_llm_early_exit import check_layer_predictions, check_oracle_exit
 from eelib.course.checks.ch07_token_difficulty import check_threshold_for_agreement
 from eelib.course.checks.ch08_self_speculative import check_accepted_tokens, check_round_speed, check_tokens_per_round
+from eelib.course.checks.ch09_llm_rejection import check_consistency_threshold
 
 __all__ = [
     # chapter 1
@@ -50,4 +52,6 @@ __all__ = [
     "check_threshold_for_agreement",
     # chapter 8
     "check_accepted_tokens", "check_round_speed", "check_tokens_per_round",
+    # chapter 9
+    "check_consistency_threshold",
 ]

@@ -20,7 +20,8 @@ work whichever module holds the function.
   ``plot_agreement_per_layer``, ``plot_token_costs``;
 * ``ch07_token_difficulty``: ``plot_difficulty_by_kind``, ``plot_token_energy``;
 * ``ch08_self_speculative``: ``plot_block_time``, ``plot_speculative_grid``, ``plot_measured_vs_predicted``,
-  ``plot_projection``.
+  ``plot_projection``;
+* ``ch09_llm_rejection``: ``plot_split_violations``.
 """
 
 from eelib.course.plots._style import PALETTE
@@ -36,6 +37,7 @@ from eelib.course.plots.ch06_llm_early_exit import (draw_transformer_stack, plot
 from eelib.course.plots.ch07_token_difficulty import plot_difficulty_by_kind, plot_token_energy
 from eelib.course.plots.ch08_self_speculative import (plot_block_time, plot_measured_vs_predicted, plot_projection,
                                                       plot_speculative_grid)
+from eelib.course.plots.ch09_llm_rejection import plot_split_violations
 
 __all__ = [
     "PALETTE",
@@ -55,4 +57,6 @@ __all__ = [
     "plot_difficulty_by_kind", "plot_token_energy",
     # chapter 8
     "plot_block_time", "plot_measured_vs_predicted", "plot_projection", "plot_speculative_grid",
+    # chapter 9
+    "plot_split_violations",
 ]
