@@ -193,13 +193,17 @@ def self_speculative_loops() -> str:
     for name, m in r["models"].items():
         for row in m["loops"]:
             predicted = row.get("predicted_tokens_per_second")
+            rel = None if predicted is None else row["predicted_speedup"] / row["speedup"]
             rows.append([name, row["loop"], row["setting"], f"{row['tokens_per_second']:.0f}",
                          "—" if predicted is None else f"{predicted:.0f}",
                          "—" if predicted is None else f"{row['ratio']:.2f}", times(row["speedup"]),
+                         "—" if predicted is None else times(row["predicted_speedup"]),
+                         "—" if rel is None else f"{rel:.2f}",
                          "—" if row.get("acceptance") is None else f"{row['acceptance']:.2f}",
                          "—" if row.get("tokens_per_round") is None else f"{row['tokens_per_round']:.2f}"])
     return table(["model", "loop", "setting", "measured tokens/s", "predicted tokens/s", "predicted / measured",
-                  "speedup vs plain", "acceptance rate", "tokens per round"], rows)
+                  "speedup vs plain, measured", "speedup, predicted", "predicted / measured speedup",
+                  "acceptance rate", "tokens per round"], rows)
 
 
 def self_speculative_projection() -> str:
@@ -219,18 +223,30 @@ def self_speculative_text() -> str:
     """The benchmark's goals, met or not, from ``self_speculative.json``."""
     r = _load(RESULTS / "self_speculative.json")
     m = r["models"]["course-ee"]
-    priced = [row for mm in r["models"].values() for row in mm["loops"] if row.get("ratio") is not None]
-    within = [row for row in priced if abs(row["ratio"] - 1) <= 0.10]
-    worst = max(priced, key=lambda row: abs(row["ratio"] - 1))
+    priced = [(name, row) for name, mm in r["models"].items() for row in mm["loops"]
+              if row.get("ratio") is not None and row["loop"] != "plain"]
+    rel = lambda row: row["predicted_speedup"] / row["speedup"]  # noqa: E731
+    within = [p for p in priced if abs(rel(p[1]) - 1) <= 0.10]
+    within_abs = [p for p in priced if abs(p[1]["ratio"] - 1) <= 0.10]
+    worst_name, worst = max(priced, key=lambda p: abs(rel(p[1]) - 1))
     best = max(m["speedup"], m["dynamic_speedup"])
     exact = all(v == 1.0 for mm in r["models"].values() for v in mm["exact"].values())
+    steps = {name: mm["primitives"]["step_overhead_us"] for name, mm in r["models"].items()}
     met = lambda ok: "met" if ok else "not met"  # noqa: E731
-    return (f"Goals: every exact loop token for token equal to `generate` ({met(exact)}); the speed model within "
-            f"10% of every measured loop ({len(within)} of {len(priced)} rows; the furthest: {worst['loop']} "
-            f"({worst['setting']}) on `{next(n for n, mm in r['models'].items() if worst in mm['loops'])}`, predicted "
-            f"/ measured {worst['ratio']:.2f}: {met(len(within) == len(priced))}); the fastest exact loop on `course-ee` "
-            f"at least 1.2x the plain loop ({times(best)}: {met(best >= 1.2)}). Measured under a load average of "
-            f"{r['load_average'][0]:.1f} at the start and {r['load_average'][1]:.1f} at the end (2 cores).\n")
+    return (f"Goals: every exact loop token for token equal to `generate` ({met(exact)}). The speed model within 10% "
+            f"of every measured loop: {len(within)} of {len(priced)} rows for the speedup against the plain loop "
+            f"timed beside it, {len(within_abs)} of {len(priced)} for the tokens per second themselves "
+            f"({met(len(within) == len(priced))}; the furthest: {worst['loop']}, {worst['setting']} on `{worst_name}`, "
+            f"predicted / measured speedup {rel(worst):.2f}). What the model misses is the machine's load: the "
+            f"primitives are the fastest of short batches (milliseconds), the loops the fastest of whole runs "
+            f"(tenths of a second), and under load the fitted overhead per position absorbed the difference "
+            + ", ".join(f"({steps[n]:.0f} µs on `{n}`)" for n in steps)
+            + f", which pulls every predicted speedup towards 1. The fastest exact loop on `course-ee` at least 1.2x "
+            f"the plain loop: {times(best)} ({met(best >= 1.2)}): on this CPU a block call of k + 1 rows costs more "
+            f"than one (`row_scale` in the results file), so the verification is not free, and a round that yields "
+            f"{m['loops'][1]['tokens_per_round']:.2f} tokens pays for the positions it rejects. Measured under a load "
+            f"average of {r['load_average'][0]:.1f} at the start and {r['load_average'][1]:.1f} at the end (2 cores, "
+            f"other work on the machine).\n")
 
 
 def llm_rejection() -> str:
