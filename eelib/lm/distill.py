@@ -16,7 +16,6 @@ agreement on the model's own continuations of test-half prompts, layer by layer,
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from torch import nn
 from eelib._util.eval_mode import eval_mode
 from eelib._util.progress import tqdm
 from eelib.lm.exits import HEADS_FOLDER, EarlyExitLM, heldout_text
-from eelib.lm.head_training import _layer_kl
+from eelib.lm.head_training import kl_stepper
 from eelib.lm.model import LanguageModel, course_model_path, encode
 
 DISTILL_FILE = "distill.json"  # beside the retrained heads: what the distillation did
@@ -122,9 +121,7 @@ def distill_exit_heads(lm: LanguageModel, sequences: torch.Tensor, text: str, *,
     for p in frozen:
         p.requires_grad_(False)
     n_own = round(batch_size * own_share)
-    opt = torch.optim.AdamW(adapters.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    step = kl_stepper(lm, adapters, steps, lr)
     gen = torch.Generator().manual_seed(seed)
     losses = []
     start = time.perf_counter()
@@ -135,12 +132,7 @@ def distill_exit_heads(lm: LanguageModel, sequences: torch.Tensor, text: str, *,
                 rows = torch.randint(0, len(sequences), (n_own,), generator=gen).tolist()
                 starts = torch.randint(0, len(tokens) - T, (batch_size - n_own,), generator=gen).tolist()
                 batch = torch.stack([sequences[r] for r in rows] + [tokens[s:s + T] for s in starts]).to(lm.device)
-                loss = _layer_kl(lm, adapters, batch).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(loss.item())
+                losses.append(step(batch))
     finally:
         for p in frozen:
             p.requires_grad_(True)

@@ -49,6 +49,25 @@ def _layer_kl(lm: LanguageModel, adapters: nn.ModuleList, ids: torch.Tensor) -> 
     return torch.stack(kls)
 
 
+def kl_stepper(lm: LanguageModel, adapters: nn.ModuleList, steps: int, lr: float):
+    """One optimisation step of the adapters on a batch of token windows ``(B, T)``: the mean over layers of
+    ``KL(p_final || p_exit)``, AdamW with a 20-step warm-up and a cosine decay over ``steps``. Returns the
+    function ``step(batch) -> loss``, shared by :func:`train_exit_heads` and :mod:`eelib.lm.distill`."""
+    opt = torch.optim.AdamW(adapters.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+
+    def step(batch: torch.Tensor) -> float:
+        loss = _layer_kl(lm, adapters, batch).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return loss.item()
+
+    return step
+
+
 def train_exit_heads(lm: LanguageModel, text: str, *, steps: int = 300, batch_size: int = 8,
                      context: int | None = None, lr: float = 3e-3, seed: int = 0, eval_text: str | None = None,
                      progress: bool = True) -> tuple[nn.ModuleList, HeadTraining]:
@@ -90,21 +109,14 @@ def train_exit_heads(lm: LanguageModel, text: str, *, steps: int = 300, batch_si
         with eval_mode(lm.model):  # the frozen model as the heads will see it: no dropout; the caller's mode restored
             with torch.no_grad():
                 before = _layer_kl(lm, adapters, eval_ids).tolist()
-            opt = torch.optim.AdamW(adapters.parameters(), lr=lr, weight_decay=0.0)
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+            step = kl_stepper(lm, adapters, steps, lr)
             gen = torch.Generator().manual_seed(seed)
             start = time.perf_counter()
             bar = tqdm(range(steps), desc="exit heads", disable=not progress)
             for _ in bar:
                 starts = torch.randint(0, len(tokens) - context, (batch_size,), generator=gen)
                 batch = torch.stack([tokens[s:s + context] for s in starts.tolist()]).to(lm.device)
-                loss = _layer_kl(lm, adapters, batch).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(loss.item())
+                losses.append(step(batch))
                 bar.set_postfix(kl=f"{losses[-1]:.3f}")
             with torch.no_grad():
                 after = _layer_kl(lm, adapters, eval_ids).tolist()
