@@ -82,8 +82,17 @@ def test_speculative_checks_accept_the_reference(capsys):
 
     checks.check_accepted_tokens(accepted_tokens)
     checks.check_tokens_per_round(expected_tokens_per_round)
+
+    def reference_speed(a, k, L, N, block_us, draft_us, final_us, over_us):
+        from eelib.lm.speed import speculative_round_cost
+
+        us = speculative_round_cost(block_us.__getitem__, draft_us, final_us.__getitem__, n_layers=N, draft_layer=L,
+                                    drafts=k, round_overhead=over_us)
+        return expected_tokens_per_round(a, k) / (us * 1e-6)
+
+    checks.check_round_speed(reference_speed)
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 2 and all(line.startswith("Correct") for line in out)
+    assert len(out) == 3 and all(line.startswith("Correct") for line in out)
 
 
 def _prefix_without_bonus(drafts, verified):
@@ -424,7 +433,38 @@ PLANTED = [  # (check, planted answer, the message it must get)
     (_c.check_tokens_per_round, lambda a, k: 42.0, r"a round makes 1 \+"),
     (_c.check_tokens_per_round, lambda a, k: [1.0, 2.0], r"return one number \(the expected tokens per round\)"),
     (_c.check_tokens_per_round, _none, "tokens_per_round: your function returned None"),
+    (_c.check_round_speed, lambda a, k, L, N, b, d, f, o: 1e6 * (sum(a ** i for i in range(1, k + 1))) / _round_us(
+        k, L, N, b, d, f, o), "the full model's token after the accepted drafts"),
+    (_c.check_round_speed, lambda a, k, L, N, b, d, f, o: _round_speed(a, k, L, N, b, d, f, o) / 1e6, "microseconds"),
+    (_c.check_round_speed, lambda a, k, L, N, b, d, f, o: _round_speed(a, k, L, N, {r: b[1] for r in b}, d,
+                                                                        {r: f[1] for r in f}, o), "k \\+ 1 rows"),
+    (_c.check_round_speed, lambda a, k, L, N, b, d, f, o: 1e6 / _round_us(k, L, N, b, d, f, o), "not one token"),
+    (_c.check_round_speed, lambda a, k, L, N, b, d, f, o: 1.0, "a round: \\(k \\+ 1\\) positions"),
+    (_c.check_round_speed, lambda *args: [1.0, 2.0], r"return one number \(the predicted tokens per second\)"),
+    (_c.check_round_speed, _none, "tokens_per_second: your function returned None"),
+    # chapter 9
+    (_c.check_consistency_threshold, lambda s, a, e, d: float(s.min()), "is above delta"),
+    (_c.check_consistency_threshold, lambda s, a, e, d: _consistency(s, a, e, d) - 1e-7, "lower threshold than"),
+    (_c.check_consistency_threshold, lambda s, a, e, d: 0.999, "too strict"),
+    (_c.check_consistency_threshold, lambda *args: [0.5, 0.6], r"return one number \(the threshold\)"),
+    (_c.check_consistency_threshold, _none, "consistency_threshold: your function returned None"),
 ]
+
+
+def _round_us(k, L, N, block_us, draft_us, final_us, over_us):
+    return (k + 1) * L * block_us[1] + k * draft_us + (N - L) * block_us[k + 1] + final_us[k + 1] + over_us
+
+
+def _round_speed(a, k, L, N, block_us, draft_us, final_us, over_us):
+    return 1e6 * sum(a ** i for i in range(k + 1)) / _round_us(k, L, N, block_us, draft_us, final_us, over_us)
+
+
+def _consistency(scores, agrees, epsilon, delta):
+    """The guaranteed threshold (the check's reference): a planted answer just below it certifies the same tokens
+    but is not the fixed sequence's answer."""
+    from eelib.course.checks.ch09_llm_rejection import _reference
+
+    return _reference(scores, agrees, epsilon, delta)
 
 
 @pytest.fixture(scope="module")

@@ -101,6 +101,16 @@ def course_figures():
             ("no exits", "early exit"), 40, (6.4e6, 8.5e6), (1.5e-5, 1.9e-5), (4.1e-5, None), 2.3e-12, "measured")),
         "plot_block_time": lambda: plots.plot_block_time([1, 2, 4, 8], [[1e-4, 1.1e-4]] * 4),
         "plot_speculative_grid": lambda: plots.plot_speculative_grid(grid, max_draft=4, draft_vocab=1024),
+        "plot_measured_vs_predicted": lambda: plots.plot_measured_vs_predicted(
+            [dict(loop="plain", tokens_per_second=500.0, predicted_tokens_per_second=480.0),
+             dict(loop="self-speculative", tokens_per_second=520.0, predicted_tokens_per_second=560.0),
+             dict(loop="HF generate", tokens_per_second=170.0, predicted_tokens_per_second=None)]),
+        "plot_projection": lambda: plots.plot_projection(
+            {"acceptance": [0.0, 0.5, 0.9], "draft_fraction": 0.25,
+             "models": {"gpt2-124m": {"n_layers": 12, "cpu": [0.8, 0.95, 1.1], "gpu": [0.8, 1.2, 1.6]},
+                        "llama-2-7b": {"n_layers": 32, "cpu": [0.9, 1.05, 1.3], "gpu": [0.9, 1.3, 1.9]}},
+             "measured": [dict(model="course-ee", loop="self-speculative", acceptance=0.64, speedup=1.01)],
+             "published": [dict(method="LayerSkip", models="Llama-2 7B", low=1.8, high=2.2)]}),
         "plot_split_violations": lambda: plots.plot_split_violations(SplitStudy(
             ("naive", "guaranteed"), 0.05, 0.1, 2000, 36000, torch.full((2, 100), 0.3),
             torch.stack([0.049 + 0.002 * torch.randn(100), 0.042 + 0.002 * torch.randn(100)]).double(),

@@ -390,6 +390,8 @@ def prompt_ids(ee: EarlyExitLM, prompt: str | Sequence[int] | torch.Tensor) -> t
                          f"got {type(prompt).__name__}")
     else:
         ids = torch.as_tensor(prompt if isinstance(prompt, torch.Tensor) else list(prompt))
+        if ids.numel() == 0:
+            raise ValueError("prompt is empty: give at least one character (or token) to continue")
         if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
             raise ValueError(f"prompt must hold integer token ids, got dtype {ids.dtype}")
         if ids.ndim == 2 and ids.shape[0] == 1:

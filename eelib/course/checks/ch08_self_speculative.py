@@ -63,6 +63,7 @@ def check_tokens_per_round(tokens_per_round: Callable) -> None:
     print("Correct: expected tokens per round for every acceptance rate and draft length tried.")
 
 
+@student_check
 def check_round_speed(tokens_per_second: Callable) -> None:
     """Check ``tokens_per_second(acceptance, drafts, draft_layer, n_layers, block_us, draft_head_us, final_head_us,
     overhead_us)`` against the speed model's closed form (:func:`eelib.lm.speed.speculative_round_cost` and
@@ -78,11 +79,10 @@ def check_round_speed(tokens_per_second: Callable) -> None:
         seconds = 1e-6 * speculative_round_cost(block_us.__getitem__, draft_us, final_head_us.__getitem__, n_layers=N,
                                                 draft_layer=L, drafts=k, round_overhead=over_us)
         expected = tokens / seconds
-        got = _call("tokens_per_second", tokens_per_second, a, k, L, N, dict(block_us), draft_us, dict(final_head_us),
-                    over_us)
-        if got is None:
-            raise AssertionError("tokens_per_second returned None: return the predicted tokens per second (a number)")
-        got = float(got)
+        got = _tensor("tokens_per_second", _call("tokens_per_second", tokens_per_second, a, k, L, N, dict(block_us),
+                                                 draft_us, dict(final_head_us), over_us), "one number")
+        assert got.numel() == 1, f"return one number (the predicted tokens per second), got {got.numel()} values"
+        got = float(got.item())
         if abs(got - expected) <= 1e-6 * expected:
             continue
         close = lambda value: abs(got - value) <= 1e-6 * max(abs(value), 1e-12)  # noqa: E731

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from eelib.course.checks._common import _call
+from eelib.course.checks._common import _call, _tensor, student_check
 
 
 def _reference(scores: torch.Tensor, agrees: torch.Tensor, epsilon: float, delta: float) -> float:
@@ -21,6 +21,7 @@ def _reference(scores: torch.Tensor, agrees: torch.Tensor, epsilon: float, delta
     return consistency_threshold(data, epsilon=epsilon, delta=delta, candidates=torch.unique(scores).flip(0).tolist()).threshold
 
 
+@student_check
 def check_consistency_threshold(consistency_threshold: Callable) -> None:
     """Check ``consistency_threshold(scores, agrees, epsilon, delta)`` against :func:`eelib.lm.rejection.consistency_threshold`."""
     from eelib.rejection import binomial_tail
@@ -32,10 +33,10 @@ def check_consistency_threshold(consistency_threshold: Callable) -> None:
     scores[:5] = 0.97  # ties: tokens with equal scores leave together
     for epsilon, delta in ((0.05, 0.1), (0.1, 0.1), (0.05, 0.01)):
         expected = _reference(scores, agrees, epsilon, delta)
-        got = _call("consistency_threshold", consistency_threshold, scores.clone(), agrees.clone(), epsilon, delta)
-        assert isinstance(got, (int, float)) or (isinstance(got, torch.Tensor) and got.numel() == 1), (
-            f"return one number (the threshold), got {type(got).__name__}")
-        got = float(got)
+        got = _tensor("consistency_threshold", _call("consistency_threshold", consistency_threshold, scores.clone(),
+                                                     agrees.clone(), epsilon, delta), "one number")
+        assert got.numel() == 1, f"return one number (the threshold), got {got.numel()} values"
+        got = float(got.item())
         if got == expected or (math.isinf(got) and math.isinf(expected)):
             continue
         leave = scores >= got
