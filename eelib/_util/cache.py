@@ -110,20 +110,19 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)) / dest.name
     try:
         yield tmp
-        dest_is_folder = dest.is_dir() and not dest.is_symlink()
-        if dest_is_folder and not tmp.is_dir():
-            raise IsADirectoryError(_folder_in_the_way(dest))
-        if tmp.is_dir() and dest.exists() and not dest_is_folder:
-            raise NotADirectoryError(f"{str(dest)!r} is a file: a folder was written to replace it; remove the "
-                                     f"file or give another path")
         if tmp.is_dir():
-            with FileLock(str(_swap_lock(dest))):
+            with FileLock(str(_swap_lock(dest))):  # checked under the lock: another process may be mid-swap
+                if dest.exists() and not (dest.is_dir() and not dest.is_symlink()):
+                    raise NotADirectoryError(f"{str(dest)!r} is a file: a folder was written to replace it; remove "
+                                             f"the file or give another path")
                 aside = None
                 if dest.is_dir() and not dest.is_symlink():
                     aside = tmp.parent / f"{dest.name}.old"
                     os.rename(dest, aside)
                 os.replace(tmp, dest)
         else:
+            if dest.is_dir() and not dest.is_symlink():
+                raise IsADirectoryError(_folder_in_the_way(dest))
             os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)  # the temporary folder, and an old folder moved aside
