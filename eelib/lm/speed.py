@@ -214,9 +214,11 @@ def _interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
 @torch.inference_mode()
 def measure_primitives(ee: EarlyExitLM, *, rows: Sequence[int] = (1, 2, 3, 4, 6, 8, 16, 32),
                        contexts: Sequence[int] = (32, 128), draft_vocabs: Sequence[int | None] = (None, 1024),
-                       calls: int = 20, repeats: int = 7) -> Primitives:
+                       calls: int = 100, repeats: int = 7) -> Primitives:
     """Time every operation a generation loop runs, once, on ``ee``'s device (``calls`` calls per timing, the
-    fastest of ``repeats`` timings, interleaved; :func:`eelib._util.timing.interleaved`).
+    fastest of ``repeats`` timings, interleaved; :func:`eelib._util.timing.interleaved`). A timing of 100 calls
+    lasts about as long as a tenth of a generation: the fastest of such timings and the fastest of whole
+    generations see a busy machine alike (much shorter timings catch its quiet moments, which whole runs do not).
 
     Measured: a block call (layer 0) for every ``rows`` x ``contexts``; the final head by rows; the
     embedding; an early exit's head; each confidence measure read on the host (max_prob, entropy,
