@@ -232,16 +232,18 @@ def self_speculative_text() -> str:
     best = max(m["speedup"], m["dynamic_speedup"])
     exact = all(v == 1.0 for mm in r["models"].values() for v in mm["exact"].values())
     steps = {name: mm["primitives"]["step_overhead_us"] for name, mm in r["models"].items()}
+    rounds = {name: mm["primitives"]["round_overhead_us"] for name, mm in r["models"].items()}
     met = lambda ok: "met" if ok else "not met"  # noqa: E731
     return (f"Goals: every exact loop token for token equal to `generate` ({met(exact)}). The speed model within 10% "
             f"of every measured loop: {len(within)} of {len(priced)} rows for the speedup against the plain loop "
             f"timed beside it, {len(within_abs)} of {len(priced)} for the tokens per second themselves "
             f"({met(len(within) == len(priced))}; the furthest: {worst['loop']}, {worst['setting']} on `{worst_name}`, "
             f"predicted / measured speedup {rel(worst):.2f}). What the model misses is the machine's load: the "
-            f"primitives are the fastest of short batches (milliseconds), the loops the fastest of whole runs "
-            f"(tenths of a second), and under load the fitted overhead per position absorbed the difference "
-            + ", ".join(f"({steps[n]:.0f} µs on `{n}`)" for n in steps)
-            + f", which pulls every predicted speedup towards 1. The fastest exact loop on `course-ee` at least 1.2x "
+            f"overheads are fitted on one timed run of the plain loop and one of the fixed-exit loop, and a busy moment "
+            f"during those runs lands in them (per position and per round: "
+            + ", ".join(f"{steps[n]:.0f} µs and {rounds[n]:.0f} µs on `{n}`" for n in steps)
+            + "); the rows of a pass are timed minutes apart, so their tokens per second move with the load too. "
+            f"The fastest exact loop on `course-ee` at least 1.2x "
             f"the plain loop: {times(best)} ({met(best >= 1.2)}): on this CPU a block call of k + 1 rows costs more "
             f"than one (`row_scale` in the results file), so the verification is not free, and a round that yields "
             f"{m['loops'][1]['tokens_per_round']:.2f} tokens pays for the positions it rejects. Measured under a load "
