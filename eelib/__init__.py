@@ -9,7 +9,7 @@ The package is laid out as the course's two halves around one decision layer:
 * :mod:`eelib.vision`, the image half (chapters 1-5): ``data``, ``resnet``, ``train``, ``zoo``
   (the shipped course models), ``exits`` (exit heads), ``cost`` (FLOPs, latency, energy per exit),
   ``dynamic`` (inference that skips the blocks after each image's exit);
-* :mod:`eelib.lm`, the language half (chapters 6-9): ``model`` (load, encode, score), ``corpus``, ``train``
+* :mod:`eelib.lm`, the language half (chapters 6-9): ``model`` (load, encode, score), ``corpus`` (the text and the tokenizer), ``train``, ``model_card``
   (the course model's training, model card and command line), ``exits`` (logit lens, trained exit
   heads), ``distill`` (heads trained on the model's own text), ``decoder`` (GPT-2's blocks by hand, what a
   loop returns), ``generate`` (early-exit generation with a correct key/value cache), ``speculative``

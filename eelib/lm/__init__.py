@@ -20,7 +20,7 @@ import importlib
 from eelib._util import lazy_submodules
 
 _submodule = lazy_submodules(__name__, ("confidence", "corpus", "decoder", "distill", "draft_tuning", "energy", "exits",
-                                          "generate", "head_training", "model", "projection", "rejection", "rejection_splits", "speculative", "speed",
+                                          "generate", "head_training", "model", "model_card", "projection", "rejection", "rejection_splits", "speculative", "speed",
                                           "tokens", "train"))
 
 

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eelib._util.cache import DownloadError, data_dir, download, file_digest
+from eelib.lm.model import END_OF_TEXT
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CORPUS_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -54,3 +59,24 @@ def split_corpus(text: str) -> tuple[str, str]:
     """Split by characters: ``text[:len(text) * 9 // 10]`` trains, the rest (last 10%) validates."""
     cut = len(text) * 9 // 10
     return text[:cut], text[cut:]
+
+
+# --- the tokenizer ---------------------------------------------------------------------------
+
+def train_tokenizer(text: str, vocab_size: int) -> PreTrainedTokenizerBase:
+    """A byte-level BPE tokenizer (GPT-2 style) trained on ``text``, as a transformers tokenizer.
+
+    ``<|endoftext|>`` is its only special token (bos, eos and unk, as in GPT-2).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT,
+                                   unk_token=END_OF_TEXT, model_max_length=None)
